@@ -1,0 +1,1 @@
+"""LookTwice reasoning agent: MLLM brains, the match-of-thought loop, chat, reports and the CLI."""

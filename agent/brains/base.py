@@ -1,0 +1,33 @@
+"""The brain interface: explain an inspection record and answer questions about it.
+
+Why so narrow: the rule templates, a local MLLM and a remote OpenAI-compatible server must be
+interchangeable in the chat, the reports and the D&R benchmark, so a brain sees nothing but the
+`InspectionRecord` (plus, for questions, the conversation so far) and returns plain text.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+from tools.record import InspectionRecord
+
+
+class Brain(ABC):
+    """Base class of all brains in `agent.brains.BRAINS`."""
+
+    name: ClassVar[str] = ""
+
+    @abstractmethod
+    def explain(self, record: InspectionRecord) -> str:
+        """A short plain-words verdict with the evidence behind it (what reports show)."""
+
+    @abstractmethod
+    def answer(
+        self, question: str, record: InspectionRecord, history: list[tuple[str, str]] | None = None
+    ) -> str:
+        """Answer one question about the inspected image; `history` holds earlier (question, answer) pairs."""
+
+    def settings(self) -> dict[str, Any]:
+        """The settings that shaped the texts, recorded in outputs and benchmark JSON."""
+        return {"brain": self.name}

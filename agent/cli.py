@@ -1,0 +1,273 @@
+"""`looktwice` command line. Heavy modules (torch, models) are imported inside the commands, so
+`looktwice --help` answers at once.
+
+Exit codes: 0 everything done; 1 some inputs failed (the others are still done); 2 usage errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
+
+DESCRIPTION = """\
+LookTwice: a local defect-inspection agent. Give it product images and a few images of good parts;
+it finds defects, outlines them and explains them in plain words. Everything runs offline.
+
+quick start:
+  looktwice demo                                   make a small case, inspect it, show the outputs
+  looktwice inspect part.png --refs good/ --out results/
+  looktwice eval --data mvtec_root --category bottle --shots 4
+"""
+
+
+def _err(msg: str) -> None:
+    print(f"looktwice: error: {msg}", file=sys.stderr)
+
+
+def _info(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+def _parse_value(text: str) -> Any:
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+def detector_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Detector settings from --config (YAML/JSON mapping), then --resolution, then --set KEY=VALUE."""
+    opts: dict[str, Any] = {}
+    if getattr(args, "config", None):
+        import yaml
+
+        path = Path(args.config)
+        if not path.is_file():
+            raise ValueError(f"config file '{path}' does not exist")
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"config file '{path}' must hold a mapping of detector settings")
+        opts.update(data)
+    if getattr(args, "resolution", None):
+        opts["resolution"] = args.resolution
+    for item in getattr(args, "set", None) or []:
+        if "=" not in item:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        opts[key.strip()] = _parse_value(value)
+    return opts
+
+
+def _add_detector_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--detector", default="refmatch", help="detector name (see `looktwice detectors`); default refmatch")
+    p.add_argument("--resolution", type=int, help="working resolution of the detector (multiple of 32)")
+    p.add_argument("--config", help="YAML/JSON file of detector settings")
+    p.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="one detector setting, e.g. --set blur_sigma=3 (repeatable)"
+    )
+
+
+# ---------------------------------------------------------------------------------------------- inspect
+def run_inspect(
+    images: list[str],
+    refs: str | None,
+    out: Path,
+    detector: str = "refmatch",
+    options: dict[str, Any] | None = None,
+    brain: str = "rule",
+    as_json: bool = False,
+) -> int:
+    """Inspect each image; write `<out>/<stem>.json`, maps and overlay. Returns the exit code."""
+    from agent.inspector import Inspector, load_references
+    from agent.outputs import unique_stem, write_record
+    from tools.detectors import DetectorError
+    from tools.image_io import ImageLoadError, is_image_file, list_images, load_image
+
+    paths: list[Path] = []
+    for item in images:
+        p = Path(item)
+        if p.is_dir():
+            paths.extend(list_images(p, recursive=True))
+        else:
+            paths.append(p)
+    if not paths:
+        _err("no input images found")
+        return EXIT_USAGE
+    try:
+        references = load_references(refs, warn=_info)
+        inspector = Inspector(detector, references, options, brain=brain, warn=_info)
+    except (DetectorError, ValueError, KeyError) as err:
+        _err(str(err))
+        return EXIT_USAGE
+    out.mkdir(parents=True, exist_ok=True)
+    taken: set[str] = set()
+    failed = 0
+    for p in paths:
+        try:
+            if p.is_dir() or (p.exists() and not p.is_file()):
+                raise ImageLoadError(p, "not a file")
+            image = load_image(p)
+            record = inspector.inspect(p, image)
+            files = write_record(record, image, out, unique_stem(p, taken))
+        except (ImageLoadError, OSError) as err:
+            failed += 1
+            msg = str(err) if isinstance(err, ImageLoadError) else f"cannot process '{p}': {err}"
+            if not is_image_file(p) and p.exists() and not isinstance(err, ImageLoadError):
+                msg = f"cannot read image '{p}': not an image file"
+            _err(msg)
+            if as_json:
+                print(json.dumps({"image_path": str(p), "error": msg}), flush=True)
+            continue
+        if as_json:
+            data = record.to_json_dict(files)
+            data["output_dir"] = str(out)
+            print(json.dumps(data), flush=True)
+        else:
+            print(f"{p}: {record.verdict} (score {record.pred_score:.2f})")
+            print(f"  {record.explanation}")
+            print(f"  -> {out / files['record']}, {out / files['overlay']}")
+    done = len(paths) - failed
+    _info(f"inspected {done} of {len(paths)} image(s) with {inspector.detector.name}; results in {out}")
+    return EXIT_OK if failed == 0 else EXIT_SOME_FAILED
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    try:
+        options = detector_options(args)
+    except ValueError as err:
+        _err(str(err))
+        return EXIT_USAGE
+    return run_inspect(args.images, args.refs, Path(args.out), args.detector, options, args.brain, args.json)
+
+
+# ---------------------------------------------------------------------------------------------- demo
+def cmd_demo(args: argparse.Namespace) -> int:
+    from instruct_data.synthesis.demo_case import make_demo_case
+
+    root = Path(args.out)
+    case = make_demo_case(root / "case", n_references=args.shots, seed=args.seed)
+    _info(f"demo case: {len(case.references)} good references in {root / 'case' / 'references'}, "
+          f"{len(case.queries)} parts to inspect in {root / 'case' / 'queries'}")
+    code = run_inspect([str(q) for q in case.queries], str(root / "case" / "references"), root / "results")
+    print(f"\nOutputs are in {root / 'results'}: <name>.json (verdict, score, regions, explanation), "
+          "<name>_overlay.png (heatmap + outline), <name>_anomaly_map.png, <name>_mask.png")
+    return code
+
+
+# ---------------------------------------------------------------------------------------------- eval
+def _format_table(result: dict[str, Any]) -> str:
+    keys = ("image_AUROC", "pixel_AUROC", "pixel_AUPRO", "image_F1Max", "pixel_F1Max", "throughput_ips")
+    lines = ["category".ljust(20) + "".join(k.rjust(14) for k in keys)]
+    for c in result["categories"]:
+        lines.append(c["category"][:20].ljust(20) + "".join(f"{c[k]:14.3f}" for k in keys))
+    if len(result["categories"]) > 1:
+        lines.append("mean".ljust(20) + "".join(f"{result[k]:14.3f}" for k in keys))
+    for c in result["categories"]:
+        per = ", ".join(f"{d} {v:.3f}" for d, v in c["per_defect_image_AUROC"].items())
+        lines.append(f"{c['category']}: image AUROC per defect type: {per}")
+    return "\n".join(lines)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from evals.detection import DetectionBenchmarkSettings, run_detection_benchmark
+    from instruct_data.datasets import DatasetError
+    from tools.detectors import DetectorError
+
+    try:
+        settings = DetectionBenchmarkSettings(
+            data=args.data,
+            category=args.category,
+            shots=args.shots,
+            seed=args.seed,
+            detector=args.detector,
+            detector_options=detector_options(args),
+            metric_size=args.metric_size,
+        )
+        result = run_detection_benchmark(settings, show_progress=not args.quiet)
+    except (DatasetError, DetectorError, ValueError, KeyError) as err:
+        _err(str(err))
+        return EXIT_USAGE
+    print(_format_table(result))
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2), encoding="utf-8")
+        _info(f"wrote {out}")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------------- detectors
+def cmd_detectors(args: argparse.Namespace) -> int:
+    from tools.detectors import DETECTORS
+
+    for name in DETECTORS.names():
+        print(f"{name:12s} {DETECTORS.describe(name)}")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="looktwice", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="generate a small case (good plates, a scratch, a stain) and inspect it")
+    p.add_argument("--out", default="looktwice-demo", help="folder for the case and the results (default looktwice-demo)")
+    p.add_argument("--shots", type=int, default=4, help="number of good references to generate (default 4)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the generated case")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "inspect",
+        help="inspect images: verdict, outlined defects, heatmap, explanation",
+        description="Inspect images against good references. Writes <out>/<stem>.json (the record), "
+        "<stem>_overlay.png, <stem>_anomaly_map.png (16-bit, 0..1 = score) and <stem>_mask.png. "
+        "Exit 0 when all images were inspected, 1 when some failed (the rest are done), 2 on usage errors.",
+    )
+    p.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
+    p.add_argument("--refs", help="folder (or file) of good reference images; without it the zero-shot fallback runs")
+    p.add_argument("--out", default="looktwice-results", help="output folder (default looktwice-results)")
+    p.add_argument("--brain", default="rule", help="explanation writer (default rule: templates, no weights)")
+    p.add_argument("--json", action="store_true", help="print one JSON record per image (JSON lines) on stdout")
+    _add_detector_args(p)
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser(
+        "eval",
+        help="detection benchmark on an MVTec-layout data set (AUROC, AUPRO, F1-max, throughput)",
+        description="k-shot references are drawn from train/good with --seed; all test images are scored.",
+    )
+    p.add_argument("--data", required=True, help="data set root (MVTec layout, or good/ + bad/ folders)")
+    p.add_argument("--category", help="one category (default: all categories under the root)")
+    p.add_argument("--shots", type=int, default=4, help="number of good references (default 4)")
+    p.add_argument("--seed", type=int, default=0, help="seed for drawing the references (default 0)")
+    p.add_argument("--metric-size", type=int, default=256, help="long side of maps/masks for pixel metrics")
+    p.add_argument("--out", help="write the full results as JSON here")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_detector_args(p)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("detectors", help="list the available detectors")
+    p.set_defaults(func=cmd_detectors)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        _err("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""One inspection pipeline: detector -> mask -> regions -> explanation, recorded step by step.
+
+This is the "look" step of the match-of-thought loop with the embedded tools, and what `inspect`,
+`demo` and later reports call. It knows nothing about files on disk beyond loading images.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from agent.brains import BRAINS, Brain
+from tools.detectors import DETECTORS, Detector, DetectorError
+from tools.image_io import ImageLoadError, list_images, load_image
+from tools.record import InspectionRecord
+from tools.regions import mask_from_map, measure_regions
+
+
+def load_references(
+    refs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None,
+    warn: Callable[[str], None] = print,
+) -> list[Image.Image]:
+    """Good reference images from a folder (recursive) or a list of files; unreadable ones are skipped
+    with a one-line warning, so one bad file does not block the inspection."""
+    if refs is None:
+        return []
+    if isinstance(refs, str | os.PathLike):
+        folder = Path(refs)
+        if not folder.exists():
+            raise DetectorError(f"references folder '{folder}' does not exist")
+        paths = list_images(folder, recursive=True) if folder.is_dir() else [folder]
+    else:
+        paths = [Path(p) for p in refs]
+    images = []
+    for p in paths:
+        try:
+            images.append(load_image(p))
+        except ImageLoadError as err:
+            warn(f"reference skipped: {err}")
+    if not images:
+        raise DetectorError(f"no readable reference images in '{refs}'")
+    return images
+
+
+class Inspector:
+    """Holds a fitted detector and a brain; `inspect` turns one image into an `InspectionRecord`."""
+
+    def __init__(
+        self,
+        detector: str = "refmatch",
+        references: Sequence[Image.Image] = (),
+        detector_options: dict[str, Any] | None = None,
+        brain: str = "rule",
+        warn: Callable[[str], None] = print,
+    ) -> None:
+        factory = DETECTORS.get(detector)
+        if getattr(factory, "requires_references", False) and not references:
+            warn(f"no references given: {detector} needs good references, using the zero-shot fallback 'selfsim'")
+            detector = "selfsim"
+            detector_options = {k: v for k, v in (detector_options or {}).items() if k in ("resolution", "device")}
+        t0 = time.perf_counter()
+        self.detector: Detector = DETECTORS.build(detector, **(detector_options or {}))
+        self.detector.fit(list(references))
+        self.fit_seconds = time.perf_counter() - t0
+        self.n_references = len(references)
+        self.brain: Brain = BRAINS.build(brain)
+
+    def inspect(self, image_path: str | os.PathLike[str], image: Image.Image | None = None) -> InspectionRecord:
+        """Inspect one image; raises `ImageLoadError` for unreadable files (callers report and go on)."""
+        trace: list[dict[str, Any]] = []
+        t = time.perf_counter()
+        img = image if image is not None else load_image(image_path)
+        trace.append({"step": "load", "seconds": round(time.perf_counter() - t, 4), "size": list(img.size)})
+
+        t = time.perf_counter()
+        out = self.detector.predict([img])[0]
+        d = self.detector
+        trace.append(
+            {
+                "step": "look",
+                "tool": d.name,
+                "seconds": round(time.perf_counter() - t, 4),
+                "summary": f"score {out.pred_score:.3f} (raw {out.raw_score:.4g}), threshold {d.threshold:.2f}",
+            }
+        )
+
+        t = time.perf_counter()
+        pred_label = bool(out.pred_score > d.threshold)
+        mask = mask_from_map(out.anomaly_map, d.pixel_threshold)
+        if not pred_label:
+            mask = np.zeros_like(mask)
+        regions = measure_regions(out.anomaly_map, mask, np.asarray(img))
+        trace.append(
+            {"step": "regions", "seconds": round(time.perf_counter() - t, 4), "summary": f"{len(regions)} region(s)"}
+        )
+        record = InspectionRecord(
+            image_path=str(image_path),
+            pred_score=float(out.pred_score),
+            pred_label=pred_label,
+            threshold=float(d.threshold),
+            anomaly_map=out.anomaly_map,
+            pred_mask=mask,
+            regions=regions,
+            detector=d.name,
+            brain=self.brain.name,
+            image_size=img.size,
+            trace=trace,
+        )
+        t = time.perf_counter()
+        record.explanation = self.brain.explain(record)
+        trace.append({"step": "conclude", "brain": self.brain.name, "seconds": round(time.perf_counter() - t, 4)})
+        return record

@@ -1,0 +1,176 @@
+"""Tiny randomly initialised LLaVA-OneVision models for tests, examples and benchmarks (no downloads).
+
+`build_tiny_llava(folder)` writes a complete model folder (weights, byte-level BPE tokenizer trained
+in-process, image processor, processor, chat template) that `load_model(folder)` reads like a real
+checkpoint; `llava_ov_05b_config()` is the full-size llava-onevision-qwen2-0.5b-ov architecture for
+speed and memory measurements with random weights.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+IMAGE_SIZE = 40  # tower input, 5x5 tokens of patch 8: an odd grid like SigLIP's 27x27
+PATCH = 8
+PINPOINTS = [[40, 40], [40, 80], [80, 40], [80, 80], [40, 120], [120, 40]]
+SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>"]
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content']"
+    " + '<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+    "{% endif %}"
+)
+CORPUS = [
+    "Are there any defects in the image? Answer Yes or No.",
+    "Yes No yes no Yes. No. The part has a scratch on the upper left.",
+    "with slightly suspicious features: with moderately suspicious features: with highly suspicious features:",
+    "You are a helpful assistant. Describe the defect, its location, size and likely cause.",
+    "The surface looks normal. There is a crack, a hole, a stain and a missing component.",
+]
+
+
+def build_bpe_tokenizer(vocab_size: int = 384) -> Any:
+    """A byte-level BPE tokenizer trained in-process, with Qwen's special tokens and a ChatML template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(CORPUS * 4, trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        extra_special_tokens={"image_token": "<image>", "video_token": "<video>"},
+        chat_template=CHAT_TEMPLATE,
+    )
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def build_tiny_llava(folder: Path, vocab_size: int = 384) -> Path:
+    """Write a tiny LLaVA-OneVision (weights, tokenizer, processor) into `folder`; returns it."""
+    import torch
+    from transformers import (
+        LlavaOnevisionConfig,
+        LlavaOnevisionForConditionalGeneration,
+        LlavaOnevisionImageProcessor,
+        LlavaOnevisionProcessor,
+        LlavaOnevisionVideoProcessor,
+        Qwen2Config,
+        SiglipVisionConfig,
+    )
+
+    tokenizer = build_bpe_tokenizer(vocab_size)
+    image_token_id = tokenizer.convert_tokens_to_ids("<image>")
+    video_token_id = tokenizer.convert_tokens_to_ids("<video>")
+
+    vision = SiglipVisionConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        image_size=IMAGE_SIZE,
+        patch_size=PATCH,
+    )
+    text = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    config = LlavaOnevisionConfig(
+        vision_config=vision,
+        text_config=text,
+        image_grid_pinpoints=PINPOINTS,
+        image_token_index=image_token_id,
+        video_token_index=video_token_id,
+        vision_feature_select_strategy="full",
+        vision_feature_layer=-1,
+    )
+    torch.manual_seed(0)
+    model = LlavaOnevisionForConditionalGeneration(config).eval()
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    image_processor = LlavaOnevisionImageProcessor(
+        size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+        image_grid_pinpoints=PINPOINTS,
+    )
+    processor = LlavaOnevisionProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        video_processor=LlavaOnevisionVideoProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}),
+        num_image_tokens=(IMAGE_SIZE // PATCH) ** 2,
+        vision_feature_select_strategy="full",
+        chat_template=CHAT_TEMPLATE,
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+#: AnyRes resolutions of llava-onevision-qwen2-*-ov (anyres_max_9): 1..6 x 1..6 crops of 384 px.
+OV_PINPOINTS = [[384 * i, 384 * j] for i in range(1, 7) for j in range(1, 7)]
+
+
+def llava_ov_05b_config() -> Any:
+    """`LlavaOnevisionConfig` of llava-hf/llava-onevision-qwen2-0.5b-ov-hf (SigLIP-so400m truncated to
+    26 layers, Qwen2-0.5B), for random-weight speed / memory runs."""
+    from transformers import LlavaOnevisionConfig, Qwen2Config, SiglipVisionConfig
+
+    vision = SiglipVisionConfig(
+        hidden_size=1152,
+        intermediate_size=4304,
+        num_hidden_layers=26,
+        num_attention_heads=16,
+        image_size=384,
+        patch_size=14,
+        layer_norm_eps=1e-6,
+    )
+    text = Qwen2Config(
+        vocab_size=151936,
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        max_position_embeddings=32768,
+        rope_theta=1000000.0,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=True,
+    )
+    return LlavaOnevisionConfig(
+        vision_config=vision,
+        text_config=text,
+        image_grid_pinpoints=OV_PINPOINTS,
+        image_token_index=151646,
+        video_token_index=151647,
+        vision_feature_select_strategy="full",
+        vision_feature_layer=-1,
+        vision_aspect_ratio="anyres_max_9",
+    )
+
+
+def ov_image_processor() -> Any:
+    """The image processor settings of llava-onevision-qwen2-*-ov-hf (384 px crops, mean/std 0.5)."""
+    from transformers import LlavaOnevisionImageProcessor
+
+    return LlavaOnevisionImageProcessor(
+        size={"height": 384, "width": 384},
+        image_grid_pinpoints=OV_PINPOINTS,
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+    )

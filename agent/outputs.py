@@ -1,0 +1,54 @@
+"""Writing inspection records to disk: `<stem>.json` with maps as PNG files beside it, and an overlay.
+
+Files are written to a temporary name and renamed, so an interrupted run never leaves a half-written
+JSON that looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from tools.overlay import render_overlay, save_map_png, save_mask_png
+from tools.record import InspectionRecord
+
+
+def unique_stem(path: str | os.PathLike[str], taken: set[str]) -> str:
+    """File stem for outputs; `name-2`, `name-3`, ... when two inputs share a stem."""
+    stem = Path(path).stem or "image"
+    candidate, n = stem, 1
+    while candidate in taken:
+        n += 1
+        candidate = f"{stem}-{n}"
+    taken.add(candidate)
+    return candidate
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_record(record: InspectionRecord, image: Image.Image, out_dir: Path, stem: str) -> dict[str, str]:
+    """Write maps, mask, overlay and the JSON record; return the written files by role."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files: dict[str, str] = {}
+    if record.anomaly_map is not None:
+        files["anomaly_map"] = f"{stem}_anomaly_map.png"
+        save_map_png(out_dir / files["anomaly_map"], record.anomaly_map)
+    if record.pred_mask is not None:
+        files["pred_mask"] = f"{stem}_mask.png"
+        save_mask_png(out_dir / files["pred_mask"], record.pred_mask)
+    files["overlay"] = f"{stem}_overlay.png"
+    amap = record.anomaly_map if record.anomaly_map is not None else np.zeros(image.size[::-1], np.float32)
+    render_overlay(image, amap, record.pred_mask, record.gt_mask).save(out_dir / files["overlay"])
+    data = record.to_json_dict(files)
+    data["overlay"] = files["overlay"]
+    files["record"] = f"{stem}.json"
+    _atomic_write_text(out_dir / files["record"], json.dumps(data, indent=2))
+    return files

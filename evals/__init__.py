@@ -1,0 +1,1 @@
+"""Evaluation of detection, localization and reasoning quality (DESIGN.md section 7)."""

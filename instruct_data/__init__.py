@@ -1,0 +1,1 @@
+"""Dataset readers, anomaly synthesis, instruction data and QA-set builders."""

