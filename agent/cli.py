@@ -7,12 +7,16 @@ Exit codes: 0 everything done; 1 some inputs failed (the others are still done);
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
+
+#: Modules that add further subcommands with `add_parser(subparsers)`; they import nothing heavy at top.
+COMMAND_MODULES: tuple[str, ...] = ()
 
 DESCRIPTION = """\
 LookTwice: a local defect-inspection agent. Give it product images and a few images of good parts;
@@ -54,6 +58,9 @@ def detector_options(args: argparse.Namespace) -> dict[str, Any]:
         opts.update(data)
     if getattr(args, "resolution", None):
         opts["resolution"] = args.resolution
+    for flag, key in (("model", "model"), ("device", "device"), ("object", "object_name")):
+        if getattr(args, flag, None):
+            opts[key] = getattr(args, flag)
     for item in getattr(args, "set", None) or []:
         if "=" not in item:
             raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
@@ -66,6 +73,9 @@ def _add_detector_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--detector", default="refmatch", help="detector name (see `looktwice detectors`); default refmatch")
     p.add_argument("--resolution", type=int, help="working resolution of the detector (multiple of 32)")
     p.add_argument("--config", help="YAML/JSON file of detector settings")
+    p.add_argument("--model", help="model of model-based detectors: hub id or local folder (see `looktwice models`)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default cpu)")
+    p.add_argument("--object", help="object name for text prompts of CLIP detectors, e.g. 'metal plate'")
     p.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="one detector setting, e.g. --set blur_sigma=3 (repeatable)"
     )
@@ -209,6 +219,23 @@ def cmd_detectors(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    from tools.models import list_models
+
+    rows = list_models()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    for r in rows:
+        state = f"available at {r['where']}" if r["available"] else "not found locally"
+        print(f"{r['name']:10s} {r['id']}  [{state}]")
+        print(f"{'':10s} {r['description']}")
+        if not r["available"] and r.get("fetch"):
+            print(f"{'':10s} get it: {r['fetch']}")
+    print("\nThe embedded detector (refmatch) needs none of these: its weights ship with the package.")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="looktwice", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -253,6 +280,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("detectors", help="list the available detectors")
     p.set_defaults(func=cmd_detectors)
+
+    p = sub.add_parser("models", help="list the named checkpoints (CLIP, SAM, ...) and whether they are here")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_models)
+
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).add_parser(sub)
     return parser
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from agent.brains import BRAINS, Brain
-from tools.detectors import DETECTORS, Detector, DetectorError
+from tools.detectors import DETECTORS, Detector, DetectorError, MissingModelError
 from tools.image_io import ImageLoadError, list_images, load_image
 from tools.record import InspectionRecord
 from tools.regions import mask_from_map, measure_regions
@@ -65,8 +65,14 @@ class Inspector:
             detector = "selfsim"
             detector_options = {k: v for k, v in (detector_options or {}).items() if k in ("resolution", "device")}
         t0 = time.perf_counter()
-        self.detector: Detector = DETECTORS.build(detector, **(detector_options or {}))
-        self.detector.fit(list(references))
+        try:
+            self.detector: Detector = DETECTORS.build(detector, **(detector_options or {}))
+            self.detector.fit(list(references))
+        except MissingModelError as err:
+            fallback = "refmatch" if references else "selfsim"
+            warn(f"{err}\nfalling back to the embedded detector '{fallback}' (no download needed)")
+            self.detector = DETECTORS.build(fallback)
+            self.detector.fit(list(references))
         self.fit_seconds = time.perf_counter() - t0
         self.n_references = len(references)
         self.brain: Brain = BRAINS.build(brain)

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tools.detectors.base import DetectorError
+from tools.detectors.base import DetectorError, MissingModelError
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ _OPEN_CLIP_HUB: dict[tuple[str, str], tuple[str, str]] = {
 _OPEN_CLIP_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 
 
-class ModelNotAvailableError(DetectorError):
+class ModelNotAvailableError(MissingModelError):
     """A checkpoint is not on this machine and cannot be downloaded now. `str()` says what to do."""
 
     def __init__(self, model: str, looked: list[str], fetch: str, reason: str = "") -> None:

@@ -85,7 +85,9 @@ def test_offline_missing_clip_message(empty_cache):
     assert "huggingface-cli download" in msg
 
 
-def test_missing_local_folder(tmp_path):
+def test_missing_local_folder(tmp_path, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     with pytest.raises(ModelNotAvailableError, match="does not hold a model"):
         load_sam(str(tmp_path / "nothing-here"))
     assert not check_model("open_clip", str(tmp_path)).available

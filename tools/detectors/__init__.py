@@ -5,7 +5,7 @@ Add a detector by writing a `Detector` subclass in its own module and one `regis
 
 from __future__ import annotations
 
-from tools.detectors.base import Detector, DetectorError, DetectorOutput
+from tools.detectors.base import Detector, DetectorError, DetectorOutput, MissingModelError
 from tools.registry import Registry
 
 DETECTORS: Registry[Detector] = Registry("detector")
@@ -41,4 +41,4 @@ DETECTORS.register_lazy(
     "reference matching + WinCLIP+ fused on calibrated logits (optional SAM mask refinement)",
 )
 
-__all__ = ["DETECTORS", "Detector", "DetectorError", "DetectorOutput"]
+__all__ = ["DETECTORS", "Detector", "DetectorError", "DetectorOutput", "MissingModelError"]

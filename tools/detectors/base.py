@@ -20,6 +20,10 @@ class DetectorError(RuntimeError):
     """A detector cannot run as configured (no references where needed, missing weights, ...)."""
 
 
+class MissingModelError(DetectorError):
+    """The detector's checkpoint is not on this machine; callers may fall back to the embedded detector."""
+
+
 @dataclass
 class DetectorOutput:
     """One image's result. Maps are float32 HxW at the input image's own resolution."""

@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 import numpy as np
 from PIL import Image
 
-from tools.detectors.base import Detector, DetectorError, DetectorOutput
+from tools.detectors.base import Detector, DetectorError, DetectorOutput, MissingModelError
 
 DEFAULT_MODEL = "llava-hf/llava-onevision-qwen2-0.5b-ov-hf"
 
@@ -70,7 +70,9 @@ class LTFMDetector(Detector):
                     dtype=self.dtype,
                     device_map=None if self.device == "cpu" else self.device,
                 )
-            except (ModelNotFoundError, ExpertWeightsError) as err:
+            except ModelNotFoundError as err:
+                raise MissingModelError(f"ltfm: {err}") from None
+            except ExpertWeightsError as err:
                 raise DetectorError(f"ltfm: {err}") from None
             if model.expert is None:
                 raise DetectorError(

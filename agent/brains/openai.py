@@ -1,0 +1,217 @@
+"""OpenAIBrain: any OpenAI-compatible chat endpoint (a vLLM server first of all) as a brain.
+
+Plain HTTP with the standard library (no `openai` package): `POST {base_url}/chat/completions` with
+the image as a base64 data URL in the first user turn and the measured evidence as text. Settings come
+from the arguments or, when not given, from the environment:
+
+    LOOKTWICE_OPENAI_BASE_URL   e.g. http://127.0.0.1:8000/v1 (a bare host gets /v1 appended)
+    LOOKTWICE_OPENAI_MODEL      the served model name (`vllm serve <model>`)
+    LOOKTWICE_OPENAI_API_KEY    sent as a Bearer token when set (vLLM's --api-key)
+
+Every failure (refused connection, timeout, HTTP error status, a body that is not the OpenAI format)
+raises `BrainError` with one line naming the server and what went wrong; the loop catches it and falls
+back to the tool evidence.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any, ClassVar
+
+from PIL import Image
+
+from agent.brains.base import Brain
+from agent.brains.common import BrainError, ImageMemory, evidence_text, image_data_url
+from prompts import load_prompts
+from tools.record import InspectionRecord
+
+ENV_BASE_URL = "LOOKTWICE_OPENAI_BASE_URL"
+ENV_MODEL = "LOOKTWICE_OPENAI_MODEL"
+ENV_API_KEY = "LOOKTWICE_OPENAI_API_KEY"
+
+
+def normalize_base_url(url: str) -> str:
+    """`http://host:8000` -> `http://host:8000/v1`; a URL with a path is kept (minus a trailing '/')."""
+    url = url.strip()
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise BrainError(f"invalid OpenAI base URL {url!r}: expected http(s)://host[:port][/v1]")
+    path = parsed.path.rstrip("/")
+    if not path:
+        path = "/v1"
+    return urllib.parse.urlunparse((parsed.scheme, parsed.netloc, path, "", "", ""))
+
+
+class OpenAIBrain(Brain):
+    """Explanations and answers from an OpenAI-compatible chat-completions server."""
+
+    name: ClassVar[str] = "openai"
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        model: str | None = None,
+        api_key: str | None = None,
+        timeout: float = 60.0,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        send_image: bool = True,
+        prompts: str = "agent",
+    ) -> None:
+        url = base_url or os.environ.get(ENV_BASE_URL)
+        if not url:
+            raise BrainError(f"no OpenAI-compatible server given: use openai:<base-url>#<model> or set {ENV_BASE_URL}")
+        self.base_url = normalize_base_url(url)
+        self.model = model or os.environ.get(ENV_MODEL) or ""
+        if not self.model:
+            raise BrainError(f"no model name for {self.base_url}: use openai:<base-url>#<model> or set {ENV_MODEL}")
+        self.api_key = api_key if api_key is not None else os.environ.get(ENV_API_KEY)
+        self.timeout = float(timeout)
+        self.max_tokens = int(max_tokens)
+        self.temperature = float(temperature)
+        self.send_image = send_image
+        self.prompt_name = prompts
+        self.t: dict[str, Any] = load_prompts(prompts)
+        self.images = ImageMemory()
+        self.last_call: dict[str, Any] = {}
+
+    def settings(self) -> dict[str, Any]:
+        return {"brain": self.name, "base_url": self.base_url, "model": self.model, "prompts": self.prompt_name}
+
+    def use_image(self, path: str, image: Image.Image) -> None:
+        """Hand over the image of `path`, so it is not read again from disk."""
+        self.images.put(str(path), image)
+
+    # ------------------------------------------------------------------------------------------------
+    # HTTP
+
+    def complete(self, messages: list[dict[str, Any]], **options: Any) -> str:
+        """One chat completion; returns the first choice's text. Raises `BrainError` on any failure."""
+        body = {
+            "model": self.model,
+            "messages": messages,
+            "max_tokens": options.pop("max_tokens", self.max_tokens),
+            "temperature": options.pop("temperature", self.temperature),
+            **options,
+        }
+        url = f"{self.base_url}/chat/completions"
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        request = urllib.request.Request(url, data=json.dumps(body).encode("utf-8"), headers=headers, method="POST")
+        t0 = time.perf_counter()
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                raw = response.read()
+        except urllib.error.HTTPError as err:
+            detail = _error_detail(err)
+            raise BrainError(f"{url} answered HTTP {err.code}{': ' + detail if detail else ''}") from None
+        except (TimeoutError, socket.timeout):
+            raise BrainError(f"{url} did not answer within {self.timeout:g} s") from None
+        except urllib.error.URLError as err:
+            reason = err.reason
+            if isinstance(reason, TimeoutError | socket.timeout):
+                raise BrainError(f"{url} did not answer within {self.timeout:g} s") from None
+            raise BrainError(f"cannot reach {url}: {_one_line(str(reason))}") from None
+        except (ConnectionError, OSError) as err:
+            raise BrainError(f"cannot reach {url}: {_one_line(str(err))}") from None
+        try:
+            data = json.loads(raw.decode("utf-8"))
+            content = data["choices"][0]["message"]["content"]
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise BrainError(f"{url} did not answer with JSON: {_one_line(raw[:120].decode('utf-8', 'replace'))}") from None
+        except (KeyError, IndexError, TypeError):
+            raise BrainError(f"{url} answered JSON without choices[0].message.content") from None
+        if content is None:
+            content = ""
+        if not isinstance(content, str):
+            raise BrainError(f"{url} answered a non-text message content ({type(content).__name__})")
+        self.last_call = {
+            "url": url,
+            "model": self.model,
+            "seconds": round(time.perf_counter() - t0, 4),
+            "usage": data.get("usage") if isinstance(data, dict) else None,
+        }
+        return content.strip()
+
+    # ------------------------------------------------------------------------------------------------
+    # messages
+
+    def _user_content(self, record: InspectionRecord | None, text: str) -> list[dict[str, Any]] | str:
+        image = self.images.get(record.image_path) if (record is not None and self.send_image) else None
+        if image is None:
+            return text
+        return [
+            {"type": "image_url", "image_url": {"url": image_data_url(image)}},
+            {"type": "text", "text": text},
+        ]
+
+    def messages_for(
+        self, record: InspectionRecord, request: str, history: list[tuple[str, str]] | None = None
+    ) -> list[dict[str, Any]]:
+        """System prompt, then (image + evidence + first question), earlier turns, the new request."""
+        evidence = evidence_text(record, self.t)
+        messages: list[dict[str, Any]] = [{"role": "system", "content": self.t["system"].strip()}]
+        turns = list(history or []) + [(request, "")]
+        for i, (user, assistant) in enumerate(turns):
+            text = f"{evidence}\n\n{user}" if i == 0 else user
+            messages.append({"role": "user", "content": self._user_content(record, text) if i == 0 else text})
+            if assistant:
+                messages.append({"role": "assistant", "content": assistant})
+        return messages
+
+    # ------------------------------------------------------------------------------------------------
+    # the interface
+
+    def explain(self, record: InspectionRecord) -> str:
+        return self.complete(self.messages_for(record, self.t["explain"].strip()))
+
+    def answer(
+        self, question: str, record: InspectionRecord, history: list[tuple[str, str]] | None = None
+    ) -> str:
+        request = f"{self.t['answer_prefix'].strip()}\n{question}" if not history else question
+        return self.complete(self.messages_for(record, request, history))
+
+    def propose_rules(self, components_text: str) -> str:
+        """Raw model text for the rule-proposal prompt (the loop parses and validates it)."""
+        return self.complete(self.rule_messages(components_text))
+
+    def repair_rules(self, components_text: str, previous: str, error: str) -> str:
+        messages = self.rule_messages(components_text)
+        messages.append({"role": "assistant", "content": previous})
+        messages.append({"role": "user", "content": self.t["rules_repair"].format(error=error)})
+        return self.complete(messages)
+
+    def rule_messages(self, components_text: str) -> list[dict[str, Any]]:
+        return [
+            {"role": "system", "content": self.t["system"].strip()},
+            {"role": "user", "content": self.t["rules"].format(components=components_text)},
+        ]
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _error_detail(err: urllib.error.HTTPError) -> str:
+    try:
+        raw = err.read().decode("utf-8", "replace")
+    except Exception:  # noqa: BLE001 - the status code alone is still a useful message
+        return _one_line(err.reason or "")
+    try:
+        data = json.loads(raw)
+        if isinstance(data, dict):
+            inner = data.get("error", data)
+            msg = inner.get("message") if isinstance(inner, dict) else inner
+            if msg:
+                return _one_line(str(msg))
+    except json.JSONDecodeError:
+        pass
+    return _one_line(raw or str(err.reason or ""))

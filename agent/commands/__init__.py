@@ -1,0 +1,1 @@
+"""Sub-commands of `looktwice` that live in their own modules; each has `add_parser(sub)`."""

@@ -1,0 +1,111 @@
+"""`looktwice report INPUT... --out DIR [--refs DIR] [--brain ...] [--detector ...] [--resume]`.
+
+Wire it into the main parser with `add_parser(subparsers)`; `python -m agent.commands.report ...` runs
+the same command on its own. Heavy modules are imported only when the command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+DESCRIPTION = """\
+Inspect a batch of images and write a report: index.html (summary, score histogram, breakdowns, a
+sortable and filterable table, a card per image with overlay thumbnail and explanation, failed inputs),
+results.jsonl, results.csv, and per-image overlays, maps and records in images/.
+
+Every result is committed to results.db the moment it is done. After a crash or Ctrl-C, run the same
+command with --resume: finished images are kept, changed files (content hash) are redone, failed and
+unfinished ones are processed. Without --resume a non-empty output folder is refused.
+
+INPUT is an image file, a folder (searched recursively), or a list file of paths, one per line
+(@paths.txt, or any .txt file). Exit codes: 0 all done, 1 some inputs failed (the rest are done),
+2 usage or output-folder errors, 130 interrupted."""
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Add the `report` sub-command to `sub` (the object `add_subparsers()` returned)."""
+    from agent.cli import _add_detector_args
+
+    p = sub.add_parser(
+        "report",
+        help="batch report: HTML page, JSONL/CSV and overlays for many images; resumable",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders, or list files (@list.txt)")
+    p.add_argument("--out", required=True, help="output folder (new or empty, or an earlier report with --resume)")
+    p.add_argument("--refs", help="folder (or file) of good reference images; without it the zero-shot fallback runs")
+    p.add_argument("--brain", default="rule", help="explanation writer (default rule: templates, no weights)")
+    p.add_argument("--resume", action="store_true", help="continue the report in --out: skip what is done")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--no-fsync",
+        action="store_true",
+        help="do not flush each image's files to disk before committing it (faster; a power loss may cost files)",
+    )
+    _add_detector_args(p)
+    p.set_defaults(func=cmd_report)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Run the command from parsed arguments; returns the exit code."""
+    from agent.cli import EXIT_USAGE, _err, _info, detector_options
+    from agent.report.runner import (
+        ReportSettings,
+        ReportUsageError,
+        ReportWriteError,
+        StoreError,
+        run_report,
+    )
+
+    try:
+        options = detector_options(args)
+    except ValueError as err:
+        _err(str(err))
+        return EXIT_USAGE
+    settings = ReportSettings(
+        inputs=list(args.inputs),
+        out=Path(args.out),
+        refs=args.refs,
+        detector=args.detector,
+        detector_options=options,
+        brain=args.brain,
+        resume=args.resume,
+        progress=not args.quiet,
+        durable=not args.no_fsync,
+    )
+    try:
+        summary = run_report(settings, info=_info)
+    except (ReportUsageError, ReportWriteError, StoreError) as err:
+        _err(str(err))
+        return EXIT_USAGE
+    _info(summary.line())
+    if summary.interrupted:
+        _info(f"interrupted; run the same command with --resume to finish the report in '{settings.out}'")
+    return summary.exit_code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """A parser with only the `report` command (for `python -m agent.commands.report` and tests)."""
+    parser = argparse.ArgumentParser(prog="looktwice")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m agent.commands.report INPUT... --out DIR` (the `report` word is optional)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] != "report":
+        argv.insert(0, "report")
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        print("looktwice: error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

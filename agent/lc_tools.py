@@ -1,0 +1,225 @@
+"""LangChain adapters: the perception tools as `StructuredTool`s, and a tool-calling agent.
+
+Each tool has a pydantic argument schema and `response_format="content_and_artifact"`: the model reads
+a short text, while maps, regions and crops travel as the artifact (kept in the `ToolMessage`, never
+sent to the model). The tools share one `InspectionSession` (the image, the fitted detector and its
+references, through an `agent.loop.MatchOfThought`), so `regions` and `zoom` work on what `detect` found.
+
+Errors are answers, not crashes: a bad argument (validation error) or a tool failure (no detection
+yet, an unreadable image, an index out of range) comes back to the model as a ToolMessage with
+status "error" and a one-line reason, so it can correct itself.
+
+LangChain is imported here only; nothing else in the package needs it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from pydantic import BaseModel, Field, ValidationError
+
+from agent.loop import MatchOfThought
+from tools.detectors import DetectorOutput
+from tools.image_io import ImageLoadError, load_image
+from tools.record import Region
+from tools.regions import mask_from_map, measure_regions
+
+SYSTEM_PROMPT = (
+    "You are LookTwice, an industrial visual-inspection agent. Use the tools: `detect` first, then "
+    "`regions` to list what it found, `zoom` to look twice at a region, `compare_with_references` to "
+    "check components against the good references. Answer briefly from the tool results only."
+)
+
+
+class InspectionSession:
+    """What the tools share: the current image and the last detection on it."""
+
+    def __init__(self, loop: MatchOfThought, image: Image.Image | None = None, image_path: str | None = None) -> None:
+        self.loop = loop
+        self.image = image
+        self.image_path = image_path
+        self.output: DetectorOutput | None = None
+        self.regions: list[Region] = []
+
+    def set_image(self, path: str) -> None:
+        from langchain_core.tools import ToolException
+
+        try:
+            self.image = load_image(path)
+        except (ImageLoadError, OSError) as err:
+            raise ToolException(str(err)) from None
+        self.image_path = str(path)
+        self.output, self.regions = None, []
+
+
+# ---------------------------------------------------------------------------------------------- schemas
+
+
+class DetectArgs(BaseModel):
+    """Arguments of `detect`."""
+
+    image_path: str | None = Field(
+        default=None, description="image file to inspect; leave out to inspect the current image"
+    )
+
+
+class RegionsArgs(BaseModel):
+    """Arguments of `regions`."""
+
+    max_regions: int = Field(default=5, ge=1, le=20, description="how many regions to list, most suspicious first")
+
+
+class ZoomArgs(BaseModel):
+    """Arguments of `zoom`."""
+
+    region: int = Field(ge=0, description="index of the region in the `regions` list (0 = most suspicious)")
+    margin: float = Field(default=0.5, ge=0.0, le=2.0, description="context around the region, fraction of its size")
+
+
+class CompareArgs(BaseModel):
+    """Arguments of `compare_with_references`."""
+
+    max_extra: int = Field(default=5, ge=0, le=50, description="how many unmatched components to describe")
+
+
+# ---------------------------------------------------------------------------------------------- tools
+
+
+def _validation_message(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors()[:3]:
+        where = ".".join(str(p) for p in e.get("loc", ())) or "arguments"
+        parts.append(f"{where}: {e.get('msg', 'invalid')}")
+    return "invalid arguments: " + "; ".join(parts)
+
+
+def make_tools(session: InspectionSession) -> list[Any]:
+    """`detect`, `regions`, `zoom`, `compare_with_references` over one session."""
+    from langchain_core.tools import StructuredTool, ToolException
+
+    def need_image() -> Image.Image:
+        if session.image is None:
+            raise ToolException("no image: call detect with image_path first")
+        return session.image
+
+    def need_detection() -> DetectorOutput:
+        if session.output is None:
+            raise ToolException("nothing detected yet: call detect first")
+        return session.output
+
+    def detect(image_path: str | None = None) -> tuple[str, dict[str, Any]]:
+        if image_path:
+            session.set_image(image_path)
+        img = need_image()
+        d = session.loop.detector
+        out = d.predict([img])[0]
+        label = bool(out.pred_score > d.threshold)
+        mask = mask_from_map(out.anomaly_map, d.pixel_threshold) if label else np.zeros(out.anomaly_map.shape, bool)
+        session.output = out
+        session.regions = measure_regions(out.anomaly_map, mask, np.asarray(img))
+        text = (
+            f"score {out.pred_score:.3f} (threshold {d.threshold:.2f}): "
+            f"{'defective' if label else 'good'}, {len(session.regions)} region(s)"
+        )
+        artifact = {
+            "pred_score": float(out.pred_score),
+            "pred_label": label,
+            "threshold": float(d.threshold),
+            "anomaly_map": out.anomaly_map,
+            "pred_mask": mask,
+        }
+        return text, artifact
+
+    def regions(max_regions: int = 5) -> tuple[str, list[dict[str, Any]]]:
+        need_detection()
+        shown = session.regions[:max_regions]
+        if not shown:
+            return "no regions above the pixel threshold", []
+        lines = [
+            f"{i}: {r.shape or 'anomalous'} {r.location}, {100 * r.area_fraction:.1f}% of the image, "
+            f"box {list(r.bbox)}, peak {r.max_score:.2f}"
+            for i, r in enumerate(shown)
+        ]
+        return "\n".join(lines), [r.to_dict() for r in shown]
+
+    def zoom(region: int, margin: float = 0.5) -> tuple[str, dict[str, Any]]:
+        need_detection()
+        img = need_image()
+        if region >= len(session.regions):
+            raise ToolException(f"no region {region}: there are {len(session.regions)} (indices from 0)")
+        r = session.regions[region]
+        look = session.loop.look_again(img, r.bbox, f"region {region}", margin=margin)
+        if "error" in look:
+            raise ToolException(f"zoom failed: {look['error']}")
+        x0, y0, x1, y1 = look["box"]
+        text = (
+            f"region {region} zoomed (box {look['box']}): score {look['zoom_score']:.3f}, "
+            f"{'confirmed' if look['confirmed'] else 'not confirmed'} at the closer look"
+        )
+        return text, {**look, "crop": img.crop((x0, y0, x1, y1))}
+
+    def compare_with_references(max_extra: int = 5) -> tuple[str, dict[str, Any]]:
+        img = need_image()
+        if not session.loop.references:
+            raise ToolException("no good references were given, nothing to compare with")
+        result = session.loop.compare(img)
+        text = result["summary"]
+        extra = result["extra_components"][:max_extra]
+        if extra:
+            text += "; unmatched: " + ", ".join(
+                f"colour {c['colour_class']} at ({c['centroid'][0]:.2f}, {c['centroid'][1]:.2f})" for c in extra
+            )
+        if result["violations"]:
+            text += "; broken: " + ", ".join(
+                f"{v['kind']} of colour {v['colour_class']} = {v['value']:g} (allowed {v['min']:g}..{v['max']:g})"
+                for v in result["violations"][:5]
+            )
+        return text, result
+
+    specs = [
+        (detect, DetectArgs, "Run the anomaly detector on the image; returns the score and the verdict."),
+        (regions, RegionsArgs, "List the anomalous regions of the last detection: location, size, shape, box."),
+        (zoom, ZoomArgs, "Look twice: crop and zoom one region and score the crop again against the references."),
+        (
+            compare_with_references,
+            CompareArgs,
+            "Match the image's colour components to the good references' (counts, areas, positions).",
+        ),
+    ]
+    return [
+        StructuredTool.from_function(
+            func=fn,
+            name=fn.__name__,
+            description=desc,
+            args_schema=schema,
+            response_format="content_and_artifact",
+            handle_tool_error=True,
+            handle_validation_error=_validation_message,
+        )
+        for fn, schema, desc in specs
+    ]
+
+
+def build_agent(chat_model: Any, tools: list[Any], system_prompt: str | None = SYSTEM_PROMPT) -> Any:
+    """A LangChain 1.x agent (`langchain.agents.create_agent`) over a tool-calling chat model.
+
+    Run it with `agent.invoke({"messages": [("user", "Is there a defect?")]})`; the reply is the last
+    message, the tool results (with their artifacts) are the `ToolMessage`s before it.
+    """
+    from langchain.agents import create_agent
+
+    return create_agent(model=chat_model, tools=tools, system_prompt=system_prompt)
+
+
+__all__ = [
+    "SYSTEM_PROMPT",
+    "CompareArgs",
+    "DetectArgs",
+    "InspectionSession",
+    "RegionsArgs",
+    "ZoomArgs",
+    "build_agent",
+    "make_tools",
+]

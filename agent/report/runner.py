@@ -1,0 +1,430 @@
+"""The batch loop of `looktwice report`: inputs -> inspections -> files + store -> exports and index.html.
+
+Order of writes for one image: its files (staged, flushed, renamed into place), then its row in the
+store (one committed transaction). So a kill at any point keeps every committed image, and a resumed
+run redoes only what has no committed row, whose file content changed (sha256), whose settings differ,
+or whose files went missing. Failed inputs are retried on resume (they are cheap, and the cause, e.g.
+permissions, may have been fixed). The exports and the page are rebuilt from the store at the end,
+every `html_every_s` seconds during long runs, and when the run is interrupted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from agent.report.files import STAGING_DIR, clear_staging, outputs_present, write_image_outputs
+from agent.report.inputs import InputError, InputItem, collect_inputs, file_digest, safe_stem
+from agent.report.store import DB_NAME, STATUS_DONE, STATUS_FAILED, ResultStore, Row, StoreError
+
+LOCK_NAME = ".lock"
+_OWN_ENTRIES = {LOCK_NAME, STAGING_DIR}  # what a run leaves before it has written anything else
+
+
+class ReportUsageError(Exception):
+    """A problem with the command line or the output folder (exit code 2); one clear line."""
+
+
+class ReportWriteError(Exception):
+    """Outputs could not be written mid-run (disk full, folder removed): the run stops (exit code 2)."""
+
+
+@dataclass
+class ReportSettings:
+    inputs: list[str]
+    out: Path
+    refs: str | None = None
+    detector: str = "refmatch"
+    detector_options: dict[str, Any] = field(default_factory=dict)
+    brain: str = "rule"
+    resume: bool = False
+    progress: bool = True
+    durable: bool = True  # fsync files before they are renamed into place
+    html_every_s: float = 120.0  # rebuild the page during long runs
+
+
+@dataclass
+class ReportSummary:
+    out: Path
+    inputs: int = 0
+    processed: int = 0  # inspected or failed in this run
+    skipped: int = 0  # already done, unchanged
+    defective: int = 0  # over all current inputs (final state)
+    good: int = 0
+    failed: int = 0
+    seconds: float = 0.0  # of the loop, including setup_seconds (not the final page and exports)
+    setup_seconds: float = 0.0  # loading the references and fitting the detector
+    interrupted: bool = False
+
+    @property
+    def exit_code(self) -> int:
+        if self.interrupted:
+            return 130
+        return 1 if self.failed else 0
+
+    def line(self) -> str:
+        done = self.defective + self.good
+        rate = f"{100 * self.defective / done:.1f}%" if done else "n/a"
+        work = self.seconds - self.setup_seconds
+        speed = f"{self.processed / work:.2f} images/s" if work > 0 and self.processed else "-"
+        head = "report interrupted" if self.interrupted else "report done"
+        return (
+            f"{head}: {self.inputs} input(s): {done} inspected ({self.defective} defective, {self.good} good, "
+            f"defect rate {rate}), {self.failed} failed; this run {self.processed} processed, {self.skipped} "
+            f"skipped as already done, {self.seconds:.1f} s ({self.setup_seconds:.1f} s setup), {speed}; report: {self.out / 'index.html'}"
+        )
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------- folder
+def _prepare_out(out: Path, resume: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise ReportUsageError(f"output path '{out}' exists and is not a folder")
+    if out.is_dir():
+        try:
+            entries = {p.name for p in out.iterdir()}
+        except OSError as err:
+            raise ReportUsageError(f"cannot read output folder '{out}': {err.strerror or err}") from None
+        if entries - _OWN_ENTRIES:
+            if not resume:
+                raise ReportUsageError(
+                    f"output folder '{out}' is not empty; add --resume to continue the report in it, "
+                    "or give a new or empty folder with --out"
+                )
+            if DB_NAME not in entries:
+                raise ReportUsageError(
+                    f"output folder '{out}' is not empty and holds no LookTwice report ({DB_NAME} is missing); "
+                    "give a new or empty folder with --out"
+                )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        reason = err.strerror or str(err)
+        raise ReportUsageError(f"output folder '{out}' is not writable: {reason}") from None
+
+
+@contextlib.contextmanager
+def _locked(out: Path) -> Iterator[None]:
+    """One report at a time per folder (the lock goes away with the process, also on kill -9)."""
+    try:
+        fd = os.open(out / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise ReportUsageError(f"output folder '{out}' is not writable: {err.strerror or err}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise ReportUsageError(f"another report is running in '{out}'; wait for it or use another --out") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------------------------------------- settings
+def settings_fingerprint(s: ReportSettings) -> dict[str, Any]:
+    """What decides a result: detector, its options, brain, and the references' content."""
+    from tools.image_io import list_images
+
+    refs: list[list[str]] = []
+    if s.refs is not None:
+        root = Path(s.refs)
+        if not root.exists():
+            raise ReportUsageError(f"references folder '{root}' does not exist")
+        paths = list_images(root, recursive=True) if root.is_dir() else [root]
+        for p in paths:
+            try:
+                digest = file_digest(str(p))[1]
+            except OSError:
+                digest = "unreadable"
+            refs.append([str(p.relative_to(root)) if root.is_dir() else p.name, digest])
+    return {
+        "detector": s.detector,
+        "detector_options": s.detector_options,
+        "brain": s.brain,
+        "references": refs,
+    }
+
+
+def settings_hash(fingerprint: dict[str, Any]) -> str:
+    text = json.dumps(fingerprint, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def _check_settings(store: ResultStore, fingerprint: dict[str, Any], digest: str) -> None:
+    stored = store.get_meta("settings_hash")
+    if stored is None:
+        store.set_meta("settings_hash", digest)
+        store.set_meta("settings", json.dumps(fingerprint, default=str))
+        store.set_meta("created", time.strftime("%Y-%m-%dT%H:%M:%S"))
+        return
+    if stored != digest:
+        before = json.loads(store.get_meta("settings") or "{}")
+        changed = sorted(k for k in set(before) | set(fingerprint) if before.get(k) != fingerprint.get(k))
+        raise ReportUsageError(
+            f"the report in '{store.path.parent}' was made with other settings (changed: {', '.join(changed)}); "
+            "resume it with the same --detector/--brain/--refs/detector settings, or give a new --out"
+        )
+
+
+# ---------------------------------------------------------------------------------------------- loop
+class _LazyInspector:
+    def __init__(self, s: ReportSettings, warn: Callable[[str], None]) -> None:
+        self.s, self.warn, self._inspector = s, warn, None
+        self.seconds = 0.0
+
+    def get(self):  # -> agent.inspector.Inspector
+        if self._inspector is None:
+            from agent.inspector import Inspector, load_references
+            from tools.detectors import DetectorError
+
+            t0 = time.perf_counter()
+            try:
+                refs = load_references(self.s.refs, warn=self.warn)
+                self._inspector = Inspector(
+                    self.s.detector, refs, self.s.detector_options, brain=self.s.brain, warn=self.warn
+                )
+            except (DetectorError, ValueError, KeyError, TypeError) as err:
+                raise ReportUsageError(str(err)) from None
+            self.seconds = time.perf_counter() - t0
+        return self._inspector
+
+
+def _failed_row(item: InputItem, stem: str, seq: int, digest: str, error: str, **kw: Any) -> Row:
+    return Row(item.path, item.display_path, stem, settings_hash=digest, status=STATUS_FAILED, error=error, seq=seq, **kw)
+
+
+def _process(
+    item: InputItem,
+    stem: str,
+    seq: int,
+    digest: str,
+    store: ResultStore,
+    inspector: _LazyInspector,
+    out: Path,
+    durable: bool,
+) -> Row | None:
+    """Inspect one input and commit it; None when it was already done. Raises ReportWriteError."""
+    from tools.image_io import ImageLoadError, load_image
+
+    t0 = time.perf_counter()
+    try:
+        size, sha = file_digest(item.path)
+    except OSError as err:
+        if isinstance(err, IsADirectoryError):
+            reason = "is a directory"
+        elif isinstance(err, FileNotFoundError):
+            reason = "file not found"
+        else:
+            reason = err.strerror or str(err)
+        row = _failed_row(item, stem, seq, digest, f"cannot read image '{item.display_path}': {reason}")
+        store.put(row)
+        return row
+    t_hash = time.perf_counter() - t0
+    old = store.get(item.path)
+    if (
+        old is not None
+        and old.ok
+        and old.sha256 == sha
+        and old.settings_hash == digest
+        and outputs_present(out, old.files)
+    ):
+        return None
+    t1 = time.perf_counter()
+    try:
+        image = load_image(item.path)
+        record = inspector.get().inspect(item.display_path, image)
+    except ImageLoadError as err:
+        msg = str(err).replace(f"'{item.path}'", f"'{item.display_path}'")
+        row = _failed_row(item, stem, seq, digest, msg, size=size, sha256=sha)
+        store.put(row)
+        return row
+    except ReportUsageError:
+        raise
+    except Exception as err:  # one image breaking the detector must not stop the batch
+        first = (str(err).strip().splitlines() or [""])[0]
+        msg = f"inspection of '{item.display_path}' failed: {type(err).__name__}: {first}"
+        row = _failed_row(item, stem, seq, digest, msg, size=size, sha256=sha)
+        store.put(row)
+        return row
+    t_inspect = time.perf_counter() - t1
+    t2 = time.perf_counter()
+    try:
+        files = write_image_outputs(record, image, out, stem, durable=durable)
+    except OSError as err:
+        raise ReportWriteError(f"cannot write outputs to '{out}': {err.strerror or err}") from None
+    t_write = time.perf_counter() - t2
+    data = record.to_json_dict({k: v for k, v in files.items() if k in ("anomaly_map", "pred_mask")})
+    data["overlay"] = files["overlay"]
+    timings = {
+        "hash": round(t_hash, 4),
+        "inspect": round(t_inspect, 4),
+        "write": round(t_write, 4),
+        "total": round(time.perf_counter() - t0, 4),
+    }
+    row = Row(
+        item.path,
+        item.display_path,
+        stem,
+        size=size,
+        sha256=sha,
+        settings_hash=digest,
+        status=STATUS_DONE,
+        record=data,
+        files=files,
+        timings=timings,
+        seq=seq,
+    )
+    store.put(row)
+    return row
+
+
+def _finalize(store: ResultStore, out: Path) -> None:
+    from agent.report.export import write_exports
+    from agent.report.html import write_html
+
+    rows = list(store.rows())
+    meta = {"settings": json.loads(store.get_meta("settings") or "{}"), "title": "LookTwice report"}
+    try:
+        write_exports(rows, out)
+        write_html(rows, meta, out)
+    except OSError as err:
+        raise ReportWriteError(f"cannot write the report files to '{out}': {err.strerror or err}") from None
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM stops the run like Ctrl-C: the page and exports are rebuilt before exiting."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_report(
+    s: ReportSettings, info: Callable[[str], None] = _stderr, progress_file: TextIO | None = None
+) -> ReportSummary:
+    """Run (or resume) a report. Raises ReportUsageError / ReportWriteError / StoreError (exit 2)."""
+    from tqdm import tqdm
+
+    from agent.brains import BRAINS
+    from agent.outputs import unique_stem
+    from tools.detectors import DETECTORS
+
+    if s.detector not in DETECTORS:
+        raise ReportUsageError(f"unknown detector '{s.detector}'; choose one of: {', '.join(DETECTORS.names())}")
+    if s.brain not in BRAINS:
+        raise ReportUsageError(f"unknown brain '{s.brain}'; choose one of: {', '.join(BRAINS.names())}")
+    try:
+        items = collect_inputs(s.inputs)
+    except (InputError, OSError) as err:
+        raise ReportUsageError(str(err)) from None
+    if not items:
+        raise ReportUsageError(f"no input images found in: {', '.join(s.inputs)}")
+    fingerprint = settings_fingerprint(s)
+    digest = settings_hash(fingerprint)
+    out = Path(s.out)
+    _prepare_out(out, s.resume)
+    summary = ReportSummary(out=out, inputs=len(items))
+    t_start = time.perf_counter()
+    with _locked(out), ResultStore(out) as store, _sigterm_as_interrupt():
+        _check_settings(store, fingerprint, digest)
+        store.set_meta("inputs", json.dumps(s.inputs))
+        clear_staging(out)
+        stems = store.stems()
+        taken = set(stems.values())
+        for item in items:
+            if item.path not in stems:
+                stems[item.path] = unique_stem(safe_stem(item.path) + ".x", taken)
+        inspector = _LazyInspector(s, warn=info)
+        bar = tqdm(
+            total=len(items),
+            unit="img",
+            desc="report",
+            disable=not s.progress,
+            file=progress_file or sys.stderr,
+            dynamic_ncols=True,
+            smoothing=0.1,
+        )
+
+        def say(msg: str) -> None:
+            if s.progress:
+                bar.write(msg, file=progress_file or sys.stderr)
+            else:
+                info(msg)
+
+        inspector.warn = say
+        last_html = time.monotonic()
+        failed_now = 0
+        try:
+            for seq, item in enumerate(items):
+                row = _process(item, stems[item.path], seq, digest, store, inspector, out, s.durable)
+                if row is None:
+                    summary.skipped += 1
+                    bar.update(1)
+                    continue
+                summary.processed += 1
+                if not row.ok:
+                    failed_now += 1
+                    say(f"looktwice: error: {row.error}")
+                bar.update(1)
+                bar.set_postfix(failed=failed_now, refresh=False)
+                if time.monotonic() - last_html > s.html_every_s:
+                    _finalize(store, out)
+                    last_html = time.monotonic()
+        except KeyboardInterrupt:
+            summary.interrupted = True
+        finally:
+            bar.close()
+        summary.seconds = time.perf_counter() - t_start
+        summary.setup_seconds = inspector.seconds
+        clear_staging(out)
+        _finalize(store, out)
+        wanted = {item.path for item in items}
+        for row in store.rows():
+            if row.path not in wanted:
+                continue
+            if not row.ok:
+                summary.failed += 1
+            elif row.record and row.record.get("pred_label"):
+                summary.defective += 1
+            else:
+                summary.good += 1
+    return summary
+
+
+__all__ = [
+    "ReportSettings",
+    "ReportSummary",
+    "ReportUsageError",
+    "ReportWriteError",
+    "StoreError",
+    "run_report",
+    "settings_fingerprint",
+    "settings_hash",
+]
