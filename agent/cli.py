@@ -171,11 +171,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------- eval
 def _format_table(result: dict[str, Any]) -> str:
     keys = ("image_AUROC", "pixel_AUROC", "pixel_AUPRO", "image_F1Max", "pixel_F1Max", "throughput_ips")
-    lines = ["category".ljust(20) + "".join(k.rjust(14) for k in keys)]
+    lines = ["category".ljust(20) + "".join(k.rjust(16) for k in keys)]
     for c in result["categories"]:
-        lines.append(c["category"][:20].ljust(20) + "".join(f"{c[k]:14.3f}" for k in keys))
+        lines.append(c["category"][:20].ljust(20) + "".join(f"{c[k]:16.3f}" for k in keys))
     if len(result["categories"]) > 1:
-        lines.append("mean".ljust(20) + "".join(f"{result[k]:14.3f}" for k in keys))
+        lines.append("mean".ljust(20) + "".join(f"{result[k]:16.3f}" for k in keys))
     for c in result["categories"]:
         per = ", ".join(f"{d} {v:.3f}" for d, v in c["per_defect_image_AUROC"].items())
         lines.append(f"{c['category']}: image AUROC per defect type: {per}")

@@ -36,7 +36,9 @@ SYSTEM_PROMPT = (
 class InspectionSession:
     """What the tools share: the current image and the last detection on it."""
 
-    def __init__(self, loop: MatchOfThought, image: Image.Image | None = None, image_path: str | None = None) -> None:
+    def __init__(
+        self, loop: MatchOfThought, image: Image.Image | None = None, image_path: str | None = None
+    ) -> None:
         self.loop = loop
         self.image = image
         self.image_path = image_path
@@ -68,14 +70,18 @@ class DetectArgs(BaseModel):
 class RegionsArgs(BaseModel):
     """Arguments of `regions`."""
 
-    max_regions: int = Field(default=5, ge=1, le=20, description="how many regions to list, most suspicious first")
+    max_regions: int = Field(
+        default=5, ge=1, le=20, description="how many regions to list, most suspicious first"
+    )
 
 
 class ZoomArgs(BaseModel):
     """Arguments of `zoom`."""
 
     region: int = Field(ge=0, description="index of the region in the `regions` list (0 = most suspicious)")
-    margin: float = Field(default=0.5, ge=0.0, le=2.0, description="context around the region, fraction of its size")
+    margin: float = Field(
+        default=0.5, ge=0.0, le=2.0, description="context around the region, fraction of its size"
+    )
 
 
 class CompareArgs(BaseModel):
@@ -116,7 +122,11 @@ def make_tools(session: InspectionSession) -> list[Any]:
         d = session.loop.detector
         out = d.predict([img])[0]
         label = bool(out.pred_score > d.threshold)
-        mask = mask_from_map(out.anomaly_map, d.pixel_threshold) if label else np.zeros(out.anomaly_map.shape, bool)
+        mask = (
+            mask_from_map(out.anomaly_map, d.pixel_threshold)
+            if label
+            else np.zeros(out.anomaly_map.shape, bool)
+        )
         session.output = out
         session.regions = measure_regions(out.anomaly_map, mask, np.asarray(img))
         text = (
@@ -169,7 +179,8 @@ def make_tools(session: InspectionSession) -> list[Any]:
         extra = result["extra_components"][:max_extra]
         if extra:
             text += "; unmatched: " + ", ".join(
-                f"colour {c['colour_class']} at ({c['centroid'][0]:.2f}, {c['centroid'][1]:.2f})" for c in extra
+                f"colour {c['colour_class']} at ({c['centroid'][0]:.2f}, {c['centroid'][1]:.2f})"
+                for c in extra
             )
         if result["violations"]:
             text += "; broken: " + ", ".join(
@@ -180,8 +191,16 @@ def make_tools(session: InspectionSession) -> list[Any]:
 
     specs = [
         (detect, DetectArgs, "Run the anomaly detector on the image; returns the score and the verdict."),
-        (regions, RegionsArgs, "List the anomalous regions of the last detection: location, size, shape, box."),
-        (zoom, ZoomArgs, "Look twice: crop and zoom one region and score the crop again against the references."),
+        (
+            regions,
+            RegionsArgs,
+            "List the anomalous regions of the last detection: location, size, shape, box.",
+        ),
+        (
+            zoom,
+            ZoomArgs,
+            "Look twice: crop and zoom one region and score the crop again against the references.",
+        ),
         (
             compare_with_references,
             CompareArgs,

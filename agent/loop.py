@@ -58,6 +58,7 @@ class LoopSettings:
     zoom_margin: float = 0.5  # context added on each side of a region's box, as a fraction of its long side
     min_crop: int = 32  # smallest crop side in image pixels
     zoom_weight: float = 0.0  # blend of the highest zoom score into pred_score (0 = record only)
+    zoom_grid: int = 1  # >1: also fit the zoom detector on an n x n grid of reference crops (unaligned parts)
     palette_size: int = 3  # colour classes of the component segmentation
     component_size: int = 96  # long side of the image when segmenting components
     min_component: float = 0.002  # smallest component, as a fraction of the image
@@ -92,18 +93,16 @@ def _short(text: str, limit: int = 300) -> str:
 def zoom_box(
     bbox: Sequence[int], size: tuple[int, int], margin: float = 0.5, min_side: int = 32
 ) -> tuple[int, int, int, int]:
-    """A square-ish crop box around `bbox` (x0, y0, x1, y1, exclusive) with context, inside the image."""
+    """A square crop box around `bbox` (x0, y0, x1, y1, exclusive) with context, shifted to lie inside
+    the image; a side longer than the image is cut to the image (so the box can be non-square)."""
     w, h = size
     x0, y0, x1, y1 = (int(v) for v in bbox)
-    side = max(x1 - x0, y1 - y0)
-    side = int(max(min_side, side * (1.0 + 2.0 * margin)))
-    side = min(side, w, h) if min(w, h) > 0 else side
+    side = int(max(min_side, max(x1 - x0, y1 - y0) * (1.0 + 2.0 * margin)))
+    sw, sh = min(side, w), min(side, h)
     cx, cy = (x0 + x1) / 2.0, (y0 + y1) / 2.0
-    bx0 = int(round(cx - side / 2.0))
-    by0 = int(round(cy - side / 2.0))
-    bx0 = min(max(0, bx0), max(0, w - side))
-    by0 = min(max(0, by0), max(0, h - side))
-    return bx0, by0, min(w, bx0 + side), min(h, by0 + side)
+    bx0 = min(max(0, int(round(cx - sw / 2.0))), w - sw)
+    by0 = min(max(0, int(round(cy - sh / 2.0))), h - sh)
+    return bx0, by0, bx0 + sw, by0 + sh
 
 
 def peak_box(anomaly_map: np.ndarray, min_side: int) -> tuple[int, int, int, int]:
@@ -135,38 +134,57 @@ class Component:
         }
 
 
-def _pixels(image: Image.Image, size: int, blur: float = 1.0) -> np.ndarray:
+def _pixels(image: Image.Image, size: int, blur: float = 1.0, nearest: bool = False) -> np.ndarray:
     """RGB 0..1 at `size` (long side), slightly blurred so texture grain does not split components."""
     img = image.convert("RGB")
     scale = size / max(img.size)
     if scale < 1:
-        img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.BILINEAR)
+        resample = Image.NEAREST if nearest else Image.BILINEAR  # a colour sample must not invent colours
+        img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), resample)
     px = np.asarray(img, dtype=np.float64) / 255.0
     return ndimage.gaussian_filter(px, (blur, blur, 0)) if blur > 0 else px
 
 
 def colour_palette(
-    references: Sequence[Image.Image], k: int = 3, size: int = 64, iterations: int = 12, min_distance: float = 0.15
+    references: Sequence[Image.Image],
+    k: int = 3,
+    size: int = 64,
+    iterations: int = 12,
+    min_distance: float = 0.15,
+    min_share: float = 0.01,
+    blur: float = 1.0,
 ) -> np.ndarray:
-    """Up to k RGB cluster centres (n, 3) of the references' pixels (k-means, initialised at luminance
-    quantiles; centres closer than `min_distance` in RGB 0..1 are merged), dark to bright."""
-    pixels = np.concatenate([_pixels(im, size).reshape(-1, 3) for im in references], axis=0)
-    luma = pixels @ np.array([0.299, 0.587, 0.114])
-    order = np.argsort(luma)
-    centres = np.stack([pixels[order[int((i + 0.5) / k * (len(order) - 1))]] for i in range(k)])
+    """Up to k RGB cluster centres (n, 3) of the references' pixels, dark to bright.
+
+    The pixels are sampled with nearest-neighbour resizing and a light blur (`blur`, in pixels) so grain
+    does not become a colour. k-means with a deterministic farthest-point start (the median pixel, then
+    the pixel farthest from the centres so far); clusters holding less than `min_share` of the pixels
+    are dropped, and centres closer than `min_distance` (RGB 0..1) merged: a uniform texture is one
+    material, not k shades.
+    """
+    pixels = np.concatenate(
+        [_pixels(im, size, blur=blur, nearest=True).reshape(-1, 3) for im in references], axis=0
+    )
+    luma_w = np.array([0.299, 0.587, 0.114])
+    luma = pixels @ luma_w
+    centres = [pixels[np.argsort(luma)[len(luma) // 2]]]
+    for _ in range(1, k):
+        d = np.min([((pixels - c) ** 2).sum(-1) for c in centres], axis=0)
+        centres.append(pixels[int(np.argmax(d))])
+    cents = np.stack(centres)
+    assign = np.zeros(len(pixels), int)
     for _ in range(iterations):
-        d = ((pixels[:, None, :] - centres[None, :, :]) ** 2).sum(-1)
-        assign = d.argmin(1)
-        for c in range(k):
+        assign = ((pixels[:, None, :] - cents[None, :, :]) ** 2).sum(-1).argmin(1)
+        for c in range(len(cents)):
             members = pixels[assign == c]
             if len(members):
-                centres[c] = members.mean(0)
-    # order classes dark -> bright, so class numbers read the same in every run; merge close colours
-    # (a uniform texture is one material, not k shades of it)
-    centres = centres[np.argsort(centres @ np.array([0.299, 0.587, 0.114]))]
-    kept = [centres[0]]
-    for c in centres[1:]:
-        if min(float(np.linalg.norm(c - k)) for k in kept) >= min_distance:
+                cents[c] = members.mean(0)
+    share = np.bincount(assign, minlength=len(cents)) / len(pixels)
+    cents = cents[share >= min_share] if (share >= min_share).any() else cents
+    cents = cents[np.argsort(cents @ luma_w)]
+    kept = [cents[0]]
+    for c in cents[1:]:
+        if min(float(np.linalg.norm(c - q)) for q in kept) >= min_distance:
             kept.append(c)
     return np.stack(kept)
 
@@ -196,7 +214,10 @@ def extract_components(
         keep = (areas / total >= min_area) & (areas / total <= max_area)
         if not keep.any():
             continue
-        cy, cx = (np.asarray(v) for v in zip(*ndimage.center_of_mass(np.ones_like(labels), labels, idx[keep]), strict=True))
+        cy, cx = (
+            np.asarray(v)
+            for v in zip(*ndimage.center_of_mass(np.ones_like(labels), labels, idx[keep]), strict=True)
+        )
         means = np.stack([ndimage.mean(px[..., ch], labels, idx[keep]) for ch in range(3)], axis=-1)
         for a, x, y, col in zip(areas[keep], cx, cy, means, strict=True):
             comps.append(
@@ -242,13 +263,19 @@ def component_cost(a: Component, b: Component) -> float:
     return ratio + 2.0 * dist + colour
 
 
-def match_components(query: Sequence[Component], reference: Sequence[Component], max_cost: float = 1.5) -> ComponentMatch:
+def match_components(
+    query: Sequence[Component], reference: Sequence[Component], max_cost: float = 1.5
+) -> ComponentMatch:
     """Optimal one-to-one assignment (scipy's `linear_sum_assignment`); pairs above `max_cost` are unmatched."""
     if not query or not reference:
-        return ComponentMatch([], list(range(len(query))), list(range(len(reference))), float(len(query) + len(reference)))
+        return ComponentMatch(
+            [], list(range(len(query))), list(range(len(reference))), float(len(query) + len(reference))
+        )
     cost = np.array([[component_cost(q, r) for r in reference] for q in query])
     rows, cols = linear_sum_assignment(cost)
-    pairs = [(int(i), int(j), float(cost[i, j])) for i, j in zip(rows, cols, strict=True) if cost[i, j] <= max_cost]
+    pairs = [
+        (int(i), int(j), float(cost[i, j])) for i, j in zip(rows, cols, strict=True) if cost[i, j] <= max_cost
+    ]
     matched_q = {p[0] for p in pairs}
     matched_r = {p[1] for p in pairs}
     extra = [i for i in range(len(query)) if i not in matched_q]
@@ -347,13 +374,18 @@ def check_rules(rules: Sequence[Rule], comps: Sequence[Component]) -> list[dict[
     broken = []
     for rule in rules:
         value = rule_value(rule, comps)
-        if (rule.min is not None and value < rule.min - 1e-9) or (rule.max is not None and value > rule.max + 1e-9):
+        if (rule.min is not None and value < rule.min - 1e-9) or (
+            rule.max is not None and value > rule.max + 1e-9
+        ):
             broken.append({**rule.model_dump(), "value": round(value, 5)})
     return broken
 
 
 def derive_rules(
-    ref_components: Sequence[Sequence[Component]], n_classes: int, area_tolerance: float = 0.5, count_slack: int = 1
+    ref_components: Sequence[Sequence[Component]],
+    n_classes: int,
+    area_tolerance: float = 0.5,
+    count_slack: int = 1,
 ) -> list[Rule]:
     """Count, area and balance ranges per colour class, as seen over the references."""
     rules: list[Rule] = []
@@ -369,7 +401,13 @@ def derive_rules(
             else:
                 lo, hi = lo - count_slack, hi + count_slack
             rules.append(
-                Rule(kind=kind, colour_class=c, min=lo, max=hi, description=f"{kind} of colour {c} as on the references")
+                Rule(
+                    kind=kind,
+                    colour_class=c,
+                    min=lo,
+                    max=hi,
+                    description=f"{kind} of colour {c} as on the references",
+                )
             )
     return rules
 
@@ -379,7 +417,9 @@ def components_summary(ref_components: Sequence[Sequence[Component]], palette: n
     lines = []
     for c, rgb in enumerate(palette):
         counts = [sum(1 for comp in comps if comp.colour_class == c) for comps in ref_components]
-        areas = [sum(comp.area_fraction for comp in comps if comp.colour_class == c) for comps in ref_components]
+        areas = [
+            sum(comp.area_fraction for comp in comps if comp.colour_class == c) for comps in ref_components
+        ]
         colour = ", ".join(f"{int(round(v * 255))}" for v in rgb)
         lines.append(
             f"- colour class {c} (RGB {colour}): count per image {min(counts)}..{max(counts)}, "
@@ -437,14 +477,22 @@ class MatchOfThought:
         brain: Brain | None = None,
         sam: Any = None,
         settings: LoopSettings | None = None,
+        requested_detector: str | None = None,
     ) -> MatchOfThought:
-        """A loop over an `agent.inspector.Inspector`'s fitted detector (and its brain unless given)."""
+        """A loop over an `agent.inspector.Inspector`'s fitted detector (and its brain unless given).
+
+        The zoom detector is built like the inspector's: with `detector_options`, except after the
+        inspector fell back to another detector than `requested_detector` (then with the fallback's
+        defaults, as the inspector did; "selfsim" keeps resolution and device).
+        """
         from tools.detectors import DETECTORS
 
         name = inspector.detector.name
         options = dict(detector_options or {})
         if name == "selfsim":
             options = {k: v for k, v in options.items() if k in ("resolution", "device")}
+        elif requested_detector is not None and name != requested_detector:
+            options = {}
 
         def factory() -> Detector:
             return DETECTORS.build(name, **options)
@@ -461,14 +509,21 @@ class MatchOfThought:
             self._fallback = RuleBrain()
         return self._fallback
 
-    def _brain_text(self, trace: list[dict[str, Any]], step: str, call: Callable[[Brain], str]) -> str:
+    def _brain_text(
+        self,
+        trace: list[dict[str, Any]],
+        step: str,
+        call: Callable[[Brain], str],
+        inputs: dict[str, Any] | None = None,
+    ) -> str:
         """Text from the brain; on any failure the RuleBrain's, with the error in the trace."""
         t0 = time.perf_counter()
+        extra = {"inputs": inputs} if inputs else {}
         try:
             text = call(self.brain)
             if not isinstance(text, str) or not text.strip():
                 raise ValueError("the brain returned no text")
-            _step(trace, step, t0, brain=self.brain.name, summary=_short(text), **self._model_call())
+            _step(trace, step, t0, brain=self.brain.name, **extra, summary=_short(text), **self._model_call())
             return text.strip()
         except Exception as err:  # noqa: BLE001 - a model's failure must never end the inspection
             text = call(self.fallback)
@@ -477,6 +532,7 @@ class MatchOfThought:
                 step,
                 t0,
                 brain=self.brain.name,
+                **extra,
                 error=_short(f"{type(err).__name__}: {err}", 200),
                 fallback=self.fallback.name,
                 summary=_short(text),
@@ -487,9 +543,16 @@ class MatchOfThought:
         last = getattr(self.brain, "last_call", None)
         return {"model_call": dict(last)} if last else {}
 
-    def answer(self, question: str, record: InspectionRecord, history: list[tuple[str, str]] | None = None) -> str:
+    def answer(
+        self, question: str, record: InspectionRecord, history: list[tuple[str, str]] | None = None
+    ) -> str:
         """The brain's answer to a question about `record` (RuleBrain's on failure); traced in the record."""
-        return self._brain_text(record.trace, "answer", lambda b: b.answer(question, record, history))
+        return self._brain_text(
+            record.trace,
+            "answer",
+            lambda b: b.answer(question, record, history),
+            {"question": question, "history_turns": len(history or [])},
+        )
 
     # -------------------------------------------------------------------------------------------- steps
 
@@ -555,12 +618,23 @@ class MatchOfThought:
         """A detector fitted on the same crop of every reference; the main detector when that cannot be."""
         if not self.references or self.zoom_factory is None:
             return self.detector, "main detector on the crop alone (no references)"
-        crops = [ref.convert("RGB").resize(size, Image.BILINEAR).crop(box) for ref in self.references]
+        crops = []
+        bw, bh = box[2] - box[0], box[3] - box[1]
+        w, h = size
+        n = max(1, int(self.settings.zoom_grid))
+        for ref in self.references:
+            scaled = ref.convert("RGB").resize(size, Image.BILINEAR)
+            crops.append(scaled.crop(box))
+            if n > 1:  # unaligned products: the same-sized crop at an n x n grid of places too
+                for gy in np.linspace(0, h - bh, n):
+                    for gx in np.linspace(0, w - bw, n):
+                        crops.append(scaled.crop((int(gx), int(gy), int(gx) + bw, int(gy) + bh)))
         if self._zoom is None:
             self._zoom = self.zoom_factory()  # built once (weights load once), refitted per crop
         zoom = self._zoom
         zoom.fit(crops)
-        return zoom, f"fresh {zoom.name} fitted on the same crop of {len(crops)} reference(s)"
+        where = "the same crop" if n == 1 else f"the same crop and a {n}x{n} grid of crops"
+        return zoom, f"fresh {zoom.name} fitted on {where} of {len(self.references)} reference(s)"
 
     def look_again(
         self, img: Image.Image, bbox: Sequence[int], target: str = "region", margin: float | None = None
@@ -611,7 +685,14 @@ class MatchOfThought:
             if looks
             else "nothing to look at twice"
         )
-        _step(trace, "look_twice", t0, inputs={"top_k": s.top_k, "margin": s.zoom_margin}, looks=looks, summary=summary)
+        _step(
+            trace,
+            "look_twice",
+            t0,
+            inputs={"top_k": s.top_k, "margin": s.zoom_margin},
+            looks=looks,
+            summary=summary,
+        )
 
         if self.sam is not None and record.pred_mask is not None and record.pred_mask.any():
             t1 = time.perf_counter()
@@ -629,7 +710,14 @@ class MatchOfThought:
                     summary=f"SAM mask kept for {kept} of {len(refinements)} region(s); {len(record.regions)} region(s)",
                 )
             except Exception as err:  # noqa: BLE001
-                _step(trace, "sam_refine", t1, tool="sam", error=_short(str(err), 200), summary="SAM failed; map mask kept")
+                _step(
+                    trace,
+                    "sam_refine",
+                    t1,
+                    tool="sam",
+                    error=_short(str(err), 200),
+                    summary="SAM failed; map mask kept",
+                )
 
     def reference_model(self, trace: list[dict[str, Any]] | None = None) -> ReferenceModel | None:
         """Palette, components and rules of the references (once); None without references."""
@@ -639,10 +727,14 @@ class MatchOfThought:
             s = self.settings
             palette = colour_palette(self.references, s.palette_size)
             comps = [
-                extract_components(r, palette, s.component_size, s.min_component, s.max_component, s.max_components)
+                extract_components(
+                    r, palette, s.component_size, s.min_component, s.max_component, s.max_components
+                )
                 for r in self.references
             ]
-            self._refs = ReferenceModel(palette, comps, derive_rules(comps, len(palette), s.area_tolerance, s.count_slack))
+            self._refs = ReferenceModel(
+                palette, comps, derive_rules(comps, len(palette), s.area_tolerance, s.count_slack)
+            )
         refs = self._refs
         if refs.brain_rules is None and self.settings.ask_rules and hasattr(self.brain, "propose_rules"):
             refs.brain_rules, refs.brain_rules_status = self._ask_rules(refs)
@@ -675,7 +767,8 @@ class MatchOfThought:
                 "status": "accepted" if attempt == 0 else "repaired",
                 "rules": [r.model_dump() for r in rules],
                 "attempts": attempts,
-                "summary": f"{len(rules)} rule(s) accepted" + (f", {len(dropped)} dropped" if dropped else ""),
+                "summary": f"{len(rules)} rule(s) accepted"
+                + (f", {len(dropped)} dropped" if dropped else ""),
                 "seconds": round(time.perf_counter() - t0, 4),
             }
             return rules, status
@@ -692,7 +785,9 @@ class MatchOfThought:
         if refs is None:
             raise ValueError("no references to compare with")
         s = self.settings
-        comps = extract_components(img, refs.palette, s.component_size, s.min_component, s.max_component, s.max_components)
+        comps = extract_components(
+            img, refs.palette, s.component_size, s.min_component, s.max_component, s.max_components
+        )
         matches = [match_components(comps, rc, s.max_match_cost) for rc in refs.components]
         best = int(np.argmin([m.cost for m in matches]))
         rules = list(refs.rules) + list(refs.brain_rules or [])
@@ -733,7 +828,9 @@ class MatchOfThought:
         try:
             result = self.compare(img, refs)
         except Exception as err:  # noqa: BLE001 - the map evidence still stands
-            _step(trace, "match", t0, error=_short(str(err), 200), summary="component matching failed", **entry)
+            _step(
+                trace, "match", t0, error=_short(str(err), 200), summary="component matching failed", **entry
+            )
             return
         entry.update({k: v for k, v in result.items() if k != "summary"})
         summary = result["summary"]

@@ -7,6 +7,7 @@ memory bounded on large data sets. Throughput counts `predict` only (no model lo
 
 from __future__ import annotations
 
+import inspect
 import random
 import time
 from collections.abc import Callable
@@ -74,7 +75,11 @@ def evaluate_category(
 ) -> dict[str, Any]:
     """Fit on k references of one category, score its test set, compute the metrics."""
     ref_paths = draw_references(dataset, category, settings.shots, settings.seed)
-    detector: Detector = DETECTORS.build(settings.detector, **settings.detector_options)
+    options = dict(settings.detector_options)
+    factory = DETECTORS.get(settings.detector)
+    if "category" in inspect.signature(factory).parameters and "category" not in options:
+        options["category"] = category  # text-prompted detectors name the object after the category
+    detector: Detector = DETECTORS.build(settings.detector, **options)
     t0 = time.perf_counter()
     detector.fit([load_image(p) for p in ref_paths])
     fit_seconds = time.perf_counter() - t0

@@ -100,7 +100,9 @@ class LlavaBrain(Brain):
                 max_new_tokens=self.max_new_tokens,
             )
         except (RuntimeError, ValueError) as err:
-            raise BrainError(f"LLaVA model {self.model_id!r} failed: {' '.join(str(err).split())[:200]}") from None
+            raise BrainError(
+                f"LLaVA model {self.model_id!r} failed: {' '.join(str(err).split())[:200]}"
+            ) from None
         return str(text).strip()
 
     def explain(self, record: InspectionRecord) -> str:
@@ -121,15 +123,22 @@ class LlavaBrain(Brain):
         try:
             return str(self.model.chat([], prompt, images=(), max_new_tokens=self.max_new_tokens)).strip()
         except (RuntimeError, ValueError) as err:
-            raise BrainError(f"LLaVA model {self.model_id!r} failed: {' '.join(str(err).split())[:200]}") from None
+            raise BrainError(
+                f"LLaVA model {self.model_id!r} failed: {' '.join(str(err).split())[:200]}"
+            ) from None
 
     def repair_rules(self, components_text: str, previous: str, error: str) -> str:
         prompt = self.t["rules"].format(components=components_text)
         history = [(prompt, previous)]
         try:
             text = self.model.chat(
-                history, self.t["rules_repair"].format(error=error), images=(), max_new_tokens=self.max_new_tokens
+                history,
+                self.t["rules_repair"].format(error=error),
+                images=(),
+                max_new_tokens=self.max_new_tokens,
             )
         except (RuntimeError, ValueError) as err:
-            raise BrainError(f"LLaVA model {self.model_id!r} failed: {' '.join(str(err).split())[:200]}") from None
+            raise BrainError(
+                f"LLaVA model {self.model_id!r} failed: {' '.join(str(err).split())[:200]}"
+            ) from None
         return str(text).strip()

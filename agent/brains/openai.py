@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import time
 import urllib.error
 import urllib.parse
@@ -66,11 +65,15 @@ class OpenAIBrain(Brain):
     ) -> None:
         url = base_url or os.environ.get(ENV_BASE_URL)
         if not url:
-            raise BrainError(f"no OpenAI-compatible server given: use openai:<base-url>#<model> or set {ENV_BASE_URL}")
+            raise BrainError(
+                f"no OpenAI-compatible server given: use openai:<base-url>#<model> or set {ENV_BASE_URL}"
+            )
         self.base_url = normalize_base_url(url)
         self.model = model or os.environ.get(ENV_MODEL) or ""
         if not self.model:
-            raise BrainError(f"no model name for {self.base_url}: use openai:<base-url>#<model> or set {ENV_MODEL}")
+            raise BrainError(
+                f"no model name for {self.base_url}: use openai:<base-url>#<model> or set {ENV_MODEL}"
+            )
         self.api_key = api_key if api_key is not None else os.environ.get(ENV_API_KEY)
         self.timeout = float(timeout)
         self.max_tokens = int(max_tokens)
@@ -80,9 +83,15 @@ class OpenAIBrain(Brain):
         self.t: dict[str, Any] = load_prompts(prompts)
         self.images = ImageMemory()
         self.last_call: dict[str, Any] = {}
+        self._url_cache: tuple[Image.Image, str] | None = None
 
     def settings(self) -> dict[str, Any]:
-        return {"brain": self.name, "base_url": self.base_url, "model": self.model, "prompts": self.prompt_name}
+        return {
+            "brain": self.name,
+            "base_url": self.base_url,
+            "model": self.model,
+            "prompts": self.prompt_name,
+        }
 
     def use_image(self, path: str, image: Image.Image) -> None:
         """Hand over the image of `path`, so it is not read again from disk."""
@@ -104,7 +113,9 @@ class OpenAIBrain(Brain):
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
-        request = urllib.request.Request(url, data=json.dumps(body).encode("utf-8"), headers=headers, method="POST")
+        request = urllib.request.Request(
+            url, data=json.dumps(body).encode("utf-8"), headers=headers, method="POST"
+        )
         t0 = time.perf_counter()
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
@@ -112,11 +123,11 @@ class OpenAIBrain(Brain):
         except urllib.error.HTTPError as err:
             detail = _error_detail(err)
             raise BrainError(f"{url} answered HTTP {err.code}{': ' + detail if detail else ''}") from None
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             raise BrainError(f"{url} did not answer within {self.timeout:g} s") from None
         except urllib.error.URLError as err:
             reason = err.reason
-            if isinstance(reason, TimeoutError | socket.timeout):
+            if isinstance(reason, TimeoutError):
                 raise BrainError(f"{url} did not answer within {self.timeout:g} s") from None
             raise BrainError(f"cannot reach {url}: {_one_line(str(reason))}") from None
         except (ConnectionError, OSError) as err:
@@ -125,7 +136,9 @@ class OpenAIBrain(Brain):
             data = json.loads(raw.decode("utf-8"))
             content = data["choices"][0]["message"]["content"]
         except (UnicodeDecodeError, json.JSONDecodeError):
-            raise BrainError(f"{url} did not answer with JSON: {_one_line(raw[:120].decode('utf-8', 'replace'))}") from None
+            raise BrainError(
+                f"{url} did not answer with JSON: {_one_line(raw[:120].decode('utf-8', 'replace'))}"
+            ) from None
         except (KeyError, IndexError, TypeError):
             raise BrainError(f"{url} answered JSON without choices[0].message.content") from None
         if content is None:
@@ -143,12 +156,18 @@ class OpenAIBrain(Brain):
     # ------------------------------------------------------------------------------------------------
     # messages
 
+    def _data_url(self, image: Image.Image) -> str:
+        """The image's data URL, encoded once per image object (a chat sends it with every request)."""
+        if self._url_cache is None or self._url_cache[0] is not image:
+            self._url_cache = (image, image_data_url(image))
+        return self._url_cache[1]
+
     def _user_content(self, record: InspectionRecord | None, text: str) -> list[dict[str, Any]] | str:
         image = self.images.get(record.image_path) if (record is not None and self.send_image) else None
         if image is None:
             return text
         return [
-            {"type": "image_url", "image_url": {"url": image_data_url(image)}},
+            {"type": "image_url", "image_url": {"url": self._data_url(image)}},
             {"type": "text", "text": text},
         ]
 

@@ -35,7 +35,9 @@ def parse_brain_spec(spec: str) -> tuple[str, dict[str, str]]:
             options["model"] = model.strip()
         return "openai", options
     if rest:
-        raise BrainError(f"brain {kind!r} takes no ':' argument; use rule, llava:<id-or-folder> or openai:<url>#<model>")
+        raise BrainError(
+            f"brain {kind!r} takes no ':' argument; use rule, llava:<id-or-folder> or openai:<url>#<model>"
+        )
     return kind, {}
 
 

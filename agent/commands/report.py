@@ -34,9 +34,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders, or list files (@list.txt)")
-    p.add_argument("--out", required=True, help="output folder (new or empty, or an earlier report with --resume)")
-    p.add_argument("--refs", help="folder (or file) of good reference images; without it the zero-shot fallback runs")
+    p.add_argument(
+        "inputs", nargs="+", metavar="INPUT", help="image files, folders, or list files (@list.txt)"
+    )
+    p.add_argument(
+        "--out", required=True, help="output folder (new or empty, or an earlier report with --resume)"
+    )
+    p.add_argument(
+        "--refs", help="folder (or file) of good reference images; without it the zero-shot fallback runs"
+    )
     p.add_argument("--brain", default="rule", help="explanation writer (default rule: templates, no weights)")
     p.add_argument("--resume", action="store_true", help="continue the report in --out: skip what is done")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -22,7 +22,6 @@ from collections.abc import Iterable, Sequence
 from html import escape
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 from agent.report.files import atomic_write_text
 from agent.report.store import Row
@@ -50,10 +49,6 @@ _WORD_PATTERNS = {w: re.compile(r"\b" + pat, re.IGNORECASE) for w, pat in DEFECT
 
 def _e(value: Any) -> str:
     return escape(str(value), quote=True)
-
-
-def _url(rel: str) -> str:
-    return _e(quote(rel, safe="/"))
 
 
 def json_for_script(data: Any) -> str:

@@ -24,10 +24,20 @@ class InputError(ValueError):
     """The inputs themselves are unusable (e.g. an unreadable list file): a usage error."""
 
 
+def clean_text(text: str) -> str:
+    """`text` with undecodable file-name bytes (surrogate escapes) shown as `\\xNN`: storable as UTF-8."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 @dataclass(frozen=True)
 class InputItem:
-    path: str  # absolute
-    display_path: str  # as given by the user (or as listed)
+    path: str  # absolute, as the OS spells it (used to open the file)
+    display_path: str  # as given by the user (or as listed), clean UTF-8
+
+    @property
+    def key(self) -> str:
+        """The store's key: the absolute path as clean UTF-8."""
+        return clean_text(self.path)
 
 
 def _is_list_file(item: str) -> bool:
@@ -39,7 +49,9 @@ def _read_list(item: str) -> list[tuple[Path, str]]:
     try:
         text = list_path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
-        raise InputError(f"cannot read the list file '{list_path}': {getattr(err, 'strerror', None) or err}") from None
+        raise InputError(
+            f"cannot read the list file '{list_path}': {getattr(err, 'strerror', None) or err}"
+        ) from None
     out = []
     for line in text.splitlines():
         entry = line.strip()
@@ -61,7 +73,7 @@ def collect_inputs(items: Sequence[str]) -> list[InputItem]:
         key = os.path.abspath(p)
         if key not in seen:
             seen.add(key)
-            found.append(InputItem(key, shown))
+            found.append(InputItem(key, clean_text(shown)))
 
     def expand(p: Path, shown: str) -> None:
         if p.is_dir():

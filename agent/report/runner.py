@@ -4,7 +4,8 @@ Order of writes for one image: its files (staged, flushed, renamed into place), 
 store (one committed transaction). So a kill at any point keeps every committed image, and a resumed
 run redoes only what has no committed row, whose file content changed (sha256), whose settings differ,
 or whose files went missing. Failed inputs are retried on resume (they are cheap, and the cause, e.g.
-permissions, may have been fixed). The exports and the page are rebuilt from the store at the end,
+permissions, may have been fixed). An input that was done but is missing or unreadable now keeps its
+committed result. The exports and the page are rebuilt from the store at the end,
 every `html_every_s` seconds during long runs, and when the run is interrupted.
 """
 
@@ -18,13 +19,15 @@ import os
 import signal
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 from agent.report.files import STAGING_DIR, clear_staging, outputs_present, write_image_outputs
-from agent.report.inputs import InputError, InputItem, collect_inputs, file_digest, safe_stem
+from agent.report.inputs import InputError, InputItem, clean_text, collect_inputs, file_digest, safe_stem
 from agent.report.store import DB_NAME, STATUS_DONE, STATUS_FAILED, ResultStore, Row, StoreError
 
 LOCK_NAME = ".lock"
@@ -51,6 +54,7 @@ class ReportSettings:
     progress: bool = True
     durable: bool = True  # fsync files before they are renamed into place
     html_every_s: float = 120.0  # rebuild the page during long runs
+    writer_threads: int = 2  # encode and commit finished images while the next ones are inspected
 
 
 @dataclass
@@ -130,7 +134,9 @@ def _locked(out: Path) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            raise ReportUsageError(f"another report is running in '{out}'; wait for it or use another --out") from None
+            raise ReportUsageError(
+                f"another report is running in '{out}'; wait for it or use another --out"
+            ) from None
         yield
     finally:
         os.close(fd)
@@ -206,7 +212,50 @@ class _LazyInspector:
 
 
 def _failed_row(item: InputItem, stem: str, seq: int, digest: str, error: str, **kw: Any) -> Row:
-    return Row(item.path, item.display_path, stem, settings_hash=digest, status=STATUS_FAILED, error=error, seq=seq, **kw)
+    return Row(
+        item.key,
+        item.display_path,
+        stem,
+        settings_hash=digest,
+        status=STATUS_FAILED,
+        error=clean_text(error),
+        seq=seq,
+        **kw,
+    )
+
+
+@dataclass
+class _WriteJob:
+    """The second half of one image: its files, then its committed row (run on the writer thread)."""
+
+    row: Row
+    record: Any  # InspectionRecord
+    image: Any  # PIL image
+    out: Path
+    durable: bool
+    t_hash: float
+    t_inspect: float
+
+    def run(self, store: ResultStore) -> Row:
+        t = time.perf_counter()
+        try:
+            files = write_image_outputs(
+                self.record, self.image, self.out, self.row.stem, durable=self.durable
+            )
+        except OSError as err:
+            raise ReportWriteError(f"cannot write outputs to '{self.out}': {err.strerror or err}") from None
+        t_write = time.perf_counter() - t
+        data = self.record.to_json_dict({k: v for k, v in files.items() if k in ("anomaly_map", "pred_mask")})
+        data["overlay"] = files["overlay"]
+        self.row.record, self.row.files = data, files
+        self.row.timings = {
+            "hash": round(self.t_hash, 4),
+            "inspect": round(self.t_inspect, 4),
+            "write": round(t_write, 4),
+            "total": round(self.t_hash + self.t_inspect + t_write, 4),
+        }
+        store.put(self.row)
+        return self.row
 
 
 def _process(
@@ -218,14 +267,17 @@ def _process(
     inspector: _LazyInspector,
     out: Path,
     durable: bool,
-) -> Row | None:
-    """Inspect one input and commit it; None when it was already done. Raises ReportWriteError."""
+) -> Row | _WriteJob | None:
+    """Inspect one input. None: already done; a Row: failed (committed); a _WriteJob: to write and commit."""
     from tools.image_io import ImageLoadError, load_image
 
     t0 = time.perf_counter()
+    old = store.get(item.key)
     try:
         size, sha = file_digest(item.path)
     except OSError as err:
+        if old is not None and old.ok and old.settings_hash == digest and outputs_present(out, old.files):
+            return None  # gone or unreadable now: its committed result is kept, not lost
         if isinstance(err, IsADirectoryError):
             reason = "is a directory"
         elif isinstance(err, FileNotFoundError):
@@ -236,7 +288,6 @@ def _process(
         store.put(row)
         return row
     t_hash = time.perf_counter() - t0
-    old = store.get(item.path)
     if (
         old is not None
         and old.ok
@@ -262,36 +313,17 @@ def _process(
         row = _failed_row(item, stem, seq, digest, msg, size=size, sha256=sha)
         store.put(row)
         return row
-    t_inspect = time.perf_counter() - t1
-    t2 = time.perf_counter()
-    try:
-        files = write_image_outputs(record, image, out, stem, durable=durable)
-    except OSError as err:
-        raise ReportWriteError(f"cannot write outputs to '{out}': {err.strerror or err}") from None
-    t_write = time.perf_counter() - t2
-    data = record.to_json_dict({k: v for k, v in files.items() if k in ("anomaly_map", "pred_mask")})
-    data["overlay"] = files["overlay"]
-    timings = {
-        "hash": round(t_hash, 4),
-        "inspect": round(t_inspect, 4),
-        "write": round(t_write, 4),
-        "total": round(time.perf_counter() - t0, 4),
-    }
     row = Row(
-        item.path,
+        item.key,
         item.display_path,
         stem,
         size=size,
         sha256=sha,
         settings_hash=digest,
         status=STATUS_DONE,
-        record=data,
-        files=files,
-        timings=timings,
         seq=seq,
     )
-    store.put(row)
-    return row
+    return _WriteJob(row, record, image, out, durable, t_hash, time.perf_counter() - t1)
 
 
 def _finalize(store: ResultStore, out: Path) -> None:
@@ -337,7 +369,9 @@ def run_report(
     from tools.detectors import DETECTORS
 
     if s.detector not in DETECTORS:
-        raise ReportUsageError(f"unknown detector '{s.detector}'; choose one of: {', '.join(DETECTORS.names())}")
+        raise ReportUsageError(
+            f"unknown detector '{s.detector}'; choose one of: {', '.join(DETECTORS.names())}"
+        )
     if s.brain not in BRAINS:
         raise ReportUsageError(f"unknown brain '{s.brain}'; choose one of: {', '.join(BRAINS.names())}")
     try:
@@ -359,8 +393,8 @@ def run_report(
         stems = store.stems()
         taken = set(stems.values())
         for item in items:
-            if item.path not in stems:
-                stems[item.path] = unique_stem(safe_stem(item.path) + ".x", taken)
+            if item.key not in stems:
+                stems[item.key] = unique_stem(safe_stem(item.key) + ".x", taken)
         inspector = _LazyInspector(s, warn=info)
         bar = tqdm(
             total=len(items),
@@ -381,31 +415,54 @@ def run_report(
         inspector.warn = say
         last_html = time.monotonic()
         failed_now = 0
+        # writer threads: finished images' files are encoded and committed while the next images are
+        # inspected (PNG encoding and torch both release the GIL); a few images at most wait to be written
+        writers = max(1, s.writer_threads)
+        writer = ThreadPoolExecutor(max_workers=writers, thread_name_prefix="report-writer")
+        pending: deque[Future[Row]] = deque()
+        ahead = writers + 1
+
+        def finished(row: Row) -> None:
+            nonlocal failed_now
+            summary.processed += 1
+            if not row.ok:
+                failed_now += 1
+                say(f"looktwice: error: {row.error}")
+            bar.update(1)
+            bar.set_postfix(failed=failed_now, refresh=False)
+
+        def drain(limit: int) -> None:
+            while len(pending) > limit:
+                finished(pending.popleft().result())  # re-raises ReportWriteError / StoreError
+
         try:
-            for seq, item in enumerate(items):
-                row = _process(item, stems[item.path], seq, digest, store, inspector, out, s.durable)
-                if row is None:
-                    summary.skipped += 1
-                    bar.update(1)
-                    continue
-                summary.processed += 1
-                if not row.ok:
-                    failed_now += 1
-                    say(f"looktwice: error: {row.error}")
-                bar.update(1)
-                bar.set_postfix(failed=failed_now, refresh=False)
-                if time.monotonic() - last_html > s.html_every_s:
-                    _finalize(store, out)
-                    last_html = time.monotonic()
-        except KeyboardInterrupt:
-            summary.interrupted = True
+            try:
+                for seq, item in enumerate(items):
+                    result = _process(item, stems[item.key], seq, digest, store, inspector, out, s.durable)
+                    if result is None:
+                        summary.skipped += 1
+                        bar.update(1)
+                    elif isinstance(result, Row):
+                        finished(result)
+                    else:
+                        pending.append(writer.submit(result.run, store))
+                    drain(ahead - 1)
+                    if time.monotonic() - last_html > s.html_every_s:
+                        drain(0)
+                        _finalize(store, out)
+                        last_html = time.monotonic()
+                drain(0)
+            except KeyboardInterrupt:
+                summary.interrupted = True
+                drain(0)  # what is already inspected gets written and committed (a second Ctrl-C stops that)
         finally:
+            writer.shutdown(wait=True)
             bar.close()
         summary.seconds = time.perf_counter() - t_start
         summary.setup_seconds = inspector.seconds
         clear_staging(out)
         _finalize(store, out)
-        wanted = {item.path for item in items}
+        wanted = {item.key for item in items}
         for row in store.rows():
             if row.path not in wanted:
                 continue

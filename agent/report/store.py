@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -78,7 +79,11 @@ class ResultStore:
     def __init__(self, out_dir: Path) -> None:
         self.path = Path(out_dir) / DB_NAME
         try:
-            self.conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+            # shared by the loop and the writer thread; every use holds self.lock
+            self.lock = threading.RLock()
+            self.conn = sqlite3.connect(
+                self.path, timeout=30.0, isolation_level=None, check_same_thread=False
+            )
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA synchronous=FULL")
             self.conn.executescript(_SCHEMA)
@@ -89,13 +94,12 @@ class ResultStore:
 
     # -- meta
     def get_meta(self, key: str) -> str | None:
-        cur = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,))
-        found = cur.fetchone()
-        return None if found is None else str(found[0])
+        found = self._all("SELECT value FROM meta WHERE key = ?", (key,))
+        return None if not found else str(found[0][0])
 
     def set_meta(self, key: str, value: str) -> None:
         try:
-            self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+            self._all("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
         except sqlite3.Error as err:
             raise StoreError(f"cannot write the results store '{self.path}': {err}") from None
 
@@ -118,7 +122,7 @@ class ResultStore:
             row.seq,
         )
         try:
-            self.conn.execute(
+            self._all(
                 "INSERT OR REPLACE INTO inputs (path, display_path, stem, size, sha256, settings_hash, status,"
                 " record, files, timings, error, finished_at, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 values,
@@ -127,28 +131,32 @@ class ResultStore:
             raise StoreError(f"cannot write the results store '{self.path}': {err}") from None
 
     def get(self, path: str) -> Row | None:
-        cur = self.conn.execute(f"SELECT {_COLUMNS} FROM inputs WHERE path = ?", (path,))
-        found = cur.fetchone()
-        return None if found is None else _row(found)
+        found = self._all(f"SELECT {_COLUMNS} FROM inputs WHERE path = ?", (path,))
+        return None if not found else _row(found[0])
 
     def stems(self) -> dict[str, str]:
         """path -> stem of every stored row (stems stay fixed across resumes)."""
-        return {p: s for p, s in self.conn.execute("SELECT path, stem FROM inputs")}
+        return {p: s for p, s in self._all("SELECT path, stem FROM inputs")}
 
     def rows(self) -> Iterator[Row]:
         """All rows in input order."""
-        for found in self.conn.execute(f"SELECT {_COLUMNS} FROM inputs ORDER BY seq, path"):
+        for found in self._all(f"SELECT {_COLUMNS} FROM inputs ORDER BY seq, path"):
             yield _row(found)
 
     def max_seq(self) -> int:
-        found = self.conn.execute("SELECT MAX(seq) FROM inputs").fetchone()
-        return int(found[0]) if found and found[0] is not None else 0
+        found = self._all("SELECT MAX(seq) FROM inputs")
+        return int(found[0][0]) if found and found[0][0] is not None else 0
 
     def count(self) -> int:
-        return int(self.conn.execute("SELECT COUNT(*) FROM inputs").fetchone()[0])
+        return int(self._all("SELECT COUNT(*) FROM inputs")[0][0])
+
+    def _all(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with self.lock:
+            return self.conn.execute(sql, params).fetchall()
 
     def close(self) -> None:
-        self.conn.close()
+        with self.lock:
+            self.conn.close()
 
     def __enter__(self) -> ResultStore:
         return self
@@ -157,9 +165,7 @@ class ResultStore:
         self.close()
 
 
-_COLUMNS = (
-    "path, display_path, stem, size, sha256, settings_hash, status, record, files, timings, error, finished_at, seq"
-)
+_COLUMNS = "path, display_path, stem, size, sha256, settings_hash, status, record, files, timings, error, finished_at, seq"
 
 
 def _row(v: tuple[Any, ...]) -> Row:

@@ -59,7 +59,10 @@ def plates(tmp_path_factory) -> Path:
 def _rows(out: Path) -> list[dict]:
     with sqlite3.connect(out / "results.db") as conn:
         cur = conn.execute("SELECT path, status, sha256, finished_at, error, stem FROM inputs ORDER BY seq")
-        return [dict(zip(("path", "status", "sha256", "finished_at", "error", "stem"), r, strict=True)) for r in cur]
+        return [
+            dict(zip(("path", "status", "sha256", "finished_at", "error", "stem"), r, strict=True))
+            for r in cur
+        ]
 
 
 def _report(argv: list[str]) -> int:
@@ -155,7 +158,18 @@ def test_report_with_bad_inputs_list_file_resume_and_changed_file(tmp_path, case
     assert "1 failed" not in capsys.readouterr().err
 
     # other settings on resume: refused
-    code = _report([str(inputs), "--refs", str(case / "references"), "--out", str(out), "--resolution", "128", "--resume"])
+    code = _report(
+        [
+            str(inputs),
+            "--refs",
+            str(case / "references"),
+            "--out",
+            str(out),
+            "--resolution",
+            "128",
+            "--resume",
+        ]
+    )
     assert code == 2 and "other settings" in capsys.readouterr().err
 
 
@@ -186,7 +200,10 @@ def test_resume_after_sigkill_loses_nothing_and_redoes_nothing(tmp_path, case, p
     # every committed row points at complete files; nothing half-written outside the staging folder
     for r in before.values():
         assert r["status"] == STATUS_DONE
-        assert json.loads((out / "images" / f"{r['stem']}.json").read_text())["verdict"] in ("good", "defective")
+        assert json.loads((out / "images" / f"{r['stem']}.json").read_text())["verdict"] in (
+            "good",
+            "defective",
+        )
         with Image.open(out / "images" / f"{r['stem']}_overlay.png") as im:
             im.load()
     for p in (out / "images").iterdir():
@@ -213,6 +230,28 @@ def test_resume_after_sigkill_loses_nothing_and_redoes_nothing(tmp_path, case, p
     assert len(list((out / "thumbs").iterdir())) == 14
 
 
+def test_ctrl_c_writes_the_page_for_what_is_done_and_exits_130(tmp_path, case, plates):
+    out = tmp_path / "out"
+    proc = _subprocess_report([str(plates), "--refs", str(case / "references"), "--out", str(out), *FAST])
+    deadline = time.monotonic() + 60
+    try:
+        while (
+            time.monotonic() < deadline and proc.poll() is None and len(list((out / "thumbs").glob("*"))) < 2
+        ):
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "--resume" in err and "Traceback" not in err
+    rows = _rows(out)
+    assert 2 <= len(rows) < 14
+    assert len((out / "results.jsonl").read_text().splitlines()) == len(rows)
+    assert len(_page_data((out / "index.html").read_text(encoding="utf-8"))) == len(rows)
+
+
 # ---------------------------------------------------------------------------------------------- escaping
 _EVIL = ["<img src=x onerror=alert(1)>.png", "<script>alert(1)</script>.png"]
 
@@ -225,7 +264,9 @@ def test_hostile_file_names_are_escaped(tmp_path, case, capsys):
     evil_path.parent.mkdir()
     evil_path.write_text("not an image either")  # a failed input: its name lands in the error list
     out = tmp_path / "out"
-    code = _report([str(inputs / _EVIL[0]), str(evil_path), "--refs", str(case / "references"), "--out", str(out), *FAST])
+    code = _report(
+        [str(inputs / _EVIL[0]), str(evil_path), "--refs", str(case / "references"), "--out", str(out), *FAST]
+    )
     assert code == 1
     capsys.readouterr()
     page = (out / "index.html").read_text(encoding="utf-8")
@@ -243,7 +284,11 @@ def test_hostile_model_output_is_escaped():
     evil = "</script><script>alert(1)</script><!-- & \u2028"
     rec = {"verdict": "defective", "pred_label": True, "pred_score": 0.9, "threshold": 0.5}
     rec.update(explanation=evil, regions=[{"shape": "<b>", "location": "</script>", "area_fraction": 0.1}])
-    rows = [Row("/a/" + evil, evil, "x", 1, "h", "s", STATUS_DONE, record=rec, files={"thumbnail": "thumbs/x.jpg"})]
+    rows = [
+        Row(
+            "/a/" + evil, evil, "x", 1, "h", "s", STATUS_DONE, record=rec, files={"thumbnail": "thumbs/x.jpg"}
+        )
+    ]
     rows.append(Row("/b", "<svg onload=alert(1)>", "y", None, None, "s", STATUS_FAILED, error=evil))
     page = render_html(rows, {"settings": {"detector": "<script>x</script>", "brain": "rule"}})
     _assert_no_injection(page)
@@ -285,17 +330,26 @@ def test_output_that_cannot_be_created_is_a_clear_error(tmp_path, case, capsys):
     assert code == 2 and "not writable" in err and "Traceback" not in err
 
 
-@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root ignores folder permissions")
-def test_read_only_output_folder_is_a_clear_error(tmp_path, case, capsys):
+def test_read_only_output_folder_is_a_clear_error(tmp_path, case, capsys, monkeypatch):
     out = tmp_path / "ro"
     out.mkdir()
     out.chmod(0o555)
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        # root writes through folder permissions: make the write fail the way a read-only folder does
+        real = Path.write_bytes
+
+        def refuse(self: Path, data: bytes) -> int:
+            if self.parent == out:
+                raise PermissionError(13, "Permission denied", str(self))
+            return real(self, data)
+
+        monkeypatch.setattr(Path, "write_bytes", refuse)
     try:
         code = _report([str(case / "queries"), "--out", str(out), *FAST])
     finally:
         out.chmod(0o755)
     err = capsys.readouterr().err
-    assert code == 2 and "not writable" in err and "Traceback" not in err
+    assert code == 2 and "not writable: Permission denied" in err and "Traceback" not in err
     assert not any(out.iterdir())
 
 
@@ -314,7 +368,9 @@ def test_a_folder_in_use_by_another_report_is_refused(tmp_path, case):
 def test_two_reports_into_two_folders_at_once(tmp_path, case):
     outs = [tmp_path / "one", tmp_path / "two"]
     procs = [
-        _subprocess_report([str(case / "queries"), "--refs", str(case / "references"), "--out", str(o), *FAST])
+        _subprocess_report(
+            [str(case / "queries"), "--refs", str(case / "references"), "--out", str(o), *FAST]
+        )
         for o in outs
     ]
     results = [p.communicate(timeout=120) for p in procs]
@@ -330,7 +386,16 @@ def test_two_reports_into_two_folders_at_once(tmp_path, case):
 def test_page_for_10000_images_is_paginated_and_compact():
     rec = {"verdict": "good", "pred_label": False, "pred_score": 0.1, "threshold": 0.5, "regions": []}
     rows = [
-        Row(f"/d/img_{i}.png", f"d/img_{i}.png", f"img_{i}", 10, "h", "s", STATUS_DONE, record=dict(rec, explanation="No defect found."))
+        Row(
+            f"/d/img_{i}.png",
+            f"d/img_{i}.png",
+            f"img_{i}",
+            10,
+            "h",
+            "s",
+            STATUS_DONE,
+            record=dict(rec, explanation="No defect found."),
+        )
         for i in range(10_000)
     ]
     t = time.perf_counter()

@@ -36,6 +36,7 @@ class ReferenceMatchingConfig:
     resolution: int = 192  # working size: side of the square ("squash") or of a typical reference
     resize: str = "reference_scale"  # "squash" to R x R, or keep aspect at the references' pixel scale
     patch_pool: int = 3  # local average over k x k patches (neighbourhood context)
+    reflect_pad: int = 32  # mirror this many pixels around the image before the backbone (multiple of 32)
     feature_norm: str = "channel"  # "channel": divide by the bank's per-channel spread; "l2": unit vectors
     illumination_sigma: float = 0.0  # high-pass removing slow light gradients (fraction of the side); 0 = off
     standardize: bool = True  # same global mean/std for every image
@@ -44,7 +45,8 @@ class ReferenceMatchingConfig:
     coreset_ratio: float = 1.0  # fraction of the bank kept even below max_bank
     blur_sigma: float = 4.0  # smoothing of the anomaly map, in working-resolution pixels
     score_topk: int = 1  # image score = mean of the top-k map values (1 = max)
-    sigmas: float = 3.0  # boundary = mean + sigmas * spread of the references' leave-one-out scores
+    score_margin: float = 0.1  # border band (fraction of the side) left out of the image score
+    sigmas: float = 2.0  # boundary = mean + sigmas * spread of the references' leave-one-out scores
     batch_size: int = 8
     device: str = "cpu"
     seed: int = 0
@@ -64,6 +66,8 @@ class ReferenceMatchingConfig:
     def validate(self) -> None:
         if self.resolution % 32 or self.resolution < 64:
             raise DetectorError(f"resolution must be a multiple of 32 and >= 64, got {self.resolution}")
+        if self.reflect_pad % _GRID or self.reflect_pad < 0:
+            raise DetectorError(f"reflect_pad must be a non-negative multiple of {_GRID}, got {self.reflect_pad}")
         if self.resize not in RESIZE_MODES:
             raise DetectorError(f"unknown resize mode {self.resize!r}; available: {', '.join(RESIZE_MODES)}")
         if self.feature_norm not in FEATURE_NORMS:
@@ -147,6 +151,10 @@ class ReferenceMatchingDetector(Detector):
     @torch.inference_mode()
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) -> (N, h, w, C) patch features on the shallowest chosen level's grid."""
+        pad = self.config.reflect_pad
+        if pad:
+            # Mirror the image borders so border patches are not unique merely through zero padding.
+            x = F.pad(x, (pad, pad, pad, pad), mode="reflect")
         levels = self.backbone(x)
         size = levels[0].shape[-2:]
         self._stride = x.shape[-1] // size[-1]
@@ -158,7 +166,11 @@ class ReferenceMatchingDetector(Detector):
             if f.shape[-2:] != size:
                 f = F.interpolate(f, size=size, mode="bilinear", align_corners=False)
             out.append(f)
-        feats = torch.cat(out, dim=1).permute(0, 2, 3, 1).contiguous()
+        feats = torch.cat(out, dim=1)
+        if pad:
+            c = pad // self._stride
+            feats = feats[..., c:-c, c:-c]
+        feats = feats.permute(0, 2, 3, 1).contiguous()
         if self.config.feature_norm == "l2":
             feats = F.normalize(feats, dim=-1)
         elif self.config.feature_norm == "channel" and self.channel_scale is not None:
@@ -232,13 +244,17 @@ class ReferenceMatchingDetector(Detector):
         m = F.interpolate(dist.unsqueeze(1), size=size, mode="bilinear", align_corners=False)
         return gaussian_blur(m, self.config.blur_sigma)
 
-    def _image_scores(self, flat: torch.Tensor) -> torch.Tensor:
-        """(N, P) smoothed map values -> (N,) raw image scores."""
+    def _image_scores(self, smooth: torch.Tensor) -> torch.Tensor:
+        """(N, 1, H, W) smoothed maps -> (N,) raw image scores."""
+        m = round(self.config.score_margin * min(smooth.shape[-2:]))
+        if m > 0:
+            smooth = smooth[..., m:-m, m:-m]
+        flat = smooth.flatten(1)
         k = max(1, min(self.config.score_topk, flat.shape[1]))
         return flat.topk(k, dim=1).values.mean(1)
 
     def _raw_scores(self, dist: torch.Tensor) -> list[float]:
-        return self._image_scores(self._smooth(dist).flatten(1)).tolist()
+        return self._image_scores(self._smooth(dist)).tolist()
 
     def predict(self, images: Sequence[Image.Image]) -> list[DetectorOutput]:
         if self.bank is None or self._calibration is None:
@@ -252,7 +268,7 @@ class ReferenceMatchingDetector(Detector):
                 n, h, w, c = f.shape
                 dist = nearest_distance(f.reshape(-1, c), self.bank).view(n, h, w)
                 smooth = self._smooth(dist)
-                raw = self._image_scores(smooth.flatten(1))
+                raw = self._image_scores(smooth)
                 for j, i in enumerate(idx):
                     width, height = images[i].size
                     m = F.interpolate(smooth[j : j + 1], size=(height, width), mode="bilinear", align_corners=False)

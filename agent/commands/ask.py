@@ -1,0 +1,168 @@
+"""`looktwice ask IMAGE "question" [--refs DIR] [--brain ...] [--json] [--out DIR]`.
+
+One inspection through the match-of-thought loop (`agent.loop`), then the brain's answer. Writes
+`<out>/<stem>.json` (the record, with the answer and the trace), the overlay and maps, and
+`<stem>_trace.json` (the loop's steps alone). With `--json`, stdout is exactly one JSON object: the
+record with `answer`, `pred_score`, `pred_label`, `regions`, `explanation`, `trace` (and the file
+names); messages go to stderr. Exit codes: 0 answered, 1 the image could not be read, 2 usage errors
+(bad references, brain or detector settings).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+DESCRIPTION = """\
+Ask a question about one image. The image is inspected (look, look twice at the suspicious regions,
+match with the references), then the brain answers from that evidence.
+
+brains:
+  rule                                   templates over the measured regions (default; no weights)
+  llava:<hub-id-or-folder>               the local LLaVA-OneVision (+ anomaly expert)
+  openai:<base-url>#<model>              an OpenAI-compatible server, e.g. vLLM:
+                                         openai:http://127.0.0.1:8000/v1#Qwen/Qwen2-VL-2B-Instruct
+  (LOOKTWICE_OPENAI_BASE_URL, LOOKTWICE_OPENAI_MODEL, LOOKTWICE_OPENAI_API_KEY fill in what is missing)"""
+
+
+def add_brain_args(p: argparse.ArgumentParser) -> None:
+    """--refs, --brain, --sam and the detector arguments (shared by `ask` and `chat`)."""
+    from agent.cli import _add_detector_args
+
+    p.add_argument(
+        "--refs", help="folder (or file) of good reference images; without it the zero-shot fallback runs"
+    )
+    p.add_argument(
+        "--brain",
+        default="rule",
+        help="rule | llava:<id-or-folder> | openai:<base-url>#<model> (default rule)",
+    )
+    p.add_argument("--sam", help="SAM model id or folder to refine the defect outlines (optional)")
+    _add_detector_args(p)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Add the `ask` sub-command to `sub` (the object `add_subparsers()` returned)."""
+    p = sub.add_parser(
+        "ask",
+        help="ask a question about one image: answer, verdict, overlay, trace",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("image", help="the image to ask about")
+    p.add_argument("question", help='the question, e.g. "Is there any defect in this image?"')
+    p.add_argument("--json", action="store_true", help="print exactly one JSON object (the record) on stdout")
+    p.add_argument("--out", default="looktwice-results", help="output folder (default looktwice-results)")
+    add_brain_args(p)
+    p.set_defaults(func=cmd_ask)
+
+
+class SetupError(Exception):
+    """References, brain or detector could not be set up (a usage error); the message is one line."""
+
+
+def build_loop(args: argparse.Namespace) -> Any:
+    """The `MatchOfThought` loop for parsed `ask`/`chat` arguments; raises `SetupError`."""
+    from agent.brains.common import BrainError
+    from agent.brains.spec import build_brain
+    from agent.cli import _info, detector_options
+    from agent.inspector import Inspector, load_references
+    from agent.loop import MatchOfThought
+    from tools.detectors import DetectorError
+
+    try:
+        options = detector_options(args)
+        brain = build_brain(args.brain)
+        references = load_references(args.refs, warn=_info)
+        inspector = Inspector(args.detector, references, options, brain="rule", warn=_info)
+    except (BrainError, DetectorError, ValueError, KeyError) as err:
+        raise SetupError(str(err)) from None
+    sam = None
+    if getattr(args, "sam", None):
+        from tools.sam import SamTool
+
+        sam = SamTool(args.sam)
+    return MatchOfThought.from_inspector(
+        inspector, references, options, brain=brain, sam=sam, requested_detector=args.detector
+    )
+
+
+def trace_warnings(trace: list[dict[str, Any]]) -> list[str]:
+    """One line per step of `trace` that failed and was worked around (a brain that fell back to the
+    RuleBrain, a SAM or matching failure), for stderr."""
+    lines = []
+    for e in trace:
+        if not e.get("error"):
+            continue
+        fallback = f" (answered by the {e['fallback']} brain)" if e.get("fallback") else ""
+        lines.append(f"{e['step']}: {e['error']}{fallback}")
+    return lines
+
+
+def save_outputs(record: Any, image: Any, out: Path, taken: set[str]) -> dict[str, str]:
+    """The record, maps and overlay (`agent.outputs.write_record`) and `<stem>_trace.json`."""
+    from agent.outputs import unique_stem, write_record
+
+    stem = unique_stem(record.image_path, taken)
+    files = write_record(record, image, out, stem)
+    files["trace"] = f"{stem}_trace.json"
+    (out / files["trace"]).write_text(json.dumps(record.trace, indent=2), encoding="utf-8")
+    return files
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    """Run the command from parsed arguments; returns the exit code."""
+    from agent.cli import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, _err, _info
+    from tools.image_io import ImageLoadError, load_image
+
+    path = Path(args.image)
+    if not args.question.strip():
+        _err("the question is empty")
+        return EXIT_USAGE
+    try:
+        image = load_image(path)
+    except (ImageLoadError, OSError) as err:
+        msg = str(err) if isinstance(err, ImageLoadError) else f"cannot read image '{path}': {err}"
+        _err(msg)
+        if args.json:
+            print(json.dumps({"image_path": str(path), "error": msg}), flush=True)
+        return EXIT_SOME_FAILED
+    try:
+        loop = build_loop(args)
+    except SetupError as err:
+        _err(str(err))
+        if args.json:
+            print(json.dumps({"image_path": str(path), "error": str(err)}), flush=True)
+        return EXIT_USAGE
+    record = loop.run(str(path), image, question=args.question)
+    for line in trace_warnings(record.trace):
+        _info(f"looktwice: warning: {line}")
+    out = Path(args.out)
+    files = save_outputs(record, image, out, set())
+    if args.json:
+        data = record.to_json_dict(files)
+        data["overlay"] = files["overlay"]
+        data["trace_file"] = files["trace"]
+        data["output_dir"] = str(out)
+        print(json.dumps(data), flush=True)
+    else:
+        print(record.answer)
+        print(f"verdict: {record.verdict} (score {record.pred_score:.2f}, threshold {record.threshold:.2f})")
+        print(f"overlay: {out / files['overlay']}")
+        print(f"trace:   {out / files['trace']}")
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m agent.commands.ask IMAGE QUESTION ...`"""
+    parser = argparse.ArgumentParser(prog="looktwice")
+    add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["ask", *(argv if argv is not None else sys.argv[1:])])
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,183 @@
+"""`looktwice chat IMAGE [--refs DIR] [--brain ...] [--out DIR]`: a terminal conversation about one image.
+
+The image is inspected once (the match-of-thought loop), then every line read from stdin is a
+question answered by the brain with the conversation so far. Commands:
+
+    /heatmap        print the path of the overlay (heatmap + outline) of the current image
+    /image PATH     inspect another image and talk about it (the history starts again)
+    /save FILE      write the transcript (JSON when FILE ends in .json, else plain text)
+    /help           list the commands
+    /quit           end (so do /exit and end of input)
+
+A brain that fails (server down, malformed reply) is reported on stderr and the RuleBrain answers
+from the evidence, so the conversation goes on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+HELP = "commands: /heatmap (overlay path), /image PATH (switch image), /save FILE (transcript), /quit"
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Add the `chat` sub-command to `sub` (the object `add_subparsers()` returned)."""
+    from agent.commands.ask import DESCRIPTION, add_brain_args
+
+    p = sub.add_parser(
+        "chat",
+        help="talk about one image in the terminal (/heatmap, /image PATH, /save FILE, /quit)",
+        description="A conversation about one image; the history is kept and the image inspected once.\n"
+        + HELP
+        + "\n\n"
+        + DESCRIPTION.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("image", help="the image to talk about")
+    p.add_argument(
+        "--out", default="looktwice-chat", help="folder for overlays and records (default looktwice-chat)"
+    )
+    add_brain_args(p)
+    p.set_defaults(func=cmd_chat)
+
+
+class ChatSession:
+    """The state of one terminal chat: the loop, the current image and record, history, transcript."""
+
+    def __init__(self, loop: Any, out: Path) -> None:
+        self.loop = loop
+        self.out = out
+        self.taken: set[str] = set()
+        self.record: Any = None
+        self.files: dict[str, str] = {}
+        self.history: list[tuple[str, str]] = []
+        self.transcript: list[dict[str, Any]] = []
+
+    def open(self, path: str) -> str:
+        """Inspect `path` (raises `ImageLoadError`); returns the summary line shown to the user."""
+        from agent.commands.ask import save_outputs
+        from tools.image_io import load_image
+
+        image = load_image(path)
+        self.record = self.loop.run(str(path), image)
+        self.files = save_outputs(self.record, image, self.out, self.taken)
+        self.history = []
+        r = self.record
+        text = f"{path}: {r.verdict} (score {r.pred_score:.2f}). {r.explanation}"
+        self.transcript.append(
+            {"event": "image", "image_path": str(path), "verdict": r.verdict, "text": text}
+        )
+        return text
+
+    def ask(self, question: str) -> str:
+        answer = self.loop.answer(question, self.record, list(self.history))
+        self.history.append((question, answer))
+        self.transcript.append({"event": "turn", "question": question, "answer": answer})
+        return answer
+
+    @property
+    def overlay(self) -> Path:
+        return self.out / self.files["overlay"]
+
+    def save(self, target: str) -> Path:
+        path = Path(target)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.suffix.lower() == ".json":
+            path.write_text(json.dumps(self.transcript, indent=2), encoding="utf-8")
+        else:
+            lines = []
+            for e in self.transcript:
+                if e["event"] == "image":
+                    lines.append(f"[image] {e['text']}")
+                else:
+                    lines += [f"you: {e['question']}", f"looktwice: {e['answer']}"]
+            path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        return path
+
+
+def _read_line(prompt: str) -> str | None:
+    if sys.stdin.isatty():
+        try:
+            return input(prompt)
+        except EOFError:
+            return None
+    line = sys.stdin.readline()
+    return None if line == "" else line
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    """Run the command from parsed arguments; returns the exit code."""
+    from agent.cli import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, _err, _info
+    from agent.commands.ask import SetupError, build_loop, trace_warnings
+    from tools.image_io import ImageLoadError
+
+    try:
+        loop = build_loop(args)
+    except SetupError as err:
+        _err(str(err))
+        return EXIT_USAGE
+    session = ChatSession(loop, Path(args.out))
+    try:
+        print(session.open(args.image), flush=True)
+    except (ImageLoadError, OSError) as err:
+        _err(str(err))
+        return EXIT_SOME_FAILED
+    print(HELP, flush=True)
+    while True:
+        line = _read_line("you> ")
+        if line is None:
+            break
+        text = line.strip()
+        if not text:
+            continue
+        if text.startswith("/"):
+            command, _, rest = text.partition(" ")
+            rest = rest.strip()
+            if command in ("/quit", "/exit"):
+                break
+            if command == "/help":
+                print(HELP, flush=True)
+            elif command == "/heatmap":
+                print(session.overlay, flush=True)
+            elif command == "/image":
+                if not rest:
+                    print("usage: /image PATH", flush=True)
+                    continue
+                try:
+                    print(session.open(rest), flush=True)
+                except (ImageLoadError, OSError) as err:
+                    _err(str(err))
+                    print(f"still talking about {session.record.image_path}", flush=True)
+            elif command == "/save":
+                if not rest:
+                    print("usage: /save FILE", flush=True)
+                    continue
+                try:
+                    print(f"transcript saved to {session.save(rest)}", flush=True)
+                except OSError as err:
+                    _err(f"cannot write '{rest}': {err}")
+            else:
+                print(f"unknown command {command}; {HELP}", flush=True)
+            continue
+        n_before = len(session.record.trace)
+        answer = session.ask(text)
+        for msg in trace_warnings(session.record.trace[n_before:]):
+            _info(f"looktwice: warning: {msg}")
+        print(f"looktwice> {answer}", flush=True)
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m agent.commands.chat IMAGE ...`"""
+    parser = argparse.ArgumentParser(prog="looktwice")
+    add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["chat", *(argv if argv is not None else sys.argv[1:])])
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,233 @@
+"""OpenAIBrain over real HTTP: a small scripted OpenAI-format server (http.server in a thread) answers
+with canned JSON, errors, garbage or silence; the brain must send the right request and turn every
+failure into a one-line `BrainError`. Also the `--brain` spec parser."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from PIL import Image
+
+from agent.brains.common import BrainError
+from agent.brains.openai import OpenAIBrain, normalize_base_url
+from agent.brains.spec import build_brain, parse_brain_spec
+from agent.loop import MatchOfThought
+from tests.agent import agent_case as case
+from tools.record import InspectionRecord, Region
+
+
+def completion(text: str) -> dict:
+    return {
+        "id": "cmpl-1",
+        "object": "chat.completion",
+        "model": "tiny",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13},
+    }
+
+
+class ScriptedServer:
+    """Answers POSTs from a script of (status, body, delay_s); records every request."""
+
+    def __init__(self) -> None:
+        self.script: list[tuple[int, object, float]] = []
+        self.requests: list[dict] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - http.server's naming
+                length = int(self.headers.get("Content-Length", 0))
+                body = json.loads(self.rfile.read(length) or b"{}")
+                outer.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
+                status, payload, delay = outer.script.pop(0) if outer.script else (200, completion("ok"), 0.0)
+                if delay:
+                    time.sleep(delay)
+                raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(raw)))
+                    self.end_headers()
+                    self.wfile.write(raw)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server():
+    s = ScriptedServer()
+    yield s
+    s.close()
+
+
+def _record(path: str = "part.png") -> InspectionRecord:
+    region = Region(
+        (10, 12, 30, 20), 120, 0.012, (20.0, 16.0), 4.2, 0.8, 0.95, -0.2, "upper-left", "elongated"
+    )
+    return InspectionRecord(path, 0.93, True, 0.5, regions=[region], image_size=(96, 96))
+
+
+def test_explain_and_answer_send_image_evidence_and_history(server, tmp_path):
+    server.script = [
+        (200, completion("Defective: a scratch at the upper left."), 0.0),
+        (200, completion("About 1%."), 0.0),
+    ]
+    brain = OpenAIBrain(server.url, "tiny-vlm", api_key="secret", timeout=5)
+    image = Image.new("RGB", (96, 96), (120, 130, 140))
+    brain.use_image("part.png", image)
+    record = _record()
+    assert brain.explain(record) == "Defective: a scratch at the upper left."
+    assert brain.last_call["usage"]["total_tokens"] == 13
+    req = server.requests[0]
+    assert req["path"] == "/v1/chat/completions"
+    assert req["headers"]["Authorization"] == "Bearer secret"
+    body = req["body"]
+    assert body["model"] == "tiny-vlm" and body["temperature"] == 0.0 and body["max_tokens"] == 256
+    system, user = body["messages"]
+    assert system["role"] == "system" and "inspection" in system["content"]
+    image_part, text_part = user["content"]
+    url = image_part["image_url"]["url"]
+    assert url.startswith("data:image/png;base64,")
+    decoded = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
+    assert decoded.size == (96, 96) and decoded.getpixel((0, 0)) == (120, 130, 140)
+    assert "anomaly score 0.93" in text_part["text"] and "upper-left" in text_part["text"]
+
+    history = [("Is it defective?", "Yes.")]
+    assert brain.answer("How big is it?", record, history) == "About 1%."
+    msgs = server.requests[1]["body"]["messages"]
+    assert [m["role"] for m in msgs] == ["system", "user", "assistant", "user"]
+    assert msgs[2]["content"] == "Yes." and msgs[3]["content"] == "How big is it?"
+    assert history == [("Is it defective?", "Yes.")]  # not mutated
+
+
+def test_image_read_from_disk_and_text_only_when_missing(server, tmp_path):
+    path = tmp_path / "p.png"
+    Image.new("RGB", (20, 10), (5, 5, 5)).save(path)
+    brain = OpenAIBrain(server.url, "m")
+    brain.explain(_record(str(path)))
+    assert server.requests[0]["body"]["messages"][1]["content"][0]["type"] == "image_url"
+    brain.explain(_record(str(tmp_path / "missing.png")))
+    assert isinstance(server.requests[1]["body"]["messages"][1]["content"], str)
+    assert "Authorization" not in server.requests[1]["headers"]
+
+
+@pytest.mark.parametrize(
+    ("status", "payload", "message"),
+    [
+        (
+            500,
+            {"error": {"message": "CUDA out of memory", "type": "InternalServerError"}},
+            "HTTP 500: CUDA out of memory",
+        ),
+        (404, b"<html>Not Found</html>", "HTTP 404: <html>Not Found</html>"),
+        (200, b"{not json", "did not answer with JSON"),
+        (200, {"object": "chat.completion", "choices": []}, "without choices[0].message.content"),
+        (200, {"choices": [{"message": {"content": [1, 2]}}]}, "non-text message content"),
+    ],
+)
+def test_server_faults_are_one_line_brain_errors(server, status, payload, message):
+    server.script = [(status, payload, 0.0)]
+    with pytest.raises(BrainError) as err:
+        OpenAIBrain(server.url, "m", timeout=5).explain(_record())
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_timeout_and_refused_connection(server):
+    server.script = [(200, completion("late"), 1.5)]
+    t0 = time.perf_counter()
+    with pytest.raises(BrainError, match=r"did not answer within 0.3 s"):
+        OpenAIBrain(server.url, "m", timeout=0.3).explain(_record())
+    assert time.perf_counter() - t0 < 1.4
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(BrainError, match=r"cannot reach http://127.0.0.1:\d+/v1/chat/completions"):
+        OpenAIBrain(f"http://127.0.0.1:{port}", "m", timeout=2).explain(_record())
+
+
+def test_settings_from_environment_and_url_normalisation(monkeypatch):
+    assert normalize_base_url("http://host:8000") == "http://host:8000/v1"
+    assert normalize_base_url("http://host:8000/v1/") == "http://host:8000/v1"
+    assert normalize_base_url("https://api.example.com/openai/v1") == "https://api.example.com/openai/v1"
+    with pytest.raises(BrainError, match="invalid OpenAI base URL"):
+        normalize_base_url("localhost:8000")
+    for var in ("LOOKTWICE_OPENAI_BASE_URL", "LOOKTWICE_OPENAI_MODEL", "LOOKTWICE_OPENAI_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(BrainError, match="LOOKTWICE_OPENAI_BASE_URL"):
+        OpenAIBrain()
+    monkeypatch.setenv("LOOKTWICE_OPENAI_BASE_URL", "http://10.0.0.1:8000")
+    with pytest.raises(BrainError, match="LOOKTWICE_OPENAI_MODEL"):
+        OpenAIBrain()
+    monkeypatch.setenv("LOOKTWICE_OPENAI_MODEL", "Qwen/Qwen2-VL-2B-Instruct")
+    monkeypatch.setenv("LOOKTWICE_OPENAI_API_KEY", "k")
+    brain = build_brain("openai")
+    assert (brain.base_url, brain.model, brain.api_key) == (
+        "http://10.0.0.1:8000/v1",
+        "Qwen/Qwen2-VL-2B-Instruct",
+        "k",
+    )
+    assert build_brain("openai:http://127.0.0.1:9/v1").model == "Qwen/Qwen2-VL-2B-Instruct"
+
+
+def test_brain_specs():
+    assert parse_brain_spec("openai:http://127.0.0.1:8000/v1#org/model") == (
+        "openai",
+        {"base_url": "http://127.0.0.1:8000/v1", "model": "org/model"},
+    )
+    assert parse_brain_spec("llava:/models/anomaly-ov") == ("llava", {"model": "/models/anomaly-ov"})
+    assert parse_brain_spec(" RULE ") == ("rule", {})
+    assert build_brain("rule").name == "rule"
+    llava = build_brain("llava:/nowhere/model")
+    assert llava.name == "llava" and llava.model_id == "/nowhere/model"  # loads lazily
+    for bad, msg in (("", "empty"), ("rule:x", "takes no"), ("gpt", "unknown brain")):
+        with pytest.raises(BrainError, match=msg):
+            build_brain(bad)
+
+
+def test_loop_with_openai_brain_rules_and_fallback(server):
+    detector = case.MeanDiffDetector()
+    detector.fit(case.references())
+    bad = completion("Rules: count of dark holes is four")
+    fixed = completion(
+        '```json\n{"rules": [{"kind": "count", "colour_class": 0, "min": 0, "max": 9, "description": "holes"}]}\n```'
+    )
+    server.script = [
+        (200, completion("First look: a dark scratch."), 0.0),  # first opinion
+        (200, bad, 0.0),  # rules: prose
+        (200, fixed, 0.0),  # rules: repaired
+        (500, {"error": {"message": "overloaded"}}, 0.0),  # explain fails -> RuleBrain
+        (200, completion("Yes, near the center."), 0.0),  # answer
+    ]
+    brain = OpenAIBrain(server.url, "m", timeout=5)
+    loop = MatchOfThought(detector, case.references(), brain)
+    record = loop.run("scratch.png", case.scratched(), question="Is there a defect?")
+    steps = {e["step"]: e for e in record.trace}
+    assert steps["first_opinion"]["summary"] == "First look: a dark scratch."
+    assert steps["first_opinion"]["model_call"]["model"] == "m"
+    assert steps["propose_rules"]["status"] == "repaired"
+    repair_msgs = server.requests[2]["body"]["messages"]
+    assert repair_msgs[-2]["content"] == "Rules: count of dark holes is four"
+    assert "no JSON object" in repair_msgs[-1]["content"]
+    assert "HTTP 500: overloaded" in steps["explain"]["error"] and record.explanation.startswith("Defective")
+    assert record.answer == "Yes, near the center."
+    assert server.requests[0]["body"]["messages"][1]["content"][0]["type"] == "image_url"
