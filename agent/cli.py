@@ -16,7 +16,7 @@ from typing import Any
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
 
 #: Modules that add further subcommands with `add_parser(subparsers)`; they import nothing heavy at top.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("agent.commands.report",)
 
 DESCRIPTION = """\
 LookTwice: a local defect-inspection agent. Give it product images and a few images of good parts;

@@ -98,7 +98,11 @@ class Inspector:
 
         t = time.perf_counter()
         pred_label = bool(out.pred_score > d.threshold)
-        mask = mask_from_map(out.anomaly_map, d.pixel_threshold)
+        proposed = out.extras.get("pred_mask")  # a detector may outline more precisely than a threshold
+        if proposed is not None:
+            mask = mask_from_map(np.asarray(proposed, dtype=np.float32), 0.5)
+        else:
+            mask = mask_from_map(out.anomaly_map, d.pixel_threshold)
         if not pred_label:
             mask = np.zeros_like(mask)
         regions = measure_regions(out.anomaly_map, mask, np.asarray(img))

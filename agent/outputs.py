@@ -46,7 +46,8 @@ def write_record(record: InspectionRecord, image: Image.Image, out_dir: Path, st
         save_mask_png(out_dir / files["pred_mask"], record.pred_mask)
     files["overlay"] = f"{stem}_overlay.png"
     amap = record.anomaly_map if record.anomaly_map is not None else np.zeros(image.size[::-1], np.float32)
-    render_overlay(image, amap, record.pred_mask, record.gt_mask).save(out_dir / files["overlay"])
+    overlay = render_overlay(image, amap, record.pred_mask, record.gt_mask)
+    overlay.save(out_dir / files["overlay"], compress_level=1)
     data = record.to_json_dict(files)
     data["overlay"] = files["overlay"]
     files["record"] = f"{stem}.json"

@@ -187,9 +187,9 @@ def test_location_words_grid(cx, cy, word):
 
 
 def test_classify_shape_thresholds():
-    assert classify_shape(3.0, 0.5) == "elongated"
-    assert classify_shape(2.9, 0.05) == "diffuse"
-    assert classify_shape(2.9, 0.049) == "compact"
+    assert classify_shape(2.0, 0.5) == "elongated"
+    assert classify_shape(1.9, 0.05) == "diffuse"
+    assert classify_shape(1.9, 0.049) == "compact"
 
 
 def test_to_grey_scales_dtypes():

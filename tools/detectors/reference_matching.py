@@ -23,6 +23,7 @@ from tools.detectors.base import Detector, DetectorError, DetectorOutput
 from tools.detectors.calibration import ScoreCalibration
 from tools.detectors.memory_bank import greedy_coreset, nearest_distance
 from tools.preprocess import gaussian_blur, pil_to_tensor, remove_illumination, standardize_contrast
+from tools.regions import peak_relative_mask
 
 AUGMENTATIONS = ("hflip", "vflip", "rot180", "rot90", "rot270")
 
@@ -46,6 +47,7 @@ class ReferenceMatchingConfig:
     blur_sigma: float = 4.0  # smoothing of the anomaly map, in working-resolution pixels
     score_topk: int = 1  # image score = mean of the top-k map values (1 = max)
     score_margin: float = 0.1  # border band (fraction of the side) left out of the image score
+    mask_peak_fraction: float = 0.5  # predicted mask: pixels at least this far from the boundary to their peak
     sigmas: float = 2.0  # boundary = mean + sigmas * spread of the references' leave-one-out scores
     batch_size: int = 8
     device: str = "cpu"
@@ -272,10 +274,12 @@ class ReferenceMatchingDetector(Detector):
                 for j, i in enumerate(idx):
                     width, height = images[i].size
                     m = F.interpolate(smooth[j : j + 1], size=(height, width), mode="bilinear", align_corners=False)
+                    raw_map = m[0, 0].numpy()
                     outputs[i] = DetectorOutput(
-                        anomaly_map=cal.apply(m[0, 0].numpy()),
+                        anomaly_map=cal.apply(raw_map),
                         pred_score=float(cal.apply(float(raw[j]))),
                         raw_score=float(raw[j]),
+                        extras={"pred_mask": peak_relative_mask(raw_map, cal.boundary, cfg.mask_peak_fraction)},
                     )
         return [o for o in outputs if o is not None]
 
