@@ -16,7 +16,7 @@ from typing import Any
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
 
 #: Modules that add further subcommands with `add_parser(subparsers)`; they import nothing heavy at top.
-COMMAND_MODULES: tuple[str, ...] = ("agent.commands.report",)
+COMMAND_MODULES: tuple[str, ...] = ("agent.commands.ask", "agent.commands.chat", "agent.commands.report")
 
 DESCRIPTION = """\
 LookTwice: a local defect-inspection agent. Give it product images and a few images of good parts;
@@ -110,7 +110,7 @@ def run_inspect(
     try:
         references = load_references(refs, warn=_info)
         inspector = Inspector(detector, references, options, brain=brain, warn=_info)
-    except (DetectorError, ValueError, KeyError) as err:
+    except (DetectorError, ValueError, KeyError, RuntimeError) as err:
         _err(str(err))
         return EXIT_USAGE
     out.mkdir(parents=True, exist_ok=True)

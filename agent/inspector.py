@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from agent.brains import BRAINS, Brain
+from agent.brains import Brain
 from tools.detectors import DETECTORS, Detector, DetectorError, MissingModelError
 from tools.image_io import ImageLoadError, list_images, load_image
 from tools.record import InspectionRecord
@@ -75,7 +75,9 @@ class Inspector:
             self.detector.fit(list(references))
         self.fit_seconds = time.perf_counter() - t0
         self.n_references = len(references)
-        self.brain: Brain = BRAINS.build(brain)
+        from agent.brains.spec import build_brain
+
+        self.brain: Brain = build_brain(brain)
 
     def inspect(self, image_path: str | os.PathLike[str], image: Image.Image | None = None) -> InspectionRecord:
         """Inspect one image; raises `ImageLoadError` for unreadable files (callers report and go on)."""

@@ -16,5 +16,15 @@ BRAINS.register_lazy(
     "agent.brains.rule:RuleBrain",
     "templates from prompts/rule_brain.yaml over the measured regions; no weights, works offline",
 )
+BRAINS.register_lazy(
+    "llava",
+    "agent.brains.llava:LlavaBrain",
+    "the local LLaVA-OneVision (+ anomaly expert) via agent.mllm; --brain llava:<id-or-folder>",
+)
+BRAINS.register_lazy(
+    "openai",
+    "agent.brains.openai:OpenAIBrain",
+    "any OpenAI-compatible server (vLLM); --brain openai:<base-url>#<model> or LOOKTWICE_OPENAI_* variables",
+)
 
 __all__ = ["BRAINS", "Brain"]
