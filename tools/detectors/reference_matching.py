@@ -48,7 +48,7 @@ class ReferenceMatchingConfig:
     score_topk: int = 1  # image score = mean of the top-k map values (1 = max)
     score_margin: float = 0.1  # border band (fraction of the side) left out of the image score
     mask_peak_fraction: float = 0.5  # predicted mask: pixels at least this far from the boundary to their peak
-    sigmas: float = 2.0  # boundary = mean + sigmas * spread of the references' leave-one-out scores
+    sigmas: float = 1.0  # boundary = mean + sigmas * spread of the references' leave-one-out scores
     batch_size: int = 8
     device: str = "cpu"
     seed: int = 0
