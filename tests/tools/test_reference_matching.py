@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from scipy import ndimage
 
 from instruct_data.synthesis.demo_case import brushed_plate, draw_scratch, draw_stain
 from tools.detectors import DETECTORS, DetectorError
@@ -48,7 +49,13 @@ def test_defects_score_above_good_and_maps_peak_on_the_defect(fitted, case):
         near[max(0, peak[0] - 6) : peak[0] + 7, max(0, peak[1] - 6) : peak[1] + 7] = True
         assert (near & mask).any(), "the map's maximum should sit on the drawn defect"
         assert out.anomaly_map[mask].mean() > out.anomaly_map[~mask].mean() + 0.4
-        assert (out.anomaly_map[~mask] > 0.5).mean() < 0.2, "most of the good surface stays below 0.5"
+        pred = out.extras["pred_mask"]
+        assert (pred & mask).sum() > 0.3 * mask.sum(), "the outline covers the defect"
+        labels, _ = ndimage.label(pred)
+        biggest = labels == np.argmax(np.bincount(labels.ravel())[1:]) + 1
+        (py, px), (gy, gx) = ndimage.find_objects(biggest.astype(int))[0], ndimage.find_objects(mask.astype(int))[0]
+        for p_sl, g_sl in ((py, gy), (px, gx)):  # the outline's box hugs the defect's box (8 px slack)
+            assert abs(p_sl.start - g_sl.start) <= 8 and abs(p_sl.stop - g_sl.stop) <= 8
 
 
 def test_calibration_comes_from_the_references(fitted):
