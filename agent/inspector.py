@@ -19,7 +19,7 @@ from agent.brains import Brain
 from tools.detectors import DETECTORS, Detector, DetectorError, MissingModelError
 from tools.image_io import ImageLoadError, list_images, load_image
 from tools.record import InspectionRecord
-from tools.regions import mask_from_map, measure_regions
+from tools.regions import measure_regions
 
 
 def load_references(
@@ -100,11 +100,7 @@ class Inspector:
 
         t = time.perf_counter()
         pred_label = bool(out.pred_score > d.threshold)
-        proposed = out.extras.get("pred_mask")  # a detector may outline more precisely than a threshold
-        if proposed is not None:
-            mask = mask_from_map(np.asarray(proposed, dtype=np.float32), 0.5)
-        else:
-            mask = mask_from_map(out.anomaly_map, d.pixel_threshold)
+        mask = out.predicted_mask(d.pixel_threshold)
         if not pred_label:
             mask = np.zeros_like(mask)
         regions = measure_regions(out.anomaly_map, mask, np.asarray(img))

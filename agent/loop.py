@@ -45,7 +45,7 @@ from agent.brains.base import Brain
 from tools.detectors import Detector, DetectorOutput
 from tools.image_io import load_image
 from tools.record import InspectionRecord, Region
-from tools.regions import EIGHT_CONNECTED, mask_from_map, measure_regions
+from tools.regions import EIGHT_CONNECTED, measure_regions
 
 # ---------------------------------------------------------------------------------------------- settings
 
@@ -582,7 +582,7 @@ class MatchOfThought:
         d = self.detector
         out: DetectorOutput = d.predict([img])[0]
         label = bool(out.pred_score > d.threshold)
-        mask = mask_from_map(out.anomaly_map, d.pixel_threshold)
+        mask = out.predicted_mask(d.pixel_threshold)
         if not label:
             mask = np.zeros_like(mask)
         regions = measure_regions(out.anomaly_map, mask, np.asarray(img))

@@ -111,11 +111,8 @@ def evaluate_category(
                     gt = np.full((im.size[1], im.size[0]), bool(s.gt_label))
                 maps.append(_resize_for_metrics(out.anomaly_map, settings.metric_size, nearest=False))
                 masks.append(_resize_for_metrics(gt, settings.metric_size, nearest=True))
-                proposed = out.extras.get("pred_mask")
-                if proposed is not None:
-                    pred_masks.append(_resize_for_metrics(np.asarray(proposed, bool), settings.metric_size, nearest=True))
-                else:
-                    pred_masks.append(maps[-1] > detector.pixel_threshold)
+                predicted = out.predicted_mask(detector.pixel_threshold)
+                pred_masks.append(_resize_for_metrics(predicted, settings.metric_size, nearest=True))
         if progress:
             progress(len(samples[start : start + settings.batch_size]))
 

@@ -33,6 +33,16 @@ class DetectorOutput:
     raw_score: float = float("nan")  # the detector's own unit, before calibration
     extras: dict[str, Any] = field(default_factory=dict)
 
+    def predicted_mask(self, pixel_threshold: float = 0.5) -> np.ndarray:
+        """The defect mask: the detector's own outline (`extras["pred_mask"]`) when it gives one,
+        else the map thresholded; specks below the minimum area are dropped either way."""
+        from tools.regions import mask_from_map
+
+        proposed = self.extras.get("pred_mask")
+        if proposed is not None:
+            return mask_from_map(np.asarray(proposed, dtype=np.float32), 0.5)
+        return mask_from_map(self.anomaly_map, pixel_threshold)
+
 
 class Detector(ABC):
     """Base class of all detectors in `tools.detectors.DETECTORS`."""
