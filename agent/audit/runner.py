@@ -1,0 +1,303 @@
+"""The batch loop of `looktwice audit run`: the `report` machinery (SQLite store, atomic per-image files,
+resume, exports, index.html) with the audit in place of the plain inspection.
+
+Per image: the spec's rules (agent.audit.check) and, unless `--detector none`, the structural detector
+(agent.inspector.Inspector); the record's `pred_score` fuses both, `pred_mask` marks the offending
+components (and the empty places of missing ones), `explanation` is the audit's, and `audit` in the
+stored record holds every rule with measured vs expected. The spec used is written to `spec.yaml` in
+the output folder (drafted from the references when none is given); its content is part of the
+settings, so `--resume` with another spec is refused like a change of detector.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agent.audit.spec import Spec, SpecError, load_spec
+from agent.report.runner import (
+    ReportSettings,
+    ReportSummary,
+    ReportUsageError,
+    ReportWriteError,
+    _check_settings,
+    _failed_row,
+    _locked,
+    _prepare_out,
+    settings_fingerprint,
+    settings_hash,
+)
+from agent.report.store import STATUS_DONE, ResultStore, Row
+
+SPEC_NAME = "spec.yaml"
+NO_DETECTOR = "none"
+
+
+@dataclass
+class AuditSettings:
+    inputs: list[str]
+    out: Path
+    refs: str
+    spec: str | None = None
+    detector: str = "refmatch"
+    detector_options: dict[str, Any] = field(default_factory=dict)
+    resume: bool = False
+    progress: bool = True
+    durable: bool = True
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def load_reference_images(refs: str, warn: Callable[[str], None]) -> tuple[list, list[str]]:
+    from tools.image_io import ImageLoadError, list_images, load_image
+
+    root = Path(refs)
+    if not root.exists():
+        raise ReportUsageError(f"references folder '{root}' does not exist")
+    paths = list_images(root, recursive=True) if root.is_dir() else [root]
+    images, names = [], []
+    for p in paths:
+        try:
+            images.append(load_image(p))
+            names.append(p.name)
+        except ImageLoadError as err:
+            warn(f"reference skipped: {err}")
+    if not images:
+        raise ReportUsageError(f"no readable reference images in '{root}'")
+    return images, names
+
+
+def get_spec(spec_path: str | None, refs: str, warn: Callable[[str], None] = _stderr) -> tuple[Spec, list]:
+    """The spec (loaded, or drafted from the references) and the reference images."""
+    from agent.audit.draft import DraftError, draft_spec
+
+    images, names = load_reference_images(refs, warn)
+    if spec_path is not None:
+        try:
+            return load_spec(spec_path), images
+        except SpecError as err:
+            raise ReportUsageError(str(err)) from None
+    try:
+        return draft_spec(images, names), images
+    except DraftError as err:
+        raise ReportUsageError(str(err)) from None
+
+
+def _record(path: str, image, result, structural) -> Any:
+    from tools.record import InspectionRecord
+    from tools.regions import measure_regions
+
+    mask = result.offending_mask(image.size)
+    amap = structural.anomaly_map if structural is not None else None
+    base = amap if amap is not None else np.zeros(mask.shape, np.float32)
+    regions = measure_regions(base, mask, np.asarray(image)) if mask.any() else []
+    trace = list(structural.trace) if structural is not None else []
+    trace.append(
+        {
+            "step": "audit",
+            "summary": f"{sum(not r.passed for r in result.rules)} of {len(result.rules)} rules violated",
+            "rules": [r.to_dict() for r in result.rules],
+        }
+    )
+    return InspectionRecord(
+        image_path=path,
+        pred_score=result.score,
+        pred_label=result.anomalous,
+        threshold=0.5,
+        anomaly_map=amap,
+        pred_mask=mask,
+        regions=regions,
+        explanation=result.explanation,
+        detector=structural.detector if structural is not None else NO_DETECTOR,
+        brain="audit",
+        image_size=image.size,
+        trace=trace,
+    )
+
+
+def run_audit(s: AuditSettings, info: Callable[[str], None] = _stderr) -> ReportSummary:
+    """Run (or resume) an audit into `s.out`. Raises ReportUsageError / ReportWriteError / StoreError."""
+    from tqdm import tqdm
+
+    from agent.audit.check import audit_image
+    from agent.outputs import unique_stem
+    from agent.report.export import write_exports
+    from agent.report.files import atomic_write_text, clear_staging, outputs_present, write_image_outputs
+    from agent.report.html import write_html
+    from agent.report.inputs import InputError, collect_inputs, file_digest, safe_stem
+    from tools.detectors import DETECTORS
+    from tools.image_io import ImageLoadError, load_image
+
+    if s.detector != NO_DETECTOR and s.detector not in DETECTORS:
+        raise ReportUsageError(
+            f"unknown detector '{s.detector}'; choose one of: {NO_DETECTOR}, {', '.join(DETECTORS.names())}"
+        )
+    try:
+        items = collect_inputs(s.inputs)
+    except (InputError, OSError) as err:
+        raise ReportUsageError(str(err)) from None
+    if not items:
+        raise ReportUsageError(f"no input images found in: {', '.join(s.inputs)}")
+    spec, ref_images = get_spec(s.spec, s.refs, info)
+    spec_text = spec.to_yaml()
+    fingerprint = settings_fingerprint(
+        ReportSettings(
+            inputs=s.inputs,
+            out=s.out,
+            refs=s.refs,
+            detector=s.detector,
+            detector_options=s.detector_options,
+            brain="audit",
+        )
+    )
+    fingerprint["spec_sha256"] = hashlib.sha256(spec_text.encode("utf-8")).hexdigest()[:16]
+    digest = settings_hash(fingerprint)
+    out = Path(s.out)
+    _prepare_out(out, s.resume)
+    summary = ReportSummary(out=out, inputs=len(items))
+    t0 = time.perf_counter()
+    with _locked(out), ResultStore(out) as store:
+        _check_settings(store, fingerprint, digest)
+        try:
+            atomic_write_text(out / SPEC_NAME, spec_text)
+        except OSError as err:
+            raise ReportWriteError(f"cannot write '{out / SPEC_NAME}': {err.strerror or err}") from None
+        clear_staging(out)
+        stems = store.stems()
+        taken = set(stems.values())
+        for item in items:
+            if item.key not in stems:
+                stems[item.key] = unique_stem(safe_stem(item.key) + ".x", taken)
+        inspector = None
+        if s.detector != NO_DETECTOR:
+            from agent.inspector import Inspector
+
+            t = time.perf_counter()
+            try:
+                inspector = Inspector(s.detector, ref_images, s.detector_options, brain="rule", warn=info)
+            except (ValueError, KeyError, TypeError) as err:
+                raise ReportUsageError(str(err)) from None
+            summary.setup_seconds = time.perf_counter() - t
+        bar = tqdm(total=len(items), unit="img", desc="audit", disable=not s.progress, file=sys.stderr)
+        try:
+            for seq, item in enumerate(items):
+                stem = stems[item.key]
+                old = store.get(item.key)
+                try:
+                    size, sha = file_digest(item.path)
+                except OSError as err:
+                    if old is not None and old.ok and old.settings_hash == digest:
+                        summary.skipped += 1
+                        bar.update(1)
+                        continue
+                    reason = (
+                        "file not found" if isinstance(err, FileNotFoundError) else (err.strerror or str(err))
+                    )
+                    store.put(
+                        _failed_row(
+                            item, stem, seq, digest, f"cannot read image '{item.display_path}': {reason}"
+                        )
+                    )
+                    summary.processed += 1
+                    bar.update(1)
+                    continue
+                if (
+                    old is not None
+                    and old.ok
+                    and old.sha256 == sha
+                    and old.settings_hash == digest
+                    and outputs_present(out, old.files)
+                ):
+                    summary.skipped += 1
+                    bar.update(1)
+                    continue
+                t1 = time.perf_counter()
+                try:
+                    image = load_image(item.path)
+                    structural = inspector.inspect(item.display_path, image) if inspector else None
+                    result = audit_image(
+                        image,
+                        spec,
+                        None if structural is None else (structural.pred_score, structural.threshold),
+                    )
+                    record = _record(item.display_path, image, result, structural)
+                except ImageLoadError as err:
+                    msg = str(err).replace(f"'{item.path}'", f"'{item.display_path}'")
+                    store.put(_failed_row(item, stem, seq, digest, msg, size=size, sha256=sha))
+                    summary.processed += 1
+                    bar.update(1)
+                    continue
+                except Exception as err:  # one image breaking the audit must not stop the batch
+                    first = (str(err).strip().splitlines() or [""])[0]
+                    msg = f"audit of '{item.display_path}' failed: {type(err).__name__}: {first}"
+                    store.put(_failed_row(item, stem, seq, digest, msg, size=size, sha256=sha))
+                    summary.processed += 1
+                    bar.update(1)
+                    continue
+                t_check = time.perf_counter() - t1
+                t2 = time.perf_counter()
+                try:
+                    files = write_image_outputs(record, image, out, stem, durable=s.durable)
+                except OSError as err:
+                    raise ReportWriteError(
+                        f"cannot write outputs to '{out}': {err.strerror or err}"
+                    ) from None
+                data = record.to_json_dict(
+                    {k: v for k, v in files.items() if k in ("anomaly_map", "pred_mask")}
+                )
+                data["overlay"] = files["overlay"]
+                data["audit"] = result.to_dict()
+                row = Row(
+                    item.key,
+                    item.display_path,
+                    stem,
+                    size=size,
+                    sha256=sha,
+                    settings_hash=digest,
+                    status=STATUS_DONE,
+                    record=data,
+                    files=files,
+                    timings={"audit": round(t_check, 4), "write": round(time.perf_counter() - t2, 4)},
+                    seq=seq,
+                )
+                store.put(row)
+                summary.processed += 1
+                bar.update(1)
+        except KeyboardInterrupt:
+            summary.interrupted = True
+        finally:
+            bar.close()
+        summary.seconds = time.perf_counter() - t0
+        clear_staging(out)
+        rows = list(store.rows())
+        meta = {"settings": fingerprint, "title": "LookTwice audit"}
+        try:
+            write_exports(rows, out)
+            write_html(rows, meta, out)
+        except OSError as err:
+            raise ReportWriteError(
+                f"cannot write the report files to '{out}': {err.strerror or err}"
+            ) from None
+        wanted = {item.key for item in items}
+        for row in rows:
+            if row.path not in wanted:
+                continue
+            if not row.ok:
+                summary.failed += 1
+            elif row.record and row.record.get("pred_label"):
+                summary.defective += 1
+            else:
+                summary.good += 1
+    return summary
+
+
+__all__ = ["NO_DETECTOR", "SPEC_NAME", "AuditSettings", "get_spec", "run_audit"]

@@ -1,0 +1,259 @@
+"""The audit spec: which components a good part has and the rules they obey (YAML, validated by pydantic).
+
+```yaml
+version: 1
+background: {rgb: [0.89, 0.87, 0.82], tolerance: 0.2}   # pixels this close (RGB 0..1) are background
+min_area: 0.002                                        # smaller foreground blobs are noise
+components:
+  - name: blue
+    find: {rgb: [0.16, 0.27, 0.78], tolerance: 0.25}   # or {hsv: {h: [0.6, 0.7], s: [0.5, 1], v: [0.3, 1]}}
+                                                       # or {region: [x0, y0, x1, y1]} (normalized box)
+                                                       # clip_prompt / sam: accepted, need those extras
+    count: 12                                          # or {min: 11, max: 13}
+    colour: {rgb: [0.16, 0.27, 0.78], tolerance: 0.08}
+    area: {each: 0.0064, tolerance: 0.3}               # area fraction per instance, relative tolerance
+    position: {slots: [[0.125, 0.167], ...], tolerance: 0.05}   # or {box: [x0, y0, x1, y1]}
+                                                       # or {relative_to: other, offset: [dx, dy], tolerance: 0.05}
+pairs:
+  - {a: bottle, b: label, attribute: hue, tolerance: 0.05}    # attribute of A must match B
+unexpected_objects: true                               # a foreground blob no component claims is a violation
+white_balance: true                                    # colours corrected so the image border has the background colour
+dropped: []                                            # rules the draft dropped (failed on a good reference)
+```
+
+Errors are one line naming the file and the field: `spec.yaml: components[0].count: ...`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ATTRIBUTES = ("hue", "colour", "area", "x", "y")
+
+
+class SpecError(ValueError):
+    """A spec that cannot be read or is invalid: one line naming the file and the field."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Background(_Model):
+    rgb: tuple[float, float, float]
+    tolerance: float = Field(0.2, gt=0)
+
+
+class HsvRange(_Model):
+    h: tuple[float, float] = (0.0, 1.0)
+    s: tuple[float, float] = (0.0, 1.0)
+    v: tuple[float, float] = (0.0, 1.0)
+
+
+class Find(_Model):
+    rgb: tuple[float, float, float] | None = None
+    tolerance: float = Field(0.25, gt=0)
+    hsv: HsvRange | None = None
+    region: tuple[float, float, float, float] | None = None
+    clip_prompt: str | None = None
+    sam: bool = False
+
+    @model_validator(mode="after")
+    def _one_way(self) -> Find:
+        if (
+            self.rgb is None
+            and self.hsv is None
+            and self.region is None
+            and not self.clip_prompt
+            and not self.sam
+        ):
+            raise ValueError("give one of rgb, hsv, region, clip_prompt or sam")
+        return self
+
+    @property
+    def needs_extras(self) -> str | None:
+        """The extra a CLIP/SAM finder needs (not in this build), or None."""
+        if self.rgb is None and self.hsv is None and self.region is None:
+            return "clip_prompt (CLIP)" if self.clip_prompt else "sam (SAM automatic masks)"
+        return None
+
+
+class Count(_Model):
+    min: int = Field(0, ge=0)
+    max: int | None = Field(None, ge=0)
+
+    @model_validator(mode="after")
+    def _order(self) -> Count:
+        if self.max is not None and self.max < self.min:
+            raise ValueError(f"max ({self.max}) is below min ({self.min})")
+        return self
+
+
+class Colour(_Model):
+    rgb: tuple[float, float, float]
+    tolerance: float = Field(0.1, gt=0)
+
+
+class Area(_Model):
+    each: float = Field(gt=0, le=1)
+    tolerance: float = Field(0.3, gt=0)  # relative: |measured / each - 1| <= tolerance
+
+
+class Position(_Model):
+    slots: list[tuple[float, float]] | None = None
+    box: tuple[float, float, float, float] | None = None
+    relative_to: str | None = None
+    offset: tuple[float, float] | None = None
+    tolerance: float = Field(0.05, gt=0)
+
+    @model_validator(mode="after")
+    def _one_way(self) -> Position:
+        given = [self.slots is not None, self.box is not None, self.relative_to is not None]
+        if sum(given) != 1:
+            raise ValueError("give exactly one of slots, box or relative_to")
+        if self.relative_to is not None and self.offset is None:
+            raise ValueError("relative_to needs an offset [dx, dy]")
+        return self
+
+
+class ComponentSpec(_Model):
+    name: str = Field(min_length=1)
+    find: Find
+    count: Count | None = None
+    colour: Colour | None = None
+    area: Area | None = None
+    position: Position | None = None
+
+    @field_validator("count", mode="before")
+    @classmethod
+    def _exact(cls, v: Any) -> Any:
+        if isinstance(v, bool):
+            raise ValueError("count must be a number or {min, max}")
+        if isinstance(v, int):
+            return {"min": v, "max": v}
+        return v
+
+
+class PairRule(_Model):
+    a: str
+    b: str
+    attribute: Literal["hue", "colour", "area", "x", "y"] = "hue"
+    tolerance: float = Field(0.05, gt=0)
+
+
+class Spec(_Model):
+    version: int = 1
+    background: Background
+    min_area: float = Field(0.002, ge=0, lt=1)
+    components: list[ComponentSpec] = Field(min_length=1)
+    pairs: list[PairRule] = Field(default_factory=list)
+    unexpected_objects: bool = True
+    white_balance: bool = True  # correct colours so the image border matches the background colour
+    dropped: list[str] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _names(self) -> Spec:
+        names = [c.name for c in self.components]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"component names must be unique; repeated: {', '.join(dup)}")
+        for i, c in enumerate(self.components):
+            if c.position and c.position.relative_to and c.position.relative_to not in names:
+                raise ValueError(
+                    f"components[{i}].position.relative_to: unknown component '{c.position.relative_to}'"
+                )
+        for i, p in enumerate(self.pairs):
+            for side in ("a", "b"):
+                if getattr(p, side) not in names:
+                    raise ValueError(f"pairs[{i}].{side}: unknown component '{getattr(p, side)}'")
+        return self
+
+    def component(self, name: str) -> ComponentSpec:
+        return next(c for c in self.components if c.name == name)
+
+    def to_yaml(self) -> str:
+        import yaml
+
+        data = self.model_dump(mode="json", exclude_none=True)
+        for comp in data["components"]:
+            find = comp["find"]
+            if not find.get("sam"):
+                find.pop("sam", None)
+            if "rgb" not in find:
+                find.pop("tolerance", None)
+        head = "# LookTwice audit spec (see agent/audit/spec.py for the format)\n"
+        if self.dropped:
+            head += "# dropped rules (they failed on a good reference):\n"
+            head += "".join(f"#   - {d}\n" for d in self.dropped)
+        return head + yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=120)
+
+
+def _where(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def parse_spec(data: Any, source: str = "spec") -> Spec:
+    """Validate a loaded mapping; raises SpecError('<source>: <field>: <problem>')."""
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: the spec must be a mapping with 'background' and 'components'")
+    try:
+        return Spec.model_validate(data)
+    except ValidationError as err:
+        e = err.errors()[0]
+        loc = tuple(
+            p for p in e["loc"] if not (isinstance(p, str) and ("[" in p or p.startswith("function-")))
+        )
+        msg = str(e["msg"]).removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field"
+        elif e["type"] == "missing":
+            msg = "required field is missing"
+        return_msg = f"{source}: {_where(loc)}: {msg}"
+        if msg.startswith(("components[", "pairs[")):
+            return_msg = f"{source}: {msg}"
+        raise SpecError(return_msg) from None
+
+
+def load_spec(path: str | Path) -> Spec:
+    """Read and validate a YAML spec file; raises SpecError with one clear line."""
+    import yaml
+
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise SpecError(f"cannot read spec file '{p}': {getattr(err, 'strerror', None) or err}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise SpecError(f"{p}: not valid YAML{where}: {getattr(err, 'problem', None) or err}") from None
+    return parse_spec(data, str(p))
+
+
+__all__ = [
+    "ATTRIBUTES",
+    "Area",
+    "Background",
+    "Colour",
+    "ComponentSpec",
+    "Count",
+    "Find",
+    "PairRule",
+    "Position",
+    "Spec",
+    "SpecError",
+    "load_spec",
+    "parse_spec",
+]

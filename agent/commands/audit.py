@@ -1,0 +1,140 @@
+"""`looktwice audit draft --refs DIR [--out spec.yaml]` and
+`looktwice audit run INPUT... --refs DIR [--spec spec.yaml] --out DIR [--resume]`.
+
+Wire it into the main parser with `add_parser(subparsers)`; `python -m agent.commands.audit ...` runs the
+same command on its own. Heavy modules are imported only when the command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+DESCRIPTION = """\
+Logical-anomaly audit: is everything there, in its place, in the right colour and size, and do the
+parts that belong together match? A spec (YAML) lists the components (found by colour or region) and
+their rules: count, colour, position, area, pair rules.
+
+  looktwice audit draft --refs good/ --out spec.yaml     derive a spec from good references
+  looktwice audit run test/ --refs good/ --out audit/    check images (drafts a spec if --spec is not given)
+
+`run` writes the same report as `looktwice report` (results.db, index.html, results.jsonl/.csv, overlays
+marking the offending components) plus the spec used (spec.yaml); every image's record holds each rule
+with measured vs expected value. The score fuses the rules with the structural detector's (--detector,
+default refmatch; --detector none checks the rules only). --resume continues an interrupted audit. Exit codes: 0 all done,
+1 some inputs failed, 2 usage, spec or output-folder errors, 130 interrupted."""
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Add the `audit` command (with `draft` and `run`) to `sub`."""
+    from agent.cli import _add_detector_args
+
+    p = sub.add_parser(
+        "audit",
+        help="logical-anomaly audit: counts, places, colours, sizes, matching pairs (spec drafted from references)",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    asub = p.add_subparsers(dest="audit_command", required=True, metavar="{draft,run}")
+    d = asub.add_parser("draft", help="derive a spec from good reference images")
+    d.add_argument("--refs", required=True, help="folder (or file) of good reference images")
+    d.add_argument("--out", help="write the spec here (default: standard output)")
+    d.set_defaults(func=cmd_draft)
+    r = asub.add_parser("run", help="audit images against a spec and write a report")
+    r.add_argument(
+        "inputs", nargs="+", metavar="INPUT", help="image files, folders, or list files (@list.txt)"
+    )
+    r.add_argument("--refs", required=True, help="folder (or file) of good reference images")
+    r.add_argument("--spec", help="spec YAML (default: drafted from --refs and saved as spec.yaml in --out)")
+    r.add_argument(
+        "--out", required=True, help="output folder (new or empty, or an earlier audit with --resume)"
+    )
+    r.add_argument("--resume", action="store_true", help="continue the audit in --out: skip what is done")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.add_argument(
+        "--no-fsync", action="store_true", help="do not flush each image's files before committing it"
+    )
+    _add_detector_args(r)
+    r.set_defaults(func=cmd_run)
+
+
+def cmd_draft(args: argparse.Namespace) -> int:
+    from agent.audit.runner import get_spec
+    from agent.cli import EXIT_OK, EXIT_USAGE, _err, _info
+    from agent.report.runner import ReportUsageError
+
+    try:
+        spec, _ = get_spec(None, args.refs, warn=_info)
+    except ReportUsageError as err:
+        _err(str(err))
+        return EXIT_USAGE
+    text = spec.to_yaml()
+    if args.out:
+        try:
+            Path(args.out).write_text(text, encoding="utf-8")
+        except OSError as err:
+            _err(f"cannot write spec file '{args.out}': {err.strerror or err}")
+            return EXIT_USAGE
+        _info(
+            f"spec drafted: {len(spec.components)} component(s), {len(spec.pairs)} pair rule(s), "
+            f"{len(spec.dropped)} rule(s) dropped; written to {args.out}"
+        )
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from agent.audit.runner import AuditSettings, run_audit
+    from agent.cli import EXIT_USAGE, _err, _info, detector_options
+    from agent.report.runner import ReportUsageError, ReportWriteError, StoreError
+
+    try:
+        options = detector_options(args)
+    except ValueError as err:
+        _err(str(err))
+        return EXIT_USAGE
+    settings = AuditSettings(
+        inputs=list(args.inputs),
+        out=Path(args.out),
+        refs=args.refs,
+        spec=args.spec,
+        detector=args.detector,
+        detector_options=options,
+        resume=args.resume,
+        progress=not args.quiet,
+        durable=not args.no_fsync,
+    )
+    try:
+        summary = run_audit(settings, info=_info)
+    except (ReportUsageError, ReportWriteError, StoreError) as err:
+        _err(str(err))
+        return EXIT_USAGE
+    _info(summary.line().replace("report", "audit", 1).replace("defective", "anomalous"))
+    if summary.interrupted:
+        _info(f"interrupted; run the same command with --resume to finish the audit in '{settings.out}'")
+    return summary.exit_code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="looktwice")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m agent.commands.audit draft|run ...` (the `audit` word is optional)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] != "audit":
+        argv.insert(0, "audit")
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        print("looktwice: error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""`looktwice build-qa --data ROOT [--category C] --out DIR [--limit N] [--seed S]`.
+
+Builds a VisA-D&R-style QA set (test_data.json, dr.json, meta.json; see instruct_data/qa/FORMAT.md)
+from an MVTec-layout data set. Exit codes: 0 written, 2 usage errors (missing data, unknown category).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Add the `build-qa` sub-command to `sub`."""
+    p = sub.add_parser(
+        "build-qa",
+        help="build a VisA-D&R-style QA set (detection + reasoning) from an MVTec-layout data set",
+        description="Writes <out>/test_data.json ([{image, anomaly, class}]), <out>/dr.json ([{image, class, "
+        "defect_type, questions, answers}], anomalous images only, reference answers from the masks and "
+        "defect types) and <out>/meta.json (data_root, counts). Image paths are relative to the data root. "
+        "Evaluate a brain on it with `looktwice eval-dr --qa <out>`.",
+    )
+    p.add_argument("--data", required=True, help="data set root (MVTec layout)")
+    p.add_argument("--category", help="one category (default: all categories under the root)")
+    p.add_argument("--out", required=True, help="output folder of the QA set")
+    p.add_argument(
+        "--limit", type=int, help="at most N test images per category, about half anomalous (default: all)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the --limit draw (default 0)")
+    p.set_defaults(func=cmd_build_qa)
+
+
+def cmd_build_qa(args: argparse.Namespace) -> int:
+    from agent.cli import EXIT_OK, EXIT_USAGE, _err, _info
+    from instruct_data.datasets import DatasetError
+    from instruct_data.qa import BuildSettings, QABuildError, build_qa_set
+
+    settings = BuildSettings(
+        data=args.data, out=args.out, category=args.category, limit=args.limit, seed=args.seed
+    )
+    try:
+        meta = build_qa_set(settings)
+    except (DatasetError, QABuildError) as err:
+        _err(str(err))
+        return EXIT_USAGE
+    c = meta["counts"]
+    out = Path(args.out)
+    print(
+        f"QA set in {out}: {c['images']} images ({c['anomalous']} anomalous, {c['good']} good) in test_data.json, "
+        f"{c['dr_items']} items / {c['questions']} questions in dr.json"
+    )
+    _info(f"categories: {', '.join(meta['categories'])}; data root {meta['data_root']}")
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="looktwice")
+    add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["build-qa", *(argv if argv is not None else sys.argv[1:])])
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

