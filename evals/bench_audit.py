@@ -80,7 +80,7 @@ def run(
                 every = result.offending_mask(image.size, viol)
                 row["top_right"] = bool((top & mask).any())
                 row["any_right"] = bool((every & mask).any())
-                row["top_rule"] = viol[0].rule
+                row["top_rule"] = viol[0].rule if viol else "structural detector only"
             rows.append(row)
     if tmp is not None:
         tmp.cleanup()
