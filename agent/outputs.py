@@ -34,8 +34,18 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def write_record(record: InspectionRecord, image: Image.Image, out_dir: Path, stem: str) -> dict[str, str]:
-    """Write maps, mask, overlay and the JSON record; return the written files by role."""
+def record_overlay(record: InspectionRecord, image: Image.Image) -> Image.Image:
+    """The image with the record's heatmap and mask outline (what `<stem>_overlay.png` holds)."""
+    amap = record.anomaly_map if record.anomaly_map is not None else np.zeros(image.size[::-1], np.float32)
+    return render_overlay(image, amap, record.pred_mask, record.gt_mask)
+
+
+def write_record(
+    record: InspectionRecord, image: Image.Image, out_dir: Path, stem: str, overlay: Image.Image | None = None
+) -> dict[str, str]:
+    """Write maps, mask, overlay and the JSON record; return the written files by role.
+
+    Pass `overlay` when the caller already rendered it (e.g. to make a thumbnail from it)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     files: dict[str, str] = {}
     if record.anomaly_map is not None:
@@ -45,8 +55,8 @@ def write_record(record: InspectionRecord, image: Image.Image, out_dir: Path, st
         files["pred_mask"] = f"{stem}_mask.png"
         save_mask_png(out_dir / files["pred_mask"], record.pred_mask)
     files["overlay"] = f"{stem}_overlay.png"
-    amap = record.anomaly_map if record.anomaly_map is not None else np.zeros(image.size[::-1], np.float32)
-    overlay = render_overlay(image, amap, record.pred_mask, record.gt_mask)
+    if overlay is None:
+        overlay = record_overlay(record, image)
     overlay.save(out_dir / files["overlay"], compress_level=1)
     data = record.to_json_dict(files)
     data["overlay"] = files["overlay"]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from agent.outputs import write_record
+from agent.outputs import record_overlay, write_record
 from tools.record import InspectionRecord
 
 IMAGES_DIR = "images"
@@ -54,11 +54,11 @@ def write_image_outputs(
     if staging.exists():
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
-    written = write_record(record, image, staging, stem)
+    overlay = record_overlay(record, image)
+    written = write_record(record, image, staging, stem, overlay=overlay)
 
     thumb_name = f"{stem}.jpg"
-    with Image.open(staging / written["overlay"]) as overlay:
-        thumb = overlay.convert("RGB")
+    thumb = overlay.convert("RGB")
     thumb.thumbnail((THUMB_SIZE, THUMB_SIZE), Image.Resampling.BILINEAR)
     thumb.save(staging / thumb_name, format="JPEG", quality=82)
 
