@@ -124,6 +124,8 @@ def test_nearest_distance_matches_brute_force():
     q, b = torch.randn(300, 16, generator=g), torch.randn(500, 16, generator=g)
     expected = torch.cdist(q, b).min(1).values
     torch.testing.assert_close(nearest_distance(q, b, chunk=64), expected, atol=1e-4, rtol=1e-4)
+    expected3 = torch.cdist(q, b).topk(3, dim=1, largest=False).values.mean(1)
+    torch.testing.assert_close(nearest_distance(q, b, chunk=64, k=3), expected3, atol=1e-4, rtol=1e-4)
 
 
 def test_greedy_coreset_is_farthest_point_selection():

@@ -33,12 +33,17 @@ def greedy_coreset(features: torch.Tensor, n_select: int, projection_dim: int = 
     return selected
 
 
-def nearest_distance(queries: torch.Tensor, bank: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
-    """Euclidean distance from each query row to its nearest bank row. (Q, C), (B, C) -> (Q,)."""
+def nearest_distance(queries: torch.Tensor, bank: torch.Tensor, chunk: int = 4096, k: int = 1) -> torch.Tensor:
+    """Euclidean distance from each query row to its nearest bank row (mean over the k nearest when
+    k > 1). (Q, C), (B, C) -> (Q,)."""
     bank_sq = (bank * bank).sum(1)
+    k = max(1, min(k, bank.shape[0]))
     out = torch.empty(queries.shape[0], dtype=queries.dtype, device=queries.device)
     for s in range(0, queries.shape[0], chunk):
         q = queries[s : s + chunk]
         d2 = (q * q).sum(1, keepdim=True) + bank_sq.unsqueeze(0) - 2.0 * (q @ bank.T)
-        out[s : s + chunk] = d2.min(dim=1).values.clamp_min_(0).sqrt_()
+        if k == 1:
+            out[s : s + chunk] = d2.min(dim=1).values.clamp_min_(0).sqrt_()
+        else:
+            out[s : s + chunk] = d2.topk(k, dim=1, largest=False).values.clamp_min_(0).sqrt_().mean(1)
     return out

@@ -44,6 +44,7 @@ class ReferenceMatchingConfig:
     augment: tuple[str, ...] = ()  # extra views of each reference in the bank: hflip, vflip, rot180
     max_bank: int = 16384  # coreset subsampling above this many reference patches
     coreset_ratio: float = 1.0  # fraction of the bank kept even below max_bank
+    neighbours: int = 1  # patch score = mean distance to this many nearest reference patches
     blur_sigma: float = 4.0  # smoothing of the anomaly map, in working-resolution pixels
     score_topk: int = 1  # image score = mean of the top-k map values (1 = max)
     score_margin: float = 0.1  # border band (fraction of the side) left out of the image score
@@ -225,7 +226,7 @@ class ReferenceMatchingDetector(Detector):
         if len(originals) >= 2:
             for i, f in enumerate(originals):
                 h, w, c = f.shape
-                d = nearest_distance(f.reshape(-1, c), self.bank[self.bank_owner != i])
+                d = nearest_distance(f.reshape(-1, c), self.bank[self.bank_owner != i], k=self.config.neighbours)
                 raw.extend(self._raw_scores(d.view(1, h, w)))
             method = "leave-one-out"
         else:
@@ -234,7 +235,7 @@ class ReferenceMatchingDetector(Detector):
             h, w, c = f.shape
             left, right = f[:, : w // 2], f[:, w // 2 :]
             for query, other in ((left, right), (right, left)):
-                d = nearest_distance(query.reshape(-1, c), other.reshape(-1, c))
+                d = nearest_distance(query.reshape(-1, c), other.reshape(-1, c), k=self.config.neighbours)
                 raw.extend(self._raw_scores(d.view(1, h, -1)))
             method = "split-halves (1 reference)"
         return ScoreCalibration.from_good_scores(np.array(raw), sigmas=self.config.sigmas, method=method)
@@ -268,7 +269,7 @@ class ReferenceMatchingDetector(Detector):
             for idx in _group_by_size(sizes, cfg.batch_size):
                 f = self._features(self._prepare([images[i] for i in idx], sizes[idx[0]]))
                 n, h, w, c = f.shape
-                dist = nearest_distance(f.reshape(-1, c), self.bank).view(n, h, w)
+                dist = nearest_distance(f.reshape(-1, c), self.bank, k=self.config.neighbours).view(n, h, w)
                 smooth = self._smooth(dist)
                 raw = self._image_scores(smooth)
                 for j, i in enumerate(idx):
