@@ -102,7 +102,7 @@ def run_inspect(
     from agent.inspector import Inspector, load_references
     from agent.outputs import unique_stem, write_record
     from tools.detectors import DetectorError
-    from tools.image_io import ImageLoadError, is_image_file, list_images, load_image
+    from tools.image_io import ImageLoadError, list_images, load_image
 
     paths: list[Path] = []
     for item in images:
@@ -130,11 +130,15 @@ def run_inspect(
             image = load_image(p)
             record = inspector.inspect(p, image)
             files = write_record(record, image, out, unique_stem(p, taken))
-        except (ImageLoadError, OSError) as err:
+        except ImageLoadError as err:
             failed += 1
-            msg = str(err) if isinstance(err, ImageLoadError) else f"cannot process '{p}': {err}"
-            if not is_image_file(p) and p.exists() and not isinstance(err, ImageLoadError):
-                msg = f"cannot read image '{p}': not an image file"
+            msg = str(err)
+        except OSError as err:  # e.g. the output folder became unwritable: report, go on with the rest
+            failed += 1
+            msg = f"cannot process '{p}': {err.strerror or err}"
+        else:
+            msg = ""
+        if msg:
             _err(msg)
             if as_json:
                 print(json.dumps({"image_path": str(p), "error": msg}), flush=True)
