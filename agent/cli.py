@@ -17,6 +17,7 @@ EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
 
 #: Modules that add further subcommands with `add_parser(subparsers)`; they import nothing heavy at top.
 COMMAND_MODULES: tuple[str, ...] = (
+    "agent.commands.synth",
     "agent.commands.ask",
     "agent.commands.chat",
     "agent.commands.report",
