@@ -24,6 +24,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "agent.commands.eval_dr",
     "agent.commands.build_qa",
     "agent.commands.audit",
+    "agent.commands.export",
 )
 
 DESCRIPTION = """\

@@ -1,0 +1,89 @@
+"""`looktwice export mmad --run DIR --out FILE` and
+`looktwice export lmms-eval --qa DIR --out DIR [--task NAME]`.
+
+Exports of the D&R benchmark in the ecosystem's formats (evals/export/): an `eval-dr` run's answers
+as MMAD's result JSON, and a QA set as an lmms-eval task folder (YAML + utils.py + data JSONL).
+Exit codes: 0 written, 2 usage errors (missing run or QA folder, bad task name).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Add the `export` sub-command (with `mmad` and `lmms-eval`) to `sub`."""
+    p = sub.add_parser(
+        "export",
+        help="export D&R answers as MMAD results, or a QA set as an lmms-eval task folder",
+        description="mmad: answers of an `eval-dr` run folder (its samples.jsonl) as MMAD's result JSON "
+        "([{image, question, question_type, correct_answer, gpt_answer}]). lmms-eval: a task folder "
+        "(<task>.yaml, utils.py, <task>.jsonl) for a QA set from `looktwice build-qa`; run it with "
+        "`lmms_eval --tasks <task> --include_path <folder>`.",
+    )
+    fmt = p.add_subparsers(dest="format", metavar="{mmad,lmms-eval}")
+    m = fmt.add_parser("mmad", help="an eval-dr run's answers in MMAD's result format")
+    m.add_argument("--run", required=True, help="eval-dr output folder (with samples.jsonl)")
+    m.add_argument("--out", required=True, help="output JSON file")
+    m.add_argument("--image-prefix", default="", help="prefix of every `image` (e.g. 'MVTec-AD/')")
+    m.set_defaults(func=cmd_export_mmad)
+    e = fmt.add_parser("lmms-eval", help="an lmms-eval task folder (YAML + utils.py + data) for a QA set")
+    e.add_argument("--qa", required=True, help="QA folder from `looktwice build-qa`")
+    e.add_argument("--out", required=True, help="output task folder")
+    e.add_argument("--task", default="looktwice_dr", help="task name (default looktwice_dr)")
+    e.add_argument("--data-root", help="where the QA set's images are (default: meta.json's data_root)")
+    e.set_defaults(func=cmd_export_lmms_eval)
+    p.set_defaults(func=lambda args: _no_format(p))
+
+
+def _no_format(p: argparse.ArgumentParser) -> int:
+    from agent.cli import EXIT_USAGE, _err
+
+    _err("export needs a format: mmad or lmms-eval")
+    p.print_usage(sys.stderr)
+    return EXIT_USAGE
+
+
+def cmd_export_mmad(args: argparse.Namespace) -> int:
+    from agent.cli import EXIT_OK, EXIT_USAGE, _err, _info
+    from evals.export.mmad import ExportError, export_mmad
+
+    try:
+        records = export_mmad(args.run, args.out, args.image_prefix)
+    except (ExportError, OSError) as err:
+        _err(str(err))
+        return EXIT_USAGE
+    n_det = sum(1 for r in records if r["question_type"] == "Anomaly Detection")
+    print(f"wrote {args.out}: {len(records)} records ({n_det} detection, {len(records) - n_det} reasoning)")
+    _info("MMAD result format: [{image, question, question_type, correct_answer, gpt_answer}]")
+    return EXIT_OK
+
+
+def cmd_export_lmms_eval(args: argparse.Namespace) -> int:
+    from agent.cli import EXIT_OK, EXIT_USAGE, _err, _info
+    from evals.dr.reader import QASetError
+    from evals.export.lmms_eval import LmmsExportError, write_lmms_eval_task
+
+    try:
+        info = write_lmms_eval_task(args.qa, args.out, args.task, args.data_root)
+    except (QASetError, LmmsExportError, OSError) as err:
+        _err(str(err))
+        return EXIT_USAGE
+    print(
+        f"wrote {info['yaml']}, {info['utils']}, {info['data']}: {info['documents']} documents "
+        f"({info['detection']} detection, {info['reasoning']} reasoning)"
+    )
+    _info(f"run: lmms_eval --model <model> --tasks {args.task} --include_path {info['yaml'].parent}")
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="looktwice")
+    add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["export", *(argv if argv is not None else sys.argv[1:])])
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
