@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "agent.commands.build_qa",
     "agent.commands.audit",
     "agent.commands.export",
+    "agent.commands.build_instruct",
 )
 
 DESCRIPTION = """\
