@@ -26,6 +26,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "agent.commands.audit",
     "agent.commands.export",
     "agent.commands.build_instruct",
+    "agent.commands.bench",
 )
 
 DESCRIPTION = """\

@@ -1,0 +1,1 @@
+"""Speed benchmark of the whole inspection (`looktwice bench`): see `evals.bench.runner`."""
