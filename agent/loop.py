@@ -42,6 +42,7 @@ from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
 
 from agent.brains.base import Brain
+from agent.inspector import record_from_output
 from tools.detectors import Detector, DetectorOutput
 from tools.image_io import load_image
 from tools.record import InspectionRecord, Region
@@ -581,11 +582,8 @@ class MatchOfThought:
         t0 = time.perf_counter()
         d = self.detector
         out: DetectorOutput = d.predict([img])[0]
-        label = bool(out.pred_score > d.threshold)
-        mask = out.predicted_mask(d.pixel_threshold)
-        if not label:
-            mask = np.zeros_like(mask)
-        regions = measure_regions(out.anomaly_map, mask, np.asarray(img))
+        record = record_from_output(image_path, img, out, d, self.brain.name, trace)
+        label, regions = record.pred_label, record.regions
         _step(
             trace,
             "look",
@@ -596,19 +594,6 @@ class MatchOfThought:
             f"{'defective' if label else 'good'}, {len(regions)} region(s)",
             pred_score=round(float(out.pred_score), 6),
             regions=len(regions),
-        )
-        record = InspectionRecord(
-            image_path=image_path,
-            pred_score=float(out.pred_score),
-            pred_label=label,
-            threshold=float(d.threshold),
-            anomaly_map=out.anomaly_map,
-            pred_mask=mask,
-            regions=regions,
-            detector=d.name,
-            brain=self.brain.name,
-            image_size=img.size,
-            trace=trace,
         )
         if self.settings.first_opinion:
             self._brain_text(trace, "first_opinion", lambda b: b.explain(record))

@@ -27,10 +27,12 @@ from agent.report.runner import (
     ReportSummary,
     ReportUsageError,
     ReportWriteError,
-    _check_settings,
-    _failed_row,
-    _locked,
-    _prepare_out,
+    check_settings,
+    count_outcomes,
+    failed_row,
+    finalize,
+    locked,
+    prepare_out,
     settings_fingerprint,
     settings_hash,
 )
@@ -130,9 +132,7 @@ def run_audit(s: AuditSettings, info: Callable[[str], None] = _stderr) -> Report
 
     from agent.audit.check import audit_image
     from agent.outputs import unique_stem
-    from agent.report.export import write_exports
     from agent.report.files import atomic_write_text, clear_staging, outputs_present, write_image_outputs
-    from agent.report.html import write_html
     from agent.report.inputs import InputError, collect_inputs, file_digest, safe_stem
     from tools.detectors import DETECTORS
     from tools.image_io import ImageLoadError, load_image
@@ -162,11 +162,11 @@ def run_audit(s: AuditSettings, info: Callable[[str], None] = _stderr) -> Report
     fingerprint["spec_sha256"] = hashlib.sha256(spec_text.encode("utf-8")).hexdigest()[:16]
     digest = settings_hash(fingerprint)
     out = Path(s.out)
-    _prepare_out(out, s.resume)
+    prepare_out(out, s.resume)
     summary = ReportSummary(out=out, inputs=len(items))
     t0 = time.perf_counter()
-    with _locked(out), ResultStore(out) as store:
-        _check_settings(store, fingerprint, digest)
+    with locked(out), ResultStore(out) as store:
+        check_settings(store, fingerprint, digest)
         try:
             atomic_write_text(out / SPEC_NAME, spec_text)
         except OSError as err:
@@ -203,7 +203,7 @@ def run_audit(s: AuditSettings, info: Callable[[str], None] = _stderr) -> Report
                         "file not found" if isinstance(err, FileNotFoundError) else (err.strerror or str(err))
                     )
                     store.put(
-                        _failed_row(
+                        failed_row(
                             item, stem, seq, digest, f"cannot read image '{item.display_path}': {reason}"
                         )
                     )
@@ -232,14 +232,14 @@ def run_audit(s: AuditSettings, info: Callable[[str], None] = _stderr) -> Report
                     record = _record(item.display_path, image, result, structural)
                 except ImageLoadError as err:
                     msg = str(err).replace(f"'{item.path}'", f"'{item.display_path}'")
-                    store.put(_failed_row(item, stem, seq, digest, msg, size=size, sha256=sha))
+                    store.put(failed_row(item, stem, seq, digest, msg, size=size, sha256=sha))
                     summary.processed += 1
                     bar.update(1)
                     continue
                 except Exception as err:  # one image breaking the audit must not stop the batch
                     first = (str(err).strip().splitlines() or [""])[0]
                     msg = f"audit of '{item.display_path}' failed: {type(err).__name__}: {first}"
-                    store.put(_failed_row(item, stem, seq, digest, msg, size=size, sha256=sha))
+                    store.put(failed_row(item, stem, seq, digest, msg, size=size, sha256=sha))
                     summary.processed += 1
                     bar.update(1)
                     continue
@@ -278,25 +278,8 @@ def run_audit(s: AuditSettings, info: Callable[[str], None] = _stderr) -> Report
             bar.close()
         summary.seconds = time.perf_counter() - t0
         clear_staging(out)
-        rows = list(store.rows())
-        meta = {"settings": fingerprint, "title": "LookTwice audit"}
-        try:
-            write_exports(rows, out)
-            write_html(rows, meta, out)
-        except OSError as err:
-            raise ReportWriteError(
-                f"cannot write the report files to '{out}': {err.strerror or err}"
-            ) from None
-        wanted = {item.key for item in items}
-        for row in rows:
-            if row.path not in wanted:
-                continue
-            if not row.ok:
-                summary.failed += 1
-            elif row.record and row.record.get("pred_label"):
-                summary.defective += 1
-            else:
-                summary.good += 1
+        rows = finalize(store, out, title="LookTwice audit")
+        count_outcomes(rows, {item.key for item in items}, summary)
     return summary
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -157,11 +156,10 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m agent.commands.ask IMAGE QUESTION ...`"""
-    parser = argparse.ArgumentParser(prog="looktwice")
-    add_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["ask", *(argv if argv is not None else sys.argv[1:])])
-    return int(args.func(args))
+    """`python -m agent.commands.ask ...` (the `ask` word is optional)."""
+    from agent.commands import run_standalone
+
+    return run_standalone("ask", add_parser, argv)
 
 
 if __name__ == "__main__":

@@ -117,23 +117,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     return summary.exit_code
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="looktwice")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    return parser
-
-
 def main(argv: list[str] | None = None) -> int:
-    """`python -m agent.commands.audit draft|run ...` (the `audit` word is optional)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] != "audit":
-        argv.insert(0, "audit")
-    args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args))
-    except KeyboardInterrupt:
-        print("looktwice: error: interrupted", file=sys.stderr)
-        return 130
+    """`python -m agent.commands.audit ...` (the `audit` word is optional)."""
+    from agent.commands import run_standalone
+
+    return run_standalone("audit", add_parser, argv)
 
 
 if __name__ == "__main__":

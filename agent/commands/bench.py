@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 DESCRIPTION = """\
@@ -90,7 +89,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """Run the command from parsed arguments; returns the exit code."""
     from agent.brains.common import BrainError
     from agent.cli import EXIT_OK, EXIT_USAGE, _err, _info, detector_options
-    from agent.inspector import load_references
+    from agent.inspector import load_images, load_references
     from evals.bench.runner import (
         DEFAULT_QUESTION,
         markdown_summary,
@@ -99,7 +98,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
         synthetic_images,
     )
     from tools.detectors import DetectorError
-    from tools.image_io import ImageLoadError, list_images, load_image
 
     device = args.device
     if device is not None and device != "cpu" and not device.startswith("cuda"):
@@ -123,18 +121,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         options = detector_options(args)
         if args.images:
             folder = Path(args.images)
-            if not folder.exists():
-                raise ValueError(f"images folder '{folder}' does not exist")
-            paths = list_images(folder, recursive=True) if folder.is_dir() else [folder]
-            paths = paths[: args.limit] if args.limit else paths
-            images = []
-            for path in paths:
-                try:
-                    images.append(load_image(path))
-                except ImageLoadError as err:
-                    _info(f"looktwice: warning: image skipped: {err}")
-            if not images:
-                raise ValueError(f"no readable images in '{folder}'")
+            images = load_images(
+                folder, "image", warn=lambda m: _info(f"looktwice: warning: {m}"), limit=args.limit
+            )
             references = load_references(args.refs, warn=_info) if args.refs else []
             source = str(folder)
         else:
@@ -172,11 +161,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m agent.commands.bench ...`"""
-    parser = argparse.ArgumentParser(prog="looktwice")
-    add_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["bench", *(argv if argv is not None else sys.argv[1:])])
-    return int(args.func(args))
+    """`python -m agent.commands.bench ...` (the `bench` word is optional)."""
+    from agent.commands import run_standalone
+
+    return run_standalone("bench", add_parser, argv)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ Exit codes: 0 written, 2 usage errors (missing data, bad numbers, no images).
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 
@@ -67,10 +66,10 @@ def cmd_build_instruct(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="looktwice")
-    add_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["build-instruct", *(argv if argv is not None else sys.argv[1:])])
-    return int(args.func(args))
+    """`python -m agent.commands.build_instruct ...` (the `build-instruct` word is optional)."""
+    from agent.commands import run_standalone
+
+    return run_standalone("build-instruct", add_parser, argv)
 
 
 if __name__ == "__main__":

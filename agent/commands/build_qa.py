@@ -7,7 +7,6 @@ from an MVTec-layout data set. Exit codes: 0 written, 2 usage errors (missing da
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 
@@ -55,10 +54,10 @@ def cmd_build_qa(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="looktwice")
-    add_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["build-qa", *(argv if argv is not None else sys.argv[1:])])
-    return int(args.func(args))
+    """`python -m agent.commands.build_qa ...` (the `build-qa` word is optional)."""
+    from agent.commands import run_standalone
+
+    return run_standalone("build-qa", add_parser, argv)
 
 
 if __name__ == "__main__":

@@ -172,11 +172,10 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m agent.commands.chat IMAGE ...`"""
-    parser = argparse.ArgumentParser(prog="looktwice")
-    add_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["chat", *(argv if argv is not None else sys.argv[1:])])
-    return int(args.func(args))
+    """`python -m agent.commands.chat ...` (the `chat` word is optional)."""
+    from agent.commands import run_standalone
+
+    return run_standalone("chat", add_parser, argv)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 DESCRIPTION = """\
@@ -129,10 +128,10 @@ def cmd_eval_dr(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="looktwice")
-    add_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["eval-dr", *(argv if argv is not None else sys.argv[1:])])
-    return int(args.func(args))
+    """`python -m agent.commands.eval_dr ...` (the `eval-dr` word is optional)."""
+    from agent.commands import run_standalone
+
+    return run_standalone("eval-dr", add_parser, argv)
 
 
 if __name__ == "__main__":

@@ -79,10 +79,10 @@ def cmd_export_lmms_eval(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="looktwice")
-    add_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["export", *(argv if argv is not None else sys.argv[1:])])
-    return int(args.func(args))
+    """`python -m agent.commands.export ...` (the `export` word is optional)."""
+    from agent.commands import run_standalone
+
+    return run_standalone("export", add_parser, argv)
 
 
 if __name__ == "__main__":

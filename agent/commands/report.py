@@ -94,23 +94,17 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """A parser with only the `report` command (for `python -m agent.commands.report` and tests)."""
-    parser = argparse.ArgumentParser(prog="looktwice")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    return parser
+    """A parser with only the `report` command (for tests)."""
+    from agent.commands import single_command_parser
+
+    return single_command_parser(add_parser)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m agent.commands.report INPUT... --out DIR` (the `report` word is optional)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] != "report":
-        argv.insert(0, "report")
-    args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args))
-    except KeyboardInterrupt:
-        print("looktwice: error: interrupted", file=sys.stderr)
-        return 130
+    """`python -m agent.commands.report ...` (the `report` word is optional)."""
+    from agent.commands import run_standalone
+
+    return run_standalone("report", add_parser, argv)
 
 
 if __name__ == "__main__":

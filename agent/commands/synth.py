@@ -124,20 +124,11 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return EXIT_OK if failed == 0 else EXIT_SOME_FAILED
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """A parser with only the `synth` command (for `python -m agent.commands.synth` and tests)."""
-    parser = argparse.ArgumentParser(prog="looktwice")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    return parser
-
-
 def main(argv: list[str] | None = None) -> int:
-    """`python -m agent.commands.synth --images DIR --out DIR` (the `synth` word is optional)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] != "synth":
-        argv.insert(0, "synth")
-    args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    """`python -m agent.commands.synth ...` (the `synth` word is optional)."""
+    from agent.commands import run_standalone
+
+    return run_standalone("synth", add_parser, argv)
 
 
 if __name__ == "__main__":

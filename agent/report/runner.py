@@ -20,7 +20,7 @@ import signal
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,7 +94,7 @@ def _stderr(msg: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- folder
-def _prepare_out(out: Path, resume: bool) -> None:
+def prepare_out(out: Path, resume: bool) -> None:
     if out.exists() and not out.is_dir():
         raise ReportUsageError(f"output path '{out}' exists and is not a folder")
     if out.is_dir():
@@ -124,7 +124,7 @@ def _prepare_out(out: Path, resume: bool) -> None:
 
 
 @contextlib.contextmanager
-def _locked(out: Path) -> Iterator[None]:
+def locked(out: Path) -> Iterator[None]:
     """One report at a time per folder (the lock goes away with the process, also on kill -9)."""
     try:
         fd = os.open(out / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
@@ -172,7 +172,7 @@ def settings_hash(fingerprint: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
-def _check_settings(store: ResultStore, fingerprint: dict[str, Any], digest: str) -> None:
+def check_settings(store: ResultStore, fingerprint: dict[str, Any], digest: str) -> None:
     stored = store.get_meta("settings_hash")
     if stored is None:
         store.set_meta("settings_hash", digest)
@@ -211,7 +211,7 @@ class _LazyInspector:
         return self._inspector
 
 
-def _failed_row(item: InputItem, stem: str, seq: int, digest: str, error: str, **kw: Any) -> Row:
+def failed_row(item: InputItem, stem: str, seq: int, digest: str, error: str, **kw: Any) -> Row:
     return Row(
         item.key,
         item.display_path,
@@ -284,7 +284,7 @@ def _process(
             reason = "file not found"
         else:
             reason = err.strerror or str(err)
-        row = _failed_row(item, stem, seq, digest, f"cannot read image '{item.display_path}': {reason}")
+        row = failed_row(item, stem, seq, digest, f"cannot read image '{item.display_path}': {reason}")
         store.put(row)
         return row
     t_hash = time.perf_counter() - t0
@@ -302,7 +302,7 @@ def _process(
         record = inspector.get().inspect(item.display_path, image)
     except ImageLoadError as err:
         msg = str(err).replace(f"'{item.path}'", f"'{item.display_path}'")
-        row = _failed_row(item, stem, seq, digest, msg, size=size, sha256=sha)
+        row = failed_row(item, stem, seq, digest, msg, size=size, sha256=sha)
         store.put(row)
         return row
     except ReportUsageError:
@@ -310,7 +310,7 @@ def _process(
     except Exception as err:  # one image breaking the detector must not stop the batch
         first = (str(err).strip().splitlines() or [""])[0]
         msg = f"inspection of '{item.display_path}' failed: {type(err).__name__}: {first}"
-        row = _failed_row(item, stem, seq, digest, msg, size=size, sha256=sha)
+        row = failed_row(item, stem, seq, digest, msg, size=size, sha256=sha)
         store.put(row)
         return row
     row = Row(
@@ -326,17 +326,32 @@ def _process(
     return _WriteJob(row, record, image, out, durable, t_hash, time.perf_counter() - t1)
 
 
-def _finalize(store: ResultStore, out: Path) -> None:
+def finalize(store: ResultStore, out: Path, title: str = "LookTwice report") -> list[Row]:
+    """Rebuild the exports and the HTML page from everything in the store; returns the rows."""
     from agent.report.export import write_exports
     from agent.report.html import write_html
 
     rows = list(store.rows())
-    meta = {"settings": json.loads(store.get_meta("settings") or "{}"), "title": "LookTwice report"}
+    meta = {"settings": json.loads(store.get_meta("settings") or "{}"), "title": title}
     try:
         write_exports(rows, out)
         write_html(rows, meta, out)
     except OSError as err:
         raise ReportWriteError(f"cannot write the report files to '{out}': {err.strerror or err}") from None
+    return rows
+
+
+def count_outcomes(rows: Iterable[Row], wanted: set[str], summary: ReportSummary) -> None:
+    """Add this run's inputs (`wanted` keys) to the summary's failed / defective / good counts."""
+    for row in rows:
+        if row.path not in wanted:
+            continue
+        if not row.ok:
+            summary.failed += 1
+        elif row.record and row.record.get("pred_label"):
+            summary.defective += 1
+        else:
+            summary.good += 1
 
 
 @contextlib.contextmanager
@@ -383,11 +398,11 @@ def run_report(
     fingerprint = settings_fingerprint(s)
     digest = settings_hash(fingerprint)
     out = Path(s.out)
-    _prepare_out(out, s.resume)
+    prepare_out(out, s.resume)
     summary = ReportSummary(out=out, inputs=len(items))
     t_start = time.perf_counter()
-    with _locked(out), ResultStore(out) as store, _sigterm_as_interrupt():
-        _check_settings(store, fingerprint, digest)
+    with locked(out), ResultStore(out) as store, _sigterm_as_interrupt():
+        check_settings(store, fingerprint, digest)
         store.set_meta("inputs", json.dumps(s.inputs))
         clear_staging(out)
         stems = store.stems()
@@ -449,7 +464,7 @@ def run_report(
                     drain(ahead - 1)
                     if time.monotonic() - last_html > s.html_every_s:
                         drain(0)
-                        _finalize(store, out)
+                        finalize(store, out)
                         last_html = time.monotonic()
                 drain(0)
             except KeyboardInterrupt:
@@ -461,17 +476,8 @@ def run_report(
         summary.seconds = time.perf_counter() - t_start
         summary.setup_seconds = inspector.seconds
         clear_staging(out)
-        _finalize(store, out)
-        wanted = {item.key for item in items}
-        for row in store.rows():
-            if row.path not in wanted:
-                continue
-            if not row.ok:
-                summary.failed += 1
-            elif row.record and row.record.get("pred_label"):
-                summary.defective += 1
-            else:
-                summary.good += 1
+        rows = finalize(store, out)
+        count_outcomes(rows, {item.key for item in items}, summary)
     return summary
 
 
