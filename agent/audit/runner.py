@@ -29,6 +29,7 @@ from agent.report.runner import (
     ReportWriteError,
     check_settings,
     count_outcomes,
+    error_message,
     failed_row,
     finalize,
     locked,
@@ -135,7 +136,7 @@ def run_audit(s: AuditSettings, info: Callable[[str], None] = _stderr) -> Report
     from agent.report.files import atomic_write_text, clear_staging, outputs_present, write_image_outputs
     from agent.report.inputs import InputError, collect_inputs, file_digest, safe_stem
     from tools.detectors import DETECTORS
-    from tools.image_io import ImageLoadError, load_image
+    from tools.image_io import load_image
 
     if s.detector != NO_DETECTOR and s.detector not in DETECTORS:
         raise ReportUsageError(
@@ -230,15 +231,8 @@ def run_audit(s: AuditSettings, info: Callable[[str], None] = _stderr) -> Report
                         None if structural is None else (structural.pred_score, structural.threshold),
                     )
                     record = _record(item.display_path, image, result, structural)
-                except ImageLoadError as err:
-                    msg = str(err).replace(f"'{item.path}'", f"'{item.display_path}'")
-                    store.put(failed_row(item, stem, seq, digest, msg, size=size, sha256=sha))
-                    summary.processed += 1
-                    bar.update(1)
-                    continue
                 except Exception as err:  # one image breaking the audit must not stop the batch
-                    first = (str(err).strip().splitlines() or [""])[0]
-                    msg = f"audit of '{item.display_path}' failed: {type(err).__name__}: {first}"
+                    msg = error_message(item, err, "audit")
                     store.put(failed_row(item, stem, seq, digest, msg, size=size, sha256=sha))
                     summary.processed += 1
                     bar.update(1)

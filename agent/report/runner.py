@@ -29,6 +29,7 @@ from typing import Any, TextIO
 from agent.report.files import STAGING_DIR, clear_staging, outputs_present, write_image_outputs
 from agent.report.inputs import InputError, InputItem, clean_text, collect_inputs, file_digest, safe_stem
 from agent.report.store import DB_NAME, STATUS_DONE, STATUS_FAILED, ResultStore, Row, StoreError
+from tools.image_io import ImageLoadError
 
 LOCK_NAME = ".lock"
 _OWN_ENTRIES = {LOCK_NAME, STAGING_DIR}  # what a run leaves before it has written anything else
@@ -269,7 +270,7 @@ def _process(
     durable: bool,
 ) -> Row | _WriteJob | None:
     """Inspect one input. None: already done; a Row: failed (committed); a _WriteJob: to write and commit."""
-    from tools.image_io import ImageLoadError, load_image
+    from tools.image_io import load_image
 
     t0 = time.perf_counter()
     old = store.get(item.key)
@@ -300,17 +301,12 @@ def _process(
     try:
         image = load_image(item.path)
         record = inspector.get().inspect(item.display_path, image)
-    except ImageLoadError as err:
-        msg = str(err).replace(f"'{item.path}'", f"'{item.display_path}'")
-        row = failed_row(item, stem, seq, digest, msg, size=size, sha256=sha)
-        store.put(row)
-        return row
     except ReportUsageError:
         raise
     except Exception as err:  # one image breaking the detector must not stop the batch
-        first = (str(err).strip().splitlines() or [""])[0]
-        msg = f"inspection of '{item.display_path}' failed: {type(err).__name__}: {first}"
-        row = failed_row(item, stem, seq, digest, msg, size=size, sha256=sha)
+        row = failed_row(
+            item, stem, seq, digest, error_message(item, err, "inspection"), size=size, sha256=sha
+        )
         store.put(row)
         return row
     row = Row(
@@ -324,6 +320,14 @@ def _process(
         seq=seq,
     )
     return _WriteJob(row, record, image, out, durable, t_hash, time.perf_counter() - t1)
+
+
+def error_message(item: InputItem, err: Exception, action: str) -> str:
+    """One line for a failed input, naming it as the user gave it (unreadable image or a crash)."""
+    if isinstance(err, ImageLoadError):
+        return str(err).replace(f"'{item.path}'", f"'{item.display_path}'")
+    first = (str(err).strip().splitlines() or [""])[0]
+    return f"{action} of '{item.display_path}' failed: {type(err).__name__}: {first}"
 
 
 def finalize(store: ResultStore, out: Path, title: str = "LookTwice report") -> list[Row]:
