@@ -27,6 +27,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "agent.commands.export",
     "agent.commands.build_instruct",
     "agent.commands.bench",
+    "agent.commands.serve",
 )
 
 DESCRIPTION = """\

@@ -13,7 +13,9 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+
+# shared with `chat` and `serve`; re-exported here, where they lived first
+from agent.conversation import SetupError, build_loop, save_outputs, trace_warnings
 
 DESCRIPTION = """\
 Ask a question about one image. The image is inspected (look, look twice at the suspicious regions,
@@ -27,12 +29,14 @@ brains:
   (LOOKTWICE_OPENAI_BASE_URL, LOOKTWICE_OPENAI_MODEL, LOOKTWICE_OPENAI_API_KEY fill in what is missing)"""
 
 
-def add_brain_args(p: argparse.ArgumentParser) -> None:
-    """--refs, --brain, --sam and the detector arguments (shared by `ask` and `chat`)."""
+def add_brain_args(p: argparse.ArgumentParser, refs_help: str | None = None) -> None:
+    """--refs, --brain, --sam and the detector arguments (shared by `ask`, `chat` and `serve`;
+    `refs_help` rewords --refs for a command that uses it differently)."""
     from agent.cli import _add_detector_args
 
     p.add_argument(
-        "--refs", help="folder (or file) of good reference images; without it the zero-shot fallback runs"
+        "--refs",
+        help=refs_help or "folder (or file) of good reference images; without it the zero-shot fallback runs",
     )
     p.add_argument(
         "--brain",
@@ -57,59 +61,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="looktwice-results", help="output folder (default looktwice-results)")
     add_brain_args(p)
     p.set_defaults(func=cmd_ask)
-
-
-class SetupError(Exception):
-    """References, brain or detector could not be set up (a usage error); the message is one line."""
-
-
-def build_loop(args: argparse.Namespace) -> Any:
-    """The `MatchOfThought` loop for parsed `ask`/`chat` arguments; raises `SetupError`."""
-    from agent.brains.common import BrainError
-    from agent.brains.spec import build_brain
-    from agent.cli import _info, detector_options
-    from agent.inspector import Inspector, load_references
-    from agent.loop import MatchOfThought
-    from tools.detectors import DetectorError
-
-    try:
-        options = detector_options(args)
-        brain = build_brain(args.brain)
-        references = load_references(args.refs, warn=_info)
-        inspector = Inspector(args.detector, references, options, brain="rule", warn=_info)
-    except (BrainError, DetectorError, ValueError, KeyError) as err:
-        raise SetupError(str(err)) from None
-    sam = None
-    if getattr(args, "sam", None):
-        from tools.sam import SamTool
-
-        sam = SamTool(args.sam)
-    return MatchOfThought.from_inspector(
-        inspector, references, options, brain=brain, sam=sam, requested_detector=args.detector
-    )
-
-
-def trace_warnings(trace: list[dict[str, Any]]) -> list[str]:
-    """One line per step of `trace` that failed and was worked around (a brain that fell back to the
-    RuleBrain, a SAM or matching failure), for stderr."""
-    lines = []
-    for e in trace:
-        if not e.get("error"):
-            continue
-        fallback = f" (answered by the {e['fallback']} brain)" if e.get("fallback") else ""
-        lines.append(f"{e['step']}: {e['error']}{fallback}")
-    return lines
-
-
-def save_outputs(record: Any, image: Any, out: Path, taken: set[str]) -> dict[str, str]:
-    """The record, maps and overlay (`agent.outputs.write_record`) and `<stem>_trace.json`."""
-    from agent.outputs import unique_stem, write_record
-
-    stem = unique_stem(record.image_path, taken)
-    files = write_record(record, image, out, stem)
-    files["trace"] = f"{stem}_trace.json"
-    (out / files["trace"]).write_text(json.dumps(record.trace, indent=2), encoding="utf-8")
-    return files
 
 
 def cmd_ask(args: argparse.Namespace) -> int:

@@ -16,10 +16,10 @@ from the evidence, so the conversation goes on.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
-from typing import Any
+
+from agent.conversation import Conversation, SetupError, build_loop, trace_warnings
 
 HELP = "commands: /heatmap (overlay path), /image PATH (switch image), /save FILE (transcript), /quit"
 
@@ -45,60 +45,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_chat)
 
 
-class ChatSession:
-    """The state of one terminal chat: the loop, the current image and record, history, transcript."""
-
-    def __init__(self, loop: Any, out: Path) -> None:
-        self.loop = loop
-        self.out = out
-        self.taken: set[str] = set()
-        self.record: Any = None
-        self.files: dict[str, str] = {}
-        self.history: list[tuple[str, str]] = []
-        self.transcript: list[dict[str, Any]] = []
-
-    def open(self, path: str) -> str:
-        """Inspect `path` (raises `ImageLoadError`); returns the summary line shown to the user."""
-        from agent.commands.ask import save_outputs
-        from tools.image_io import load_image
-
-        image = load_image(path)
-        self.record = self.loop.run(str(path), image)
-        self.files = save_outputs(self.record, image, self.out, self.taken)
-        self.history = []
-        r = self.record
-        text = f"{path}: {r.verdict} (score {r.pred_score:.2f}). {r.explanation}"
-        self.transcript.append(
-            {"event": "image", "image_path": str(path), "verdict": r.verdict, "text": text}
-        )
-        return text
-
-    def ask(self, question: str) -> str:
-        answer = self.loop.answer(question, self.record, list(self.history))
-        self.history.append((question, answer))
-        self.transcript.append({"event": "turn", "question": question, "answer": answer})
-        return answer
-
-    @property
-    def overlay(self) -> Path:
-        return self.out / self.files["overlay"]
-
-    def save(self, target: str) -> Path:
-        path = Path(target)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.suffix.lower() == ".json":
-            path.write_text(json.dumps(self.transcript, indent=2), encoding="utf-8")
-        else:
-            lines = []
-            for e in self.transcript:
-                if e["event"] == "image":
-                    lines.append(f"[image] {e['text']}")
-                else:
-                    lines += [f"you: {e['question']}", f"looktwice: {e['answer']}"]
-            path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        return path
-
-
 def _read_line(prompt: str) -> str | None:
     if sys.stdin.isatty():
         try:
@@ -112,7 +58,6 @@ def _read_line(prompt: str) -> str | None:
 def cmd_chat(args: argparse.Namespace) -> int:
     """Run the command from parsed arguments; returns the exit code."""
     from agent.cli import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, _err, _info
-    from agent.commands.ask import SetupError, build_loop, trace_warnings
     from tools.image_io import ImageLoadError
 
     try:
@@ -120,7 +65,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     except SetupError as err:
         _err(str(err))
         return EXIT_USAGE
-    session = ChatSession(loop, Path(args.out))
+    session = Conversation(loop, Path(args.out))
     try:
         print(session.open(args.image), flush=True)
     except (ImageLoadError, OSError) as err:
