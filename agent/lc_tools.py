@@ -9,7 +9,8 @@ Errors are answers, not crashes: a bad argument (validation error) or a tool fai
 yet, an unreadable image, an index out of range) comes back to the model as a ToolMessage with
 status "error" and a one-line reason, so it can correct itself.
 
-LangChain is imported here only; nothing else in the package needs it.
+LangChain is imported here and in `agent.lc_models` (the chat model for OpenAI-compatible servers)
+only; nothing else in the package needs it.
 """
 
 from __future__ import annotations
@@ -221,15 +222,20 @@ def make_tools(session: InspectionSession) -> list[Any]:
     ]
 
 
-def build_agent(chat_model: Any, tools: list[Any], system_prompt: str | None = SYSTEM_PROMPT) -> Any:
+def build_agent(model: Any, tools: list[Any], system_prompt: str | None = SYSTEM_PROMPT) -> Any:
     """A LangChain 1.x agent (`langchain.agents.create_agent`) over a tool-calling chat model.
 
-    Run it with `agent.invoke({"messages": [("user", "Is there a defect?")]})`; the reply is the last
-    message, the tool results (with their artifacts) are the `ToolMessage`s before it.
+    `model` is a LangChain chat model, a brain that has one (`OpenAIBrain`: its server as a
+    `ChatOpenAI`) or a `--brain` spec such as `openai:http://127.0.0.1:8000/v1#Qwen/Qwen2.5-7B-Instruct`
+    (see `agent.lc_models`); other brains raise `BrainError`. Run it with
+    `agent.invoke({"messages": [("user", "Is there a defect?")]})`; the reply is the last message, the
+    tool results (with their artifacts) are the `ToolMessage`s before it.
     """
     from langchain.agents import create_agent
 
-    return create_agent(model=chat_model, tools=tools, system_prompt=system_prompt)
+    from agent.lc_models import chat_model_for
+
+    return create_agent(model=chat_model_for(model), tools=tools, system_prompt=system_prompt)
 
 
 __all__ = [

@@ -31,3 +31,12 @@ class Brain(ABC):
     def settings(self) -> dict[str, Any]:
         """The settings that shaped the texts, recorded in outputs and benchmark JSON."""
         return {"brain": self.name}
+
+    def chat_text(self, prompt: str, history: list[tuple[str, str]] | None = None) -> str:
+        """Plain text in, text out, no image or record: what tasks like drafting an audit spec ask a
+        language model. Brains without one raise `BrainError`."""
+        from agent.brains.common import BrainError
+
+        raise BrainError(
+            f"brain '{self.name}' has no language model; use llava:<model> or openai:<url>#<model>"
+        )

@@ -118,6 +118,17 @@ class LlavaBrain(Brain):
         """P(Yes) for the detection question: the MLLM's own `pred_score`."""
         return float(self.model.yes_probability([image])[0])
 
+    def chat_text(self, prompt: str, history: list[tuple[str, str]] | None = None) -> str:
+        """A text-only chat with the local model (no image)."""
+        try:
+            return str(
+                self.model.chat(list(history or []), prompt, images=(), max_new_tokens=self.max_new_tokens)
+            ).strip()
+        except (RuntimeError, ValueError) as err:
+            raise BrainError(
+                f"LLaVA model {self.model_id!r} failed: {' '.join(str(err).split())[:200]}"
+            ) from None
+
     def propose_rules(self, components_text: str) -> str:
         prompt = self.t["rules"].format(components=components_text)
         try:

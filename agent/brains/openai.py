@@ -10,13 +10,19 @@ from the arguments or, when not given, from the environment:
 
 Every failure (refused connection, timeout, HTTP error status, a body that is not the OpenAI format)
 raises `BrainError` with one line naming the server and what went wrong; the loop catches it and falls
-back to the tool evidence.
+back to the tool evidence. A text-only model (the server answers HTTP 400 "... is not a multimodal
+model", as vLLM does) is asked again without the image, and the brain stops sending images to it; the
+evidence text still goes with every request (`last_call["image_dropped"]` says why).
+
+`chat_model()` gives the same server as a LangChain chat model (`agent.lc_models`), for the
+tool-calling agent of `agent.lc_tools.build_agent`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import time
 import urllib.error
 import urllib.parse
@@ -33,6 +39,32 @@ from tools.record import InspectionRecord
 ENV_BASE_URL = "LOOKTWICE_OPENAI_BASE_URL"
 ENV_MODEL = "LOOKTWICE_OPENAI_MODEL"
 ENV_API_KEY = "LOOKTWICE_OPENAI_API_KEY"
+
+
+#: HTTP 400 messages that say the model takes no images (vLLM; OpenAI-style servers).
+_NO_IMAGES = re.compile(
+    r"not a multimodal model|image_url is only supported|does not support (image|vision)|"
+    r"image input is not supported",
+    re.IGNORECASE,
+)
+
+
+def resolve_settings(
+    base_url: str | None = None, model: str | None = None, api_key: str | None = None
+) -> tuple[str, str, str | None]:
+    """`(base_url, model, api_key)` from the arguments, else from the LOOKTWICE_OPENAI_* variables;
+    raises `BrainError` when the URL or the model is missing or the URL is malformed."""
+    url = base_url or os.environ.get(ENV_BASE_URL)
+    if not url:
+        raise BrainError(
+            f"no OpenAI-compatible server given: use openai:<base-url>#<model> or set {ENV_BASE_URL}"
+        )
+    url = normalize_base_url(url)
+    name = model or os.environ.get(ENV_MODEL) or ""
+    if not name:
+        raise BrainError(f"no model name for {url}: use openai:<base-url>#<model> or set {ENV_MODEL}")
+    key = api_key if api_key is not None else os.environ.get(ENV_API_KEY)
+    return url, name, key
 
 
 def normalize_base_url(url: str) -> str:
@@ -63,18 +95,7 @@ class OpenAIBrain(Brain):
         send_image: bool = True,
         prompts: str = "agent",
     ) -> None:
-        url = base_url or os.environ.get(ENV_BASE_URL)
-        if not url:
-            raise BrainError(
-                f"no OpenAI-compatible server given: use openai:<base-url>#<model> or set {ENV_BASE_URL}"
-            )
-        self.base_url = normalize_base_url(url)
-        self.model = model or os.environ.get(ENV_MODEL) or ""
-        if not self.model:
-            raise BrainError(
-                f"no model name for {self.base_url}: use openai:<base-url>#<model> or set {ENV_MODEL}"
-            )
-        self.api_key = api_key if api_key is not None else os.environ.get(ENV_API_KEY)
+        self.base_url, self.model, self.api_key = resolve_settings(base_url, model, api_key)
         self.timeout = float(timeout)
         self.max_tokens = int(max_tokens)
         self.temperature = float(temperature)
@@ -84,6 +105,7 @@ class OpenAIBrain(Brain):
         self.images = ImageMemory()
         self.last_call: dict[str, Any] = {}
         self._url_cache: tuple[Image.Image, str] | None = None
+        self.image_dropped: str | None = None  # why the server refused images (then none are sent)
 
     def settings(self) -> dict[str, Any]:
         return {
@@ -97,11 +119,31 @@ class OpenAIBrain(Brain):
         """Hand over the image of `path`, so it is not read again from disk."""
         self.images.put(str(path), image)
 
+    def chat_model(self, **options: Any) -> Any:
+        """This server and model as a LangChain `ChatOpenAI` (tool calling; needs the `agent` extra)."""
+        from agent.lc_models import openai_chat_model
+
+        settings = {"timeout": self.timeout, "temperature": self.temperature, "max_tokens": self.max_tokens}
+        return openai_chat_model(self.base_url, self.model, self.api_key, **{**settings, **options})
+
     # ------------------------------------------------------------------------------------------------
     # HTTP
 
     def complete(self, messages: list[dict[str, Any]], **options: Any) -> str:
-        """One chat completion; returns the first choice's text. Raises `BrainError` on any failure."""
+        """One chat completion; returns the first choice's text. Raises `BrainError` on any failure.
+
+        When the server refuses images (a text-only model), the request is sent again without them
+        and no image is sent from then on."""
+        try:
+            return self._complete(messages, dict(options))
+        except _ImagesRefused as refused:
+            self.send_image = False
+            self.image_dropped = refused.detail
+            text = self._complete(_text_only(messages), dict(options))
+            self.last_call["image_dropped"] = refused.detail
+            return text
+
+    def _complete(self, messages: list[dict[str, Any]], options: dict[str, Any]) -> str:
         body = {
             "model": self.model,
             "messages": messages,
@@ -122,6 +164,8 @@ class OpenAIBrain(Brain):
                 raw = response.read()
         except urllib.error.HTTPError as err:
             detail = _error_detail(err)
+            if err.code == 400 and _NO_IMAGES.search(detail) and _has_images(messages):
+                raise _ImagesRefused(detail) from None
             raise BrainError(f"{url} answered HTTP {err.code}{': ' + detail if detail else ''}") from None
         except TimeoutError:
             raise BrainError(f"{url} did not answer within {self.timeout:g} s") from None
@@ -207,11 +251,47 @@ class OpenAIBrain(Brain):
         messages.append({"role": "user", "content": self.t["rules_repair"].format(error=error)})
         return self.complete(messages)
 
+    def chat_text(self, prompt: str, history: list[tuple[str, str]] | None = None) -> str:
+        """A text-only chat: system prompt, earlier (user, assistant) turns, then `prompt`."""
+        messages: list[dict[str, Any]] = [{"role": "system", "content": self.t["system"].strip()}]
+        for user, assistant in history or []:
+            messages += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+        messages.append({"role": "user", "content": prompt})
+        return self.complete(messages)
+
     def rule_messages(self, components_text: str) -> list[dict[str, Any]]:
         return [
             {"role": "system", "content": self.t["system"].strip()},
             {"role": "user", "content": self.t["rules"].format(components=components_text)},
         ]
+
+
+class _ImagesRefused(Exception):
+    """The server answered HTTP 400 because the model takes no images."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+def _has_images(messages: list[dict[str, Any]]) -> bool:
+    return any(
+        isinstance(m.get("content"), list)
+        and any(isinstance(p, dict) and p.get("type") == "image_url" for p in m["content"])
+        for m in messages
+    )
+
+
+def _text_only(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The messages with every image part removed (a content list of text parts becomes one string)."""
+    out = []
+    for m in messages:
+        content = m.get("content")
+        if isinstance(content, list):
+            texts = [p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"]
+            m = {**m, "content": "\n".join(texts)}
+        out.append(m)
+    return out
 
 
 def _one_line(text: str, limit: int = 200) -> str:

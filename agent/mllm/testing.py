@@ -1,9 +1,10 @@
-"""Tiny randomly initialised LLaVA-OneVision models for tests, examples and benchmarks (no downloads).
+"""Tiny randomly initialised models for tests, examples and benchmarks (no downloads).
 
-`build_tiny_llava(folder)` writes a complete model folder (weights, byte-level BPE tokenizer trained
-in-process, image processor, processor, chat template) that `load_model(folder)` reads like a real
-checkpoint; `llava_ov_05b_config()` is the full-size llava-onevision-qwen2-0.5b-ov architecture for
-speed and memory measurements with random weights.
+`build_tiny_llava(folder)` writes a complete LLaVA-OneVision folder (weights, byte-level BPE tokenizer
+trained in-process, image processor, processor, chat template) that `load_model(folder)` reads like a
+real checkpoint; `build_tiny_qwen2_chat(folder)` writes a tiny Qwen2 text chat model that a vLLM
+server can serve on CPU; `llava_ov_05b_config()` is the full-size llava-onevision-qwen2-0.5b-ov
+architecture for speed and memory measurements with random weights.
 """
 
 from __future__ import annotations
@@ -29,8 +30,11 @@ CORPUS = [
 ]
 
 
-def build_bpe_tokenizer(vocab_size: int = 384) -> Any:
-    """A byte-level BPE tokenizer trained in-process, with Qwen's special tokens and a ChatML template."""
+def build_bpe_tokenizer(
+    vocab_size: int = 384, extra_special: list[str] | None = None, chat_template: str = CHAT_TEMPLATE
+) -> Any:
+    """A byte-level BPE tokenizer trained in-process, with Qwen's special tokens and a ChatML template
+    (`extra_special`: more special tokens, e.g. Hermes' `<tool_call>`)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -39,7 +43,7 @@ def build_bpe_tokenizer(vocab_size: int = 384) -> Any:
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=SPECIAL,
+        special_tokens=SPECIAL + list(extra_special or []),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tok.train_from_iterator(CORPUS * 4, trainer=trainer)
@@ -48,7 +52,7 @@ def build_bpe_tokenizer(vocab_size: int = 384) -> Any:
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
         extra_special_tokens={"image_token": "<image>", "video_token": "<video>"},
-        chat_template=CHAT_TEMPLATE,
+        chat_template=chat_template,
     )
     tokenizer.padding_side = "left"
     return tokenizer
@@ -119,6 +123,60 @@ def build_tiny_llava(folder: Path, vocab_size: int = 384) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
+    return folder
+
+
+#: ChatML with Hermes-style tools (what vLLM's `--tool-call-parser hermes` reads back): tool schemas in
+#: a system turn, assistant tool calls as `<tool_call>{json}</tool_call>`, tool results as `tool` turns.
+TOOLS_CHAT_TEMPLATE = (
+    "{% if tools %}{{ '<|im_start|>system\\n# Tools\\n' }}{% for tool in tools %}{{ tool | tojson }}"
+    "{{ '\\n' }}{% endfor %}{{ '<|im_end|>\\n' }}{% endif %}"
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% endif %}"
+    "{% for call in message.get('tool_calls') or [] %}{{ '<tool_call>' }}"
+    "{{ {'name': call['function']['name'], 'arguments': call['function']['arguments']} | tojson }}"
+    "{{ '</tool_call>' }}{% endfor %}{{ '<|im_end|>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def build_tiny_qwen2_chat(folder: Path, vocab_size: int = 384, seed: int = 0) -> Path:
+    """Write a tiny random Qwen2ForCausalLM chat model (weights, tokenizer, chat template) into `folder`.
+
+    Made for serving with vLLM on CPU: head_dim 64 (what its CPU attention supports), 4096 positions,
+    Hermes tool-call tokens and a template that renders tools. The output embedding rows of special and
+    whitespace-only tokens are zeroed (tied embeddings), so greedy decoding writes visible text (random
+    words) instead of an empty reply, and never stops early: every reply is `max_tokens` long.
+    """
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    extra = ["<tool_call>", "</tool_call>"]
+    tokenizer = build_bpe_tokenizer(vocab_size, extra_special=extra, chat_template=TOOLS_CHAT_TEMPLATE)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(config).eval()
+    special = set(tokenizer.convert_tokens_to_ids(SPECIAL + extra))
+    silent = [i for i in range(len(tokenizer)) if i in special or not tokenizer.decode([i]).strip()]
+    with torch.no_grad():
+        model.get_input_embeddings().weight[silent] = 0.0
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
     return folder
 
 

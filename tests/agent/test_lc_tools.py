@@ -1,7 +1,11 @@
 """LangChain tools and agent, driven offline by a scripted fake chat model: tool selection, argument
-validation, tool errors and artifacts."""
+validation, tool errors and artifacts; and the agent over an OpenAI-compatible server (ChatOpenAI
+against the scripted HTTP server of test_openai_brain)."""
 
 from __future__ import annotations
+
+import json
+import sys
 
 import numpy as np
 import pytest
@@ -12,9 +16,14 @@ pytest.importorskip("langchain")
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel  # noqa: E402
 from langchain_core.messages import AIMessage, ToolMessage  # noqa: E402
 
+from agent.brains.common import BrainError  # noqa: E402
+from agent.brains.openai import OpenAIBrain  # noqa: E402
+from agent.brains.rule import RuleBrain  # noqa: E402
+from agent.lc_models import chat_model_for, openai_chat_model  # noqa: E402
 from agent.lc_tools import InspectionSession, build_agent, make_tools  # noqa: E402
 from agent.loop import MatchOfThought  # noqa: E402
 from tests.agent import agent_case as case  # noqa: E402
+from tests.agent.test_openai_brain import ScriptedServer, completion  # noqa: E402
 
 
 class ScriptedChatModel(GenericFakeChatModel):
@@ -112,3 +121,108 @@ def test_tools_without_image_or_references():
     assert tools["detect"].invoke(_call("detect", {}, 2)).status == "success"
     msg = tools["regions"].invoke(_call("regions", {}, 3))
     assert msg.status == "success" and isinstance(msg.artifact, list)
+
+
+# ------------------------------------------------------------------ OpenAI-compatible servers (ChatOpenAI)
+
+
+def _tool_call_completion(calls: list[tuple[str, dict]], first: int = 0) -> dict:
+    return {
+        "id": "cmpl-tools",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "tiny",
+        "choices": [
+            {
+                "index": 0,
+                "message": {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "id": f"call_{i}",
+                            "type": "function",
+                            "function": {"name": n, "arguments": json.dumps(a)},
+                        }
+                        for i, (n, a) in enumerate(calls, first)
+                    ],
+                },
+                "finish_reason": "tool_calls",
+            }
+        ],
+        "usage": {"prompt_tokens": 50, "completion_tokens": 8, "total_tokens": 58},
+    }
+
+
+@pytest.mark.parametrize("how", ["spec", "brain"])
+def test_agent_over_openai_compatible_server(session, how, monkeypatch):
+    """The agent of `build_agent` over a (scripted) OpenAI-compatible server: the model's tool call
+    runs our `detect`, its result goes back to the server, the server's final text is the answer."""
+    pytest.importorskip("langchain_openai")
+    monkeypatch.delenv("LOOKTWICE_OPENAI_API_KEY", raising=False)
+    server = ScriptedServer()
+    server.script = [
+        (200, _tool_call_completion([("detect", {})]), 0.0),
+        (200, _tool_call_completion([("regions", {"max_regions": 2})], first=1), 0.0),
+        (200, completion("Defective: one dark scratch near the centre."), 0.0),
+    ]
+    try:
+        spec = f"openai:{server.url}#tiny"
+        model = spec if how == "spec" else OpenAIBrain(server.url, "tiny", api_key="k", timeout=5)
+        agent = build_agent(model, make_tools(session))
+        result = agent.invoke({"messages": [("user", "Is there a defect?")]})
+    finally:
+        server.close()
+    assert result["messages"][-1].content == "Defective: one dark scratch near the centre."
+    tool_msgs = {m.tool_call_id: m for m in result["messages"] if isinstance(m, ToolMessage)}
+    assert tool_msgs["call_0"].status == "success" and "defective" in tool_msgs["call_0"].content
+    assert tool_msgs["call_1"].status == "success" and tool_msgs["call_1"].content.startswith("0: ")
+    assert session.output is not None and tool_msgs["call_0"].artifact["pred_label"] is True
+
+    first, second, third = server.requests
+    assert first["path"] == "/v1/chat/completions" and first["body"]["model"] == "tiny"
+    expected_key = "EMPTY" if how == "spec" else "k"
+    headers = {k.lower(): v for k, v in first["headers"].items()}
+    assert headers["authorization"] == f"Bearer {expected_key}"
+    names = {t["function"]["name"] for t in first["body"]["tools"]}
+    assert names == {"detect", "regions", "zoom", "compare_with_references"}
+    assert (
+        first["body"]["messages"][0]["role"] == "system"
+        and "LookTwice" in first["body"]["messages"][0]["content"]
+    )
+    sent_back = [m for m in third["body"]["messages"] if m["role"] == "tool"]
+    assert [m["tool_call_id"] for m in sent_back] == ["call_0", "call_1"]
+    assert sent_back[0]["content"].startswith("score ")  # the text, never the artifact (maps, crops)
+    assert "anomaly_map" not in json.dumps(third["body"]) and second["body"]["model"] == "tiny"
+
+
+def test_openai_chat_model_settings(monkeypatch):
+    pytest.importorskip("langchain_openai")
+    for var in ("LOOKTWICE_OPENAI_BASE_URL", "LOOKTWICE_OPENAI_MODEL", "LOOKTWICE_OPENAI_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(BrainError, match="LOOKTWICE_OPENAI_BASE_URL"):
+        openai_chat_model()
+    monkeypatch.setenv("LOOKTWICE_OPENAI_BASE_URL", "http://127.0.0.1:9")
+    with pytest.raises(BrainError, match="LOOKTWICE_OPENAI_MODEL"):
+        openai_chat_model()
+    monkeypatch.setenv("LOOKTWICE_OPENAI_MODEL", "org/model")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-real-openai-key")
+    chat = openai_chat_model(timeout=7)
+    assert (chat.model_name, chat.openai_api_base) == ("org/model", "http://127.0.0.1:9/v1")
+    assert chat.openai_api_key.get_secret_value() == "EMPTY"  # never the OpenAI key
+    assert chat.request_timeout == 7.0 and chat.temperature == 0.0 and chat.max_retries == 0
+    monkeypatch.setenv("LOOKTWICE_OPENAI_API_KEY", "local-key")
+    assert openai_chat_model().openai_api_key.get_secret_value() == "local-key"
+
+    brain_chat = chat_model_for(OpenAIBrain("http://10.1.2.3:8000", "m", timeout=3, max_tokens=64))
+    assert (brain_chat.model_name, brain_chat.max_tokens, brain_chat.request_timeout) == ("m", 64, 3.0)
+    assert chat_model_for("openai").model_name == "org/model"
+    assert chat_model_for(chat) is chat
+    with pytest.raises(BrainError, match="brain 'rule' cannot drive a tool-calling agent"):
+        chat_model_for("rule")
+    with pytest.raises(BrainError, match="cannot drive a tool-calling agent"):
+        build_agent(RuleBrain(), [])
+
+    monkeypatch.setitem(sys.modules, "langchain_openai", None)  # as if not installed
+    with pytest.raises(BrainError, match=r"looktwice\[agent\]"):
+        openai_chat_model()

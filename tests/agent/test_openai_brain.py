@@ -231,3 +231,27 @@ def test_loop_with_openai_brain_rules_and_fallback(server):
     assert "HTTP 500: overloaded" in steps["explain"]["error"] and record.explanation.startswith("Defective")
     assert record.answer == "Yes, near the center."
     assert server.requests[0]["body"]["messages"][1]["content"][0]["type"] == "image_url"
+
+
+def test_text_only_model_gets_the_evidence_without_the_image(server):
+    """vLLM answers HTTP 400 "<model> is not a multimodal model" to an image: the brain asks again
+    without it, says so in `last_call`, and sends no image from then on; other 400s stay errors."""
+    refused = {"error": {"message": "tiny is not a multimodal model", "type": "BadRequestError", "code": 400}}
+    server.script = [
+        (400, refused, 0.0),
+        (200, completion("Defective."), 0.0),
+        (200, completion("About 1%."), 0.0),
+        (400, {"error": {"message": "max_tokens is too large"}}, 0.0),
+    ]
+    brain = OpenAIBrain(server.url, "tiny", timeout=5)
+    brain.use_image("part.png", Image.new("RGB", (32, 32)))
+    assert brain.explain(_record()) == "Defective."
+    assert brain.last_call["image_dropped"] == "tiny is not a multimodal model" and not brain.send_image
+    first, second = (r["body"]["messages"][1]["content"] for r in server.requests)
+    assert first[0]["type"] == "image_url" and second == first[1]["text"]
+    assert brain.answer("How big?", _record()) == "About 1%."
+    assert isinstance(server.requests[2]["body"]["messages"][1]["content"], str)
+    assert "image_dropped" not in brain.last_call
+    with pytest.raises(BrainError, match="HTTP 400: max_tokens is too large"):
+        brain.explain(_record())
+    assert len(server.requests) == 4
