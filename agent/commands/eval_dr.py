@@ -20,7 +20,12 @@ detection   "Are there any defects for the object in the image? Please reply wit
             F1, miss rate, overkill rate and image AUROC (from pred_score), each the mean over classes.
 reasoning   for each anomalous image the questions of dr.json in order, with the history kept;
             ROUGE-L and SBERT cosine (all-MiniLM-L6-v2, the `evals` extra) against the references.
+judge       optional: --judge openai:<base-url>#<model> scores each reasoning answer 1-10 against the
+            reference (prompt: prompts/dr_judge.yaml); `judge` in results.json. A rerun with --judge
+            on a finished --out scores the answers that have no score yet.
 
+fallback    when the brain fails (error, no text) the loop shows the RuleBrain's answer; the benchmark
+            scores such answers as empty (they are not the brain's) unless --score-fallback.
 outputs     <out>/samples.jsonl (one line per image; a rerun skips the images already there),
             <out>/results.json, <out>/results.md
 
@@ -51,6 +56,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--limit", type=int, help="evaluate a seeded sample of N images (default: all)")
     p.add_argument("--no-sbert", action="store_true", help="skip SBERT similarity (no `evals` extra needed)")
+    p.add_argument(
+        "--judge",
+        metavar="openai:<base-url>#<model>",
+        help="LLM judge (OpenAI-compatible server) scoring reasoning answers 1-10 (optional)",
+    )
+    p.add_argument(
+        "--score-fallback",
+        action="store_true",
+        help="score the RuleBrain's stand-in answers when the brain fails (default: score them as empty)",
+    )
     p.add_argument("--out", default="looktwice-dr", help="output folder (default looktwice-dr)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"), help="print two results side by side")
@@ -107,6 +122,8 @@ def cmd_eval_dr(args: argparse.Namespace) -> int:
             limit=args.limit,
             sbert=not args.no_sbert,
             data_root=args.data_root,
+            judge=args.judge,
+            score_fallback=args.score_fallback,
         )
         result, failures = run_dr_benchmark(settings, show_progress=not args.quiet, warn=_info)
     except (

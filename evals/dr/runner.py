@@ -10,7 +10,9 @@ Per image (one `MatchOfThought.run`, the loop `ask` uses):
 One JSON line per image goes to `<out>/samples.jsonl` as soon as it is done; a rerun with the same
 `--out` skips the images already there (resumable), and the aggregate (`results.json`,
 `results.md`) is always computed from the JSONL lines of the selected images. When the brain fails
-the loop answers with the RuleBrain; such answers are flagged (`fallback`) and counted.
+(an error, or no text) the loop answers with the RuleBrain; such answers are flagged (`fallback`),
+counted, kept as `fallback_text`, and scored as empty answers (unparsable = wrong; ROUGE-L and SBERT
+0), because they are not the brain's; `score_fallback` scores the stand-in text instead.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from evals.dr.judge import LLMJudge
 from evals.dr.metrics import detection_metrics
 from evals.dr.parsing import parse_yes_no
 from evals.dr.reader import QAImage, QASet, load_qa_set
@@ -41,6 +44,7 @@ SUMMARY_KEYS = (
     "rouge_l",
     "sbert",
 )
+JUDGE_KEY = "judge"  # in results.json only when a judge was used
 
 
 def detection_question() -> str:
@@ -62,6 +66,8 @@ class DRSettings:
     limit: int | None = None  # evaluate a seeded sample of this many images
     sbert: bool = True
     data_root: str | None = None  # overrides meta.json's data_root
+    judge: str | None = None  # openai:<base-url>#<model>: 1-10 LLM scores of the reasoning answers
+    score_fallback: bool = False  # score the RuleBrain's stand-in answers instead of "" (product view)
 
 
 def select_images(qa: QASet, limit: int | None, seed: int) -> list[QAImage]:
@@ -124,6 +130,9 @@ def aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
     result["rouge_l"] = _mean([t["rouge_l"] for t in turns])
     sb = [t.get("sbert") for t in turns]
     result["sbert"] = _mean(sb) if any(v is not None for v in sb) else None
+    judged = [t.get("judge") for t in turns if "judge" in t]
+    if judged:
+        result[JUDGE_KEY] = _mean(judged)
     n_q = max((len(r.get("reasoning", [])) for r in rows), default=0)
     result["by_question"] = [
         {
@@ -139,6 +148,8 @@ def aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "unparsed": sum(1 for p in parsed if p is None),
         "reasoning_items": sum(1 for r in rows if r.get("reasoning")),
         "questions": len(turns),
+        "judge_scored": sum(1 for v in judged if v is not None),
+        "judge_failed": sum(1 for v in judged if v is None),
         "fallback_answers": sum(1 for r in det if r["detection"].get("fallback"))
         + sum(1 for t in turns if t.get("fallback")),
     }
@@ -150,7 +161,9 @@ def aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def markdown_table(result: dict[str, Any], title: str = "D&R benchmark") -> str:
     """The summary as a markdown table (metric | value)."""
     lines = [f"### {title}", "", "| metric | value |", "|---|---:|"]
-    for k in SUMMARY_KEYS:
+    for k in (*SUMMARY_KEYS, JUDGE_KEY):
+        if k == JUDGE_KEY and k not in result:
+            continue
         lines.append(f"| {k} | {_fmt(result.get(k))} |")
     c = result.get("counts", {})
     lines += [
@@ -177,7 +190,9 @@ def _fmt(v: Any) -> str:
 def compare_table(a: dict[str, Any], b: dict[str, Any], names: tuple[str, str] = ("A", "B")) -> str:
     """Side-by-side markdown table of two results.json dicts, with B - A."""
     lines = [f"| metric | {names[0]} | {names[1]} | {names[1]} - {names[0]} |", "|---|---:|---:|---:|"]
-    for k in SUMMARY_KEYS:
+    for k in (*SUMMARY_KEYS, JUDGE_KEY):
+        if k == JUDGE_KEY and k not in a and k not in b:
+            continue
         va, vb = a.get(k), b.get(k)
         delta = vb - va if isinstance(va, int | float) and isinstance(vb, int | float) else None
         lines.append(f"| {k} | {_fmt(va)} | {_fmt(vb)} | {'n/a' if delta is None else f'{delta:+.3f}'} |")
@@ -235,7 +250,30 @@ class _Loops:
         return loop
 
 
-def evaluate_image(loop: Any, item: QAImage, question: str, sbert: SbertScorer | None) -> dict[str, Any]:
+def _scored(answer: str, fell_back: bool, score_fallback: bool) -> str:
+    """The answer to score: the brain's own. When the brain failed, the loop showed the RuleBrain's
+    text instead; a benchmark of the brain scores that as an empty answer unless asked otherwise."""
+    return answer if (score_fallback or not fell_back) else ""
+
+
+def judge_turns(judge: LLMJudge, turns: list[dict[str, Any]]) -> None:
+    """Add `judge` (1-10 or None) and `judge_error` to reasoning turns that have no verdict yet."""
+    for t in turns:
+        if t.get("judge") is not None:
+            continue
+        verdict = judge.score(t["question"], t["reference"], t["answer"])
+        t["judge"] = verdict.score
+        t["judge_error"] = verdict.error
+
+
+def evaluate_image(
+    loop: Any,
+    item: QAImage,
+    question: str,
+    sbert: SbertScorer | None,
+    judge: LLMJudge | None = None,
+    score_fallback: bool = False,
+) -> dict[str, Any]:
     """One JSONL row: detection and reasoning of one image (raises ImageLoadError)."""
     from tools.image_io import load_image
 
@@ -252,7 +290,8 @@ def evaluate_image(loop: Any, item: QAImage, question: str, sbert: SbertScorer |
         "pred_label": bool(record.pred_label),
     }
     if item.in_detection:
-        answer = record.answer or ""
+        fell_back = _fell_back(record)
+        answer = _scored(record.answer or "", fell_back, score_fallback)
         parsed = parse_yes_no(answer)
         row["detection"] = {
             "question": question,
@@ -260,34 +299,50 @@ def evaluate_image(loop: Any, item: QAImage, question: str, sbert: SbertScorer |
             "parsed": parsed,
             "correct": parsed is not None and parsed == item.anomaly,
             "pred_score": float(record.pred_score),
-            "fallback": _fell_back(record),
+            "fallback": fell_back,
             "seconds": round(time.perf_counter() - t0, 4),
         }
+        if fell_back and not score_fallback:
+            row["detection"]["fallback_text"] = record.answer or ""
     turns: list[dict[str, Any]] = []
     history: list[tuple[str, str]] = []
     for q, ref in zip(item.questions, item.answers, strict=True):
         t1 = time.perf_counter()
-        ans = loop.answer(q, record, list(history))
+        shown = loop.answer(q, record, list(history))
+        fell_back = _fell_back(record)
+        ans = _scored(shown, fell_back, score_fallback)
         history.append((q, ans))
-        turns.append(
-            {
-                "question": q,
-                "answer": ans,
-                "reference": ref,
-                "rouge_l": round(rouge_l(ans, ref)["f"], 6),
-                "sbert": None,
-                "fallback": _fell_back(record),
-                "seconds": round(time.perf_counter() - t1, 4),
-            }
-        )
+        turn = {
+            "question": q,
+            "answer": ans,
+            "reference": ref,
+            "rouge_l": round(rouge_l(ans, ref)["f"], 6),
+            "sbert": None,
+            "fallback": fell_back,
+            "seconds": round(time.perf_counter() - t1, 4),
+        }
+        if fell_back and not score_fallback:
+            turn["fallback_text"] = shown
+        turns.append(turn)
     if turns and sbert is not None:
         sims = sbert.similarities([t["answer"] for t in turns], [t["reference"] for t in turns])
         for t, s in zip(turns, sims, strict=True):
-            t["sbert"] = round(s, 6)
+            t["sbert"] = round(s, 6) if t["answer"].strip() else 0.0
+    if judge is not None:
+        judge_turns(judge, turns)
     if item.questions:
         row["reasoning"] = turns
     row["seconds"] = round(time.perf_counter() - t_start, 4)
     return row
+
+
+def rejudge_done(judge: LLMJudge, rows: list[dict[str, Any]]) -> int:
+    """Judge the answers of earlier runs that have no score yet (run without a judge, or the judge
+    failed then); returns how many were sent to the judge."""
+    todo = [t for r in rows for t in r.get("reasoning", []) if t.get("judge") is None]
+    for r in rows:
+        judge_turns(judge, r.get("reasoning", []))
+    return len(todo)
 
 
 def run_dr_benchmark(
@@ -313,6 +368,14 @@ def run_dr_benchmark(
     if sbert is not None and any(im.questions for im in todo):
         sbert._load()  # fail before the long part when the extra is missing
     question = detection_question()
+    judge = LLMJudge.from_spec(settings.judge) if settings.judge else None
+    if judge is not None:
+        rejudged = rejudge_done(judge, [done[im.image] for im in images if im.image in done])
+        if rejudged:
+            samples_path.write_text(
+                "".join(json.dumps(_clean(r)) + "\n" for r in done.values()), encoding="utf-8"
+            )
+            warn(f"judged {rejudged} answers of images done in an earlier run")
     loops = _Loops(settings, warn) if todo else None
     failures: list[str] = []
     t_run = time.perf_counter()
@@ -323,7 +386,7 @@ def run_dr_benchmark(
         for item in todo:
             loop = loops.get(item.cls)
             try:
-                row = evaluate_image(loop, item, question, sbert)
+                row = evaluate_image(loop, item, question, sbert, judge, settings.score_fallback)
             except (ImageLoadError, OSError) as err:
                 failures.append(f"{item.image}: {err}")
                 warn(f"skipped: {err}")
@@ -338,6 +401,7 @@ def run_dr_benchmark(
     result["settings"] = {
         **asdict(settings),
         "brain_settings": loops.brain.settings() if loops else None,
+        "judge_settings": judge.settings() if judge else None,
         "references": loops.references if loops else None,
         "detection_question": question,
         "qa_meta": qa.meta,

@@ -278,3 +278,143 @@ def test_limit_draws_a_seeded_sample_in_file_order(tmp_path):
     assert len(select_images(qa, None, 0)) == 10 and len(select_images(qa, 50, 0)) == 10
     with pytest.raises(ValueError):
         select_images(qa, 0, 0)
+
+
+# ---------------------------------------------------------------------------------------------- judge
+
+
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        ('{"score": 7, "reason": "right defect"}', 7),
+        ('Sure! {"score": "9", "reason": "x"}', 9),
+        ('{"score": 7.0}', 7),
+        ('{"score": 0}', None),
+        ('{"score": 11}', None),
+        ('{"score": 6.5}', None),
+        ('{"score": true}', None),
+        ("Score: 4/10 because the location is wrong", 4),
+        ("I would give it 8 out of 10.", 8),
+        ("3/10", 3),
+        ("10", 10),
+        ("It is a good answer.", None),
+        ("", None),
+    ],
+)
+def test_parse_judge_score(reply, expected):
+    from evals.dr.judge import parse_judge_score
+
+    assert parse_judge_score(reply) == expected
+
+
+class _ScriptedClient:
+    """`complete(messages)` from a list of replies (or exceptions); records the messages."""
+
+    def __init__(self, replies):
+        self.replies = list(replies)
+        self.calls = []
+
+    def complete(self, messages):
+        self.calls.append(messages)
+        reply = self.replies.pop(0)
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+
+def test_judge_repairs_once_then_gives_up():
+    from agent.brains.common import BrainError
+    from evals.dr.judge import LLMJudge
+
+    client = _ScriptedClient(["great answer", '{"score": 6, "reason": "ok"}'])
+    verdict = LLMJudge(client).score("What is it?", "A crack on the left.", "A scratch on the left.")
+    assert verdict.score == 6 and verdict.error is None and len(client.calls) == 2
+    user = client.calls[0][1]["content"]
+    assert "A crack on the left." in user and "A scratch on the left." in user and "What is it?" in user
+    assert client.calls[1][-1]["role"] == "user" and '{"score"' in client.calls[1][-1]["content"]
+
+    verdict = LLMJudge(_ScriptedClient(["no idea", "still no idea"])).score("q", "r", "a")
+    assert verdict.score is None and verdict.error == "reply is not a 1-10 score"
+    verdict = LLMJudge(_ScriptedClient([BrainError("cannot reach http://x/v1: refused")])).score("q", "r", "")
+    assert verdict.score is None and "cannot reach" in verdict.error
+
+
+def test_judge_spec_must_be_an_openai_endpoint():
+    from agent.brains.common import BrainError
+    from evals.dr.judge import LLMJudge
+
+    with pytest.raises(BrainError, match="--judge must be openai"):
+        LLMJudge.from_spec("rule")
+    judge = LLMJudge.from_spec("openai:http://127.0.0.1:9/v1#judge-model")
+    assert judge.settings()["model"] == "judge-model"
+
+
+def test_eval_dr_with_a_judge_over_http_and_rejudging_on_resume(tmp_path, capsys):
+    from tests.agent.test_openai_brain import ScriptedServer, completion
+
+    tree = write_tree(tmp_path / "data", categories=("plate",), n_train=2, n_good=1, n_bad=2)
+    qa = tmp_path / "qa"
+    assert run(["build-qa", "--data", str(tree), "--out", str(qa)]) == 0
+    out = tmp_path / "dr"
+    base = ["eval-dr", "--qa", str(qa), "--brain", "rule", "--refs-from", str(tree), "--shots", "2"]
+    base += ["--set", "resolution=96", "--no-sbert", "--quiet", "--out", str(out)]
+    assert run(base) == 0  # first without a judge
+    first = json.loads((out / "results.json").read_text())
+    assert "judge" not in first and "| judge |" not in (out / "results.md").read_text()
+
+    server = ScriptedServer()
+    try:
+        # 2 anomalous images x 2 questions = 4 answers; the third reply is unreadable, then repaired
+        replies = ['{"score": 8, "reason": "a"}', '{"score": 4, "reason": "b"}', "hmm", "Score: 6/10"]
+        replies += ['{"score": 2, "reason": "c"}']
+        server.script = [(200, completion(r), 0.0) for r in replies]
+        capsys.readouterr()
+        assert run([*base, "--judge", f"openai:{server.url}#judge-model"]) == 0
+        assert len(server.requests) == 5
+        assert server.requests[0]["body"]["model"] == "judge-model"
+        assert server.requests[0]["body"]["temperature"] == 0.0
+    finally:
+        server.close()
+    result = json.loads((out / "results.json").read_text())
+    assert result["skipped_as_done"] == 3 and result["judge"] == pytest.approx((8 + 4 + 6 + 2) / 4)
+    assert result["counts"]["judge_scored"] == 4 and result["counts"]["judge_failed"] == 0
+    assert result["settings"]["judge_settings"]["model"] == "judge-model"
+    rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    scores = [t["judge"] for r in rows for t in r.get("reasoning", [])]
+    assert sorted(scores) == [2, 4, 6, 8]
+    assert "| judge | 5.000 |" in capsys.readouterr().out
+
+    # the judge's server is gone: nothing new to judge, so no request and the scores stay
+    assert run([*base, "--judge", f"openai:{server.url}#judge-model"]) == 0
+    assert json.loads((out / "results.json").read_text())["judge"] == pytest.approx(5.0)
+
+
+def test_fallback_answers_are_scored_as_empty_unless_asked(tmp_path):
+    from tests.agent.test_openai_brain import ScriptedServer
+
+    tree = write_tree(tmp_path / "data", categories=("plate",), n_train=2, n_good=1, n_bad=1)
+    qa = tmp_path / "qa"
+    assert run(["build-qa", "--data", str(tree), "--out", str(qa)]) == 0
+    server = ScriptedServer()
+    try:
+        server.script = [(500, {"error": {"message": "boom"}}, 0.0)] * 200
+        base = ["eval-dr", "--qa", str(qa), "--brain", f"openai:{server.url}#m", "--refs-from", str(tree)]
+        base += ["--shots", "2", "--set", "resolution=96", "--no-sbert", "--quiet"]
+        assert run([*base, "--out", str(tmp_path / "strict")]) == 0
+        assert run([*base, "--score-fallback", "--out", str(tmp_path / "shown")]) == 0
+    finally:
+        server.close()
+    strict = [json.loads(x) for x in (tmp_path / "strict" / "samples.jsonl").read_text().splitlines()]
+    shown = [json.loads(x) for x in (tmp_path / "shown" / "samples.jsonl").read_text().splitlines()]
+    for r in strict:
+        d = r["detection"]
+        assert d["fallback"] and d["answer"] == "" and d["parsed"] is None and not d["correct"]
+        assert parse_yes_no(d["fallback_text"]) is not None
+        for t in r.get("reasoning", []):
+            assert t["answer"] == "" and t["rouge_l"] == 0.0 and t["fallback_text"]
+    assert json.loads((tmp_path / "strict" / "results.json").read_text())["accuracy"] == 0.0
+    for r in shown:
+        assert r["detection"]["fallback"] and r["detection"]["parsed"] is not None
+        assert "fallback_text" not in r["detection"]
+    result = json.loads((tmp_path / "shown" / "results.json").read_text())
+    assert result["counts"]["fallback_answers"] == 2 + 2 and result["counts"]["unparsed"] == 0
