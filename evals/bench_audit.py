@@ -1,6 +1,6 @@
 """Benchmark of the logical-anomaly audit on generated LOCO-like scenes.
 
-For each scene (tray, box) it writes a set with `instruct_data.synthesis.scenes.write_scene_set` (half
+For each scene (tray, box, cable) it writes a set with `instruct_data.synthesis.scenes.write_scene_set` (half
 good, half anomalous, spread over all kinds), drafts a spec from the 4 good references with no hand
 edits, audits every test image and reports:
 
@@ -10,7 +10,10 @@ edits, audits every test image and reports:
   anomalous component (its offending blobs or empty places overlap the ground-truth mask), and how often
   any violated rule does.
 
-    python -m evals.bench_audit --n 160 --seed 0 [--hard] [--detector refmatch] [--json out.json]
+    python -m evals.bench_audit --n 160 --seed 0 [--hard] [--structural] [--detector refmatch] [--json out.json]
+
+Image AUROC is reported over all anomalies, per family (`logical`, `structural`) and per kind, each
+against all good images.
 """
 
 from __future__ import annotations
@@ -30,7 +33,12 @@ from evals.metrics import image_auroc
 
 
 def run(
-    n: int, seed: int, detector: str = "none", folder: str | None = None, hard: bool = False
+    n: int,
+    seed: int,
+    detector: str = "none",
+    folder: str | None = None,
+    hard: bool = False,
+    structural: bool = False,
 ) -> dict[str, Any]:
     from agent.audit.check import audit_image
     from agent.audit.draft import draft_spec
@@ -42,7 +50,7 @@ def run(
         tmp = tempfile.TemporaryDirectory()
         folder = tmp.name
     root = Path(folder)
-    labels = write_scene_set(root, n, seed=seed, hard=hard)
+    labels = write_scene_set(root, n, seed=seed, hard=hard, structural=structural)
     rows: list[dict[str, Any]] = []
     seconds = 0.0
     drafts: dict[str, Any] = {}
@@ -71,7 +79,8 @@ def run(
                 structural = (rec.pred_score, rec.threshold)
             result = audit_image(image, spec, structural)
             seconds += time.perf_counter() - t
-            row = {"scene": scene, "kind": gt["kind"], "label": gt["label"], "score": result.score}
+            row = {"scene": scene, "kind": gt["kind"], "family": gt.get("family"), "label": gt["label"]}
+            row["score"] = result.score
             row["detected"] = result.anomalous
             if gt["label"] and result.anomalous:
                 mask = load_mask(root / gt["mask"], image.size)
@@ -112,6 +121,10 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "false_positive_rate": round(sum(r["detected"] for r in goods) / max(1, len(goods)), 4),
         "all": block(rows, goods),
     }
+    for family in ("logical", "structural"):
+        sel = [r for r in rows if r.get("family") == family]
+        if sel:
+            out[family] = block(sel, goods)
     by_kind: dict[str, list[dict[str, Any]]] = defaultdict(list)
     by_scene_kind: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
@@ -135,9 +148,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--folder", help="keep the generated set here (default: a temporary folder)")
     ap.add_argument("--hard", action="store_true", help="harder scenes: jitter, uneven light, more noise")
+    ap.add_argument(
+        "--structural",
+        action="store_true",
+        help="also structural defects (scratch, stain) among the anomalies",
+    )
     ap.add_argument("--json", help="write the summary here")
     args = ap.parse_args(argv)
-    res = run(args.n, args.seed, args.detector, args.folder, args.hard)
+    res = run(args.n, args.seed, args.detector, args.folder, args.hard, args.structural)
     summary = summarize(res["rows"])
     summary["drafts"] = res["drafts"]
     summary["settings"] = {
@@ -146,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         "detector": args.detector,
         "refs": 4,
         "hard": args.hard,
+        "structural": args.structural,
     }
     summary["seconds_per_image"] = round(res["seconds"] / max(1, len(res["rows"])), 5)
     text = json.dumps(summary, indent=1)

@@ -1,7 +1,7 @@
 """Checking one image against an audit spec: components found, every rule measured, explained and scored.
 
-Steps: colours white-balanced against the background (the image border); foreground = pixels away from the background colour; blobs = its 8-connected components (larger
-than `min_area`); each blob is claimed by the component whose colour finder it fits best (then region
+Steps: colours white-balanced against the background (the image border); foreground = pixels away from the background colour; blobs = 8-connected pieces of one main
+foreground colour (larger than `min_area`); each blob is claimed by the component whose colour finder it fits best (then region
 finders take what is left in their box); then per component count, position (Hungarian matching of
 instances to the expected places), colour and area, the pair rules, and the blobs no component claims.
 
@@ -148,33 +148,66 @@ def white_balance(px: np.ndarray, background: Sequence[float]) -> np.ndarray:
     return np.clip(px * gain, 0.0, 1.0)
 
 
+SPLIT_COLOUR = 0.2  # foreground colours this far apart (RGB 0..1) are different parts, even touching
+
+
+def colour_modes(colours: np.ndarray, tolerance: float = SPLIT_COLOUR, min_pixels: int = 8) -> np.ndarray:
+    """The main colours of foreground pixels (N x 3, 0..1): peaks of a coarse colour histogram (8 levels
+    per channel), largest first, a peak closer than `tolerance` to a kept one merged into it."""
+    if len(colours) == 0:
+        return np.zeros((0, 3))
+    q = np.clip((colours * 8).astype(np.int64), 0, 7)
+    keys = q[:, 0] * 64 + q[:, 1] * 8 + q[:, 2]
+    counts = np.bincount(keys, minlength=512)
+    centres: list[np.ndarray] = []
+    for k in np.argsort(-counts, kind="stable"):
+        if counts[k] < min_pixels:
+            break
+        mean = colours[keys == k].mean(0)
+        if all(np.linalg.norm(mean - c) > tolerance for c in centres):
+            centres.append(mean)
+    return np.array(centres) if centres else colours.mean(0, keepdims=True)
+
+
 def find_blobs(px: np.ndarray, background: Sequence[float], tolerance: float, min_area: float) -> list[Blob]:
-    """Foreground blobs (8-connected), largest first."""
+    """Foreground blobs, largest first: 8-connected pieces of one main colour, so parts that touch (a
+    clamp on a cable, a label on a bottle) are still separate blobs."""
     h, w = px.shape[:2]
     dist = np.sqrt(((px - np.asarray(background, float)) ** 2).sum(-1))
     fg = ndimage.binary_opening(dist > tolerance, structure=np.ones((2, 2), bool))
-    labels, n = ndimage.label(fg, structure=EIGHT)
+    centres = colour_modes(px[fg])
+    if len(centres) > 1:
+        nearest = np.argmin(((px[fg][:, None, :] - centres[None]) ** 2).sum(-1), axis=1)
+        layers = np.full((h, w), -1)
+        layers[fg] = nearest
+        masks = [
+            ndimage.binary_opening(layers == i, structure=np.ones((2, 2), bool)) for i in range(len(centres))
+        ]
+    else:
+        masks = [fg]
     blobs = []
     total = float(h * w)
-    for i, sl in enumerate(ndimage.find_objects(labels), start=1):
-        if sl is None:
-            continue
-        m = labels[sl] == i
-        area = m.sum() / total
-        if area < min_area:
-            continue
-        ys, xs = np.nonzero(m)
-        full = np.zeros((h, w), bool)
-        full[sl] = m
-        rgb = px[sl][m].mean(0)
-        blobs.append(
-            Blob(
-                full,
-                float(area),
-                (float((xs.mean() + sl[1].start + 0.5) / w), float((ys.mean() + sl[0].start + 0.5) / h)),
-                (float(rgb[0]), float(rgb[1]), float(rgb[2])),
+    for layer in masks:
+        labels, _ = ndimage.label(layer, structure=EIGHT)
+        for i, sl in enumerate(ndimage.find_objects(labels), start=1):
+            if sl is None:
+                continue
+            m = labels[sl] == i
+            area = m.sum() / total
+            if area < min_area:
+                continue
+            ys, xs = np.nonzero(m)
+            full = np.zeros((h, w), bool)
+            full[sl] = m
+            rgb = px[sl][m].mean(0)
+            blobs.append(
+                Blob(
+                    full,
+                    float(area),
+                    (float((xs.mean() + sl[1].start + 0.5) / w), float((ys.mean() + sl[0].start + 0.5) / h)),
+                    (float(rgb[0]), float(rgb[1]), float(rgb[2])),
+                )
             )
-        )
     blobs.sort(key=lambda b: -b.area)
     return blobs
 

@@ -54,6 +54,7 @@ class AuditSettings:
     resume: bool = False
     progress: bool = True
     durable: bool = True
+    brain: str = "rule"  # drafting: rule = statistics only; an LLM brain also names parts, proposes pairs
 
 
 def _stderr(msg: str) -> None:
@@ -79,9 +80,13 @@ def load_reference_images(refs: str, warn: Callable[[str], None]) -> tuple[list,
     return images, names
 
 
-def get_spec(spec_path: str | None, refs: str, warn: Callable[[str], None] = _stderr) -> tuple[Spec, list]:
-    """The spec (loaded, or drafted from the references) and the reference images."""
+def get_spec(
+    spec_path: str | None, refs: str, warn: Callable[[str], None] = _stderr, brain: str = "rule"
+) -> tuple[Spec, list]:
+    """The spec (loaded, or drafted from the references) and the reference images. With an LLM
+    `brain` the drafted spec is refined by it (agent.audit.llm_draft); its failures leave a note."""
     from agent.audit.draft import DraftError, draft_spec
+    from agent.brains.common import BrainError
 
     images, names = load_reference_images(refs, warn)
     if spec_path is not None:
@@ -90,9 +95,22 @@ def get_spec(spec_path: str | None, refs: str, warn: Callable[[str], None] = _st
         except SpecError as err:
             raise ReportUsageError(str(err)) from None
     try:
-        return draft_spec(images, names), images
+        spec = draft_spec(images, names)
     except DraftError as err:
         raise ReportUsageError(str(err)) from None
+    if brain == "rule":
+        return spec, images
+    from agent.audit.llm_draft import refine_with_llm
+    from agent.brains.spec import build_brain
+
+    try:
+        llm = build_brain(brain)
+    except BrainError as err:
+        raise ReportUsageError(str(err)) from None
+    spec = refine_with_llm(spec, images, names, llm.chat_text, brain_name=llm.name)
+    for note in spec.notes[-1:]:
+        warn(note)
+    return spec, images
 
 
 def _record(path: str, image, result, structural) -> Any:
@@ -148,7 +166,10 @@ def run_audit(s: AuditSettings, info: Callable[[str], None] = _stderr) -> Report
         raise ReportUsageError(str(err)) from None
     if not items:
         raise ReportUsageError(f"no input images found in: {', '.join(s.inputs)}")
-    spec, ref_images = get_spec(s.spec, s.refs, info)
+    spec_path = s.spec
+    if spec_path is None and s.resume and (Path(s.out) / SPEC_NAME).is_file():
+        spec_path = str(Path(s.out) / SPEC_NAME)  # the spec of the first run, not a new (LLM) draft
+    spec, ref_images = get_spec(spec_path, s.refs, info, s.brain)
     spec_text = spec.to_yaml()
     fingerprint = settings_fingerprint(
         ReportSettings(

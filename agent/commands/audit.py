@@ -40,6 +40,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     d = asub.add_parser("draft", help="derive a spec from good reference images")
     d.add_argument("--refs", required=True, help="folder (or file) of good reference images")
     d.add_argument("--out", help="write the spec here (default: standard output)")
+    d.add_argument("--brain", default="rule", help=BRAIN_HELP)
     d.set_defaults(func=cmd_draft)
     r = asub.add_parser("run", help="audit images against a spec and write a report")
     r.add_argument(
@@ -50,7 +51,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     r.add_argument(
         "--out", required=True, help="output folder (new or empty, or an earlier audit with --resume)"
     )
-    r.add_argument("--resume", action="store_true", help="continue the audit in --out: skip what is done")
+    r.add_argument("--brain", default="rule", help=BRAIN_HELP + "; used when there is no --spec")
+    r.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the audit in --out: skip what is done (reuses its spec.yaml)",
+    )
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.add_argument(
         "--no-fsync", action="store_true", help="do not flush each image's files before committing it"
@@ -59,13 +65,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     r.set_defaults(func=cmd_run)
 
 
+BRAIN_HELP = (
+    "drafting brain: rule (segmentation and statistics, default) or an LLM, llava:<id-or-folder> or "
+    "openai:<base-url>#<model>, which also names the components and proposes pair rules (each checked on "
+    "the references)"
+)
+
+
 def cmd_draft(args: argparse.Namespace) -> int:
     from agent.audit.runner import get_spec
     from agent.cli import EXIT_OK, EXIT_USAGE, _err, _info
     from agent.report.runner import ReportUsageError
 
     try:
-        spec, _ = get_spec(None, args.refs, warn=_info)
+        spec, _ = get_spec(None, args.refs, warn=_info, brain=args.brain)
     except ReportUsageError as err:
         _err(str(err))
         return EXIT_USAGE
@@ -103,6 +116,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         detector=args.detector,
         detector_options=options,
         resume=args.resume,
+        brain=args.brain,
         progress=not args.quiet,
         durable=not args.no_fsync,
     )

@@ -1,20 +1,25 @@
-"""Deterministic LOCO-like scenes with logical anomalies and their ground truth.
+"""Deterministic LOCO-like scenes with logical and structural anomalies and their ground truth.
 
-Two scenes, drawn on a light beige background (128 x 128 by default):
+Three scenes, drawn on a light beige background (128 x 128 by default):
 
 - `tray`: a tray of 3 x 4 compartments (faint walls), one blue pin in each compartment (`pin`).
 - `box`: a box with items in fixed places: a `bottle` and its `label` (same flavour colour, orange or
   purple), a green `cap` and a yellow `bar`.
+- `cable`: a dark `cable` across the image held by three grey `clamp`s, with a `plug` at each end (both
+  plugs of one colour, teal or orange, like a colour-coded harness).
 
 Logical anomalies (each with kind, component name and a mask of where it is or should be):
 `missing` (one or more items gone), `extra` (one more item), `moved` (an item away from its place),
-`recoloured` (an item of a fixed colour in another colour) and, on the box, `mismatched` (the label's
-flavour does not match the bottle's). Everything depends only on the seed.
+`recoloured` (an item of a fixed colour in another colour) and, on the box and the cable, `mismatched`
+(the label's flavour does not match the bottle's; the two plugs differ). Structural defects on the same
+scenes (`STRUCTURAL_KINDS`): `scratch` (a thin dark line across a part) and `stain` (a soft discoloured
+patch). Everything depends only on the seed.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,11 +27,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-SCENES = ("tray", "box")
+SCENES = ("tray", "box", "cable")
 KINDS: dict[str, tuple[str, ...]] = {
     "tray": ("missing", "extra", "moved", "recoloured"),
     "box": ("missing", "extra", "moved", "recoloured", "mismatched"),
+    "cable": ("missing", "extra", "moved", "recoloured", "mismatched"),
 }
+STRUCTURAL_KINDS = ("scratch", "stain")
 BACKGROUND = (226, 222, 210)
 WALL = (214, 210, 198)
 PIN = (40, 70, 200)
@@ -34,7 +41,13 @@ RED = (210, 40, 40)
 FLAVOURS = {"orange": ((232, 128, 28), (250, 170, 90)), "purple": ((130, 45, 165), (175, 100, 205))}
 CAP = (40, 160, 70)
 BAR = (230, 205, 40)
+STAIN = (120, 88, 52)
 ROWS, COLS = 3, 4
+CABLE = (58, 58, 66)
+CLAMP = (150, 152, 162)
+PLUGS = {"orange": (225, 120, 30), "teal": (30, 120, 130)}
+PLUG_FOR_FLAVOUR = {"orange": "orange", "purple": "teal"}  # the scene's two variants, like the box's
+CLAMP_X = (0.27, 0.5, 0.73)  # clamp positions along the cable, image fractions
 
 
 @dataclass
@@ -98,9 +111,53 @@ def _box_items(rng: np.random.Generator, size: int, flavour: str, hard: bool = F
     ]
 
 
+def _cable_items(rng: np.random.Generator, size: int, plug: str, hard: bool = False) -> list[Item]:
+    s = size / 128.0
+    jit = 3.0 if hard else 1.0
+    j = lambda: rng.uniform(-jit, jit) * s  # noqa: E731
+    y = 64 * s + j()
+    items = [Item("cable", "rect", (64 * s, y), (46 * s, 5 * s), CABLE)]
+    items += [Item("clamp", "rect", (x * size + j(), y), (4 * s, 11 * s), CLAMP) for x in CLAMP_X]
+    items += [Item("plug", "rect", (x * s + j(), y + j()), (7 * s, 9 * s), PLUGS[plug]) for x in (12, 116)]
+    return items
+
+
+def _scratch(img: np.ndarray, rng: np.random.Generator, target: Item) -> np.ndarray:
+    """Darken a thin line (about 2 px) across `target`; returns its mask."""
+    size = img.shape[0]
+    length = size * rng.uniform(0.18, 0.3)
+    angle = rng.uniform(0, np.pi)
+    cx, cy = target.centre
+    yy, xx = np.mgrid[0:size, 0:size]
+    dx, dy = np.cos(angle), np.sin(angle)
+    along = (xx - cx) * dx + (yy - cy) * dy
+    across = -(xx - cx) * dy + (yy - cy) * dx
+    mask = (np.abs(along) <= length / 2) & (np.abs(across) <= 1.0)
+    img[mask] *= 0.45
+    return mask
+
+
+def _stain(img: np.ndarray, rng: np.random.Generator, target: Item) -> np.ndarray:
+    """A soft brownish patch near `target`'s centre; returns where it is visible."""
+    size = img.shape[0]
+    radius = size * rng.uniform(0.05, 0.08)
+    cx = target.centre[0] + rng.uniform(-0.5, 0.5) * radius
+    cy = target.centre[1] + rng.uniform(-0.5, 0.5) * radius
+    yy, xx = np.mgrid[0:size, 0:size]
+    alpha = 0.65 * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * radius**2))
+    img[:] = img * (1 - alpha[..., None]) + np.asarray(STAIN, float) * alpha[..., None]
+    return alpha > 0.2
+
+
 def _render(
-    items: list[Item], scene: str, size: int, rng: np.random.Generator, hard: bool = False
-) -> Image.Image:
+    items: list[Item],
+    scene: str,
+    size: int,
+    rng: np.random.Generator,
+    hard: bool = False,
+    defect: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> tuple[Image.Image, np.ndarray | None]:
+    """The scene's pixels (and the structural defect's mask when `defect` draws one)."""
     img = np.empty((size, size, 3), np.float64)
     img[:] = BACKGROUND
     if scene == "tray":
@@ -117,11 +174,12 @@ def _render(
         img[2:-2, -4:-2] = WALL
     for it in items:
         img[it.mask(size, size)] = it.colour
+    defect_mask = defect(img) if defect is not None else None
     if hard:  # uneven light: a global gain, a slight colour cast and a brightness ramp, more sensor noise
         ramp = np.linspace(-1.0, 1.0, size)[None, :, None] * rng.uniform(-0.05, 0.05)
         img *= rng.uniform(0.9, 1.06) * rng.uniform(0.97, 1.03, 3)[None, None, :] * (1.0 + ramp)
     img += rng.normal(0.0, 5.0 if hard else 2.5, img.shape)
-    return Image.fromarray(np.clip(np.rint(img), 0, 255).astype(np.uint8))
+    return Image.fromarray(np.clip(np.rint(img), 0, 255).astype(np.uint8)), defect_mask
 
 
 def make_scene(
@@ -132,24 +190,33 @@ def make_scene(
     flavour: str | None = None,
     hard: bool = False,
 ) -> Scene:
-    """One scene; `kind` is "good" or one of KINDS[scene]. Same arguments, same pixels. `hard`: larger
-    position and size jitter, uneven light (gain, colour cast, ramp) and more noise."""
+    """One scene; `kind` is "good", one of KINDS[scene] (logical) or of STRUCTURAL_KINDS. Same arguments,
+    same pixels. `hard`: larger position and size jitter, uneven light (gain, colour cast, ramp) and
+    more noise."""
     if scene not in SCENES:
         raise ValueError(f"unknown scene '{scene}'; choose one of: {', '.join(SCENES)}")
-    if kind != "good" and kind not in KINDS[scene]:
+    all_kinds = ("good",) + KINDS[scene] + STRUCTURAL_KINDS
+    if kind not in all_kinds:
         raise ValueError(
-            f"scene '{scene}' has no anomaly kind '{kind}'; choose one of: {', '.join(KINDS[scene])}"
+            f"scene '{scene}' has no anomaly kind '{kind}'; choose one of: {', '.join(all_kinds[1:])}"
         )
-    rng = np.random.default_rng([seed, SCENES.index(scene), (("good",) + KINDS[scene]).index(kind)])
+    rng = np.random.default_rng([seed, SCENES.index(scene), all_kinds.index(kind)])
     if flavour is None:
         flavour = str(rng.choice(sorted(FLAVOURS)))
-    items = _tray_items(rng, size, hard) if scene == "tray" else _box_items(rng, size, flavour, hard)
+    if scene == "tray":
+        items = _tray_items(rng, size, hard)
+    elif scene == "box":
+        items = _box_items(rng, size, flavour, hard)
+    else:
+        items = _cable_items(rng, size, PLUG_FOR_FLAVOUR[flavour], hard)
     mask = np.zeros((size, size), bool)
     component: str | None = None
     detail = ""
+    defect: Callable[[np.ndarray], np.ndarray] | None = None
     if kind == "missing":
         n = int(rng.integers(1, 4)) if scene == "tray" else 1
-        gone = sorted(int(i) for i in rng.choice(len(items), n, replace=False))
+        pool = len(items) if scene != "cable" else np.arange(1, len(items))  # the cable itself stays
+        gone = sorted(int(i) for i in rng.choice(pool, n, replace=False))
         for i in gone:
             mask |= items[i].mask(size, size)
         component = items[gone[0]].name
@@ -160,6 +227,9 @@ def make_scene(
             base = items[int(rng.integers(len(items)))]
             dy = size / ROWS * 0.33 * (1 if rng.random() < 0.5 else -1)
             new = Item("pin", "disc", (base.centre[0], base.centre[1] + dy), base.size, PIN)
+        elif scene == "cable":
+            base = items[1 + int(rng.integers(2))]  # a fourth clamp between two others
+            new = Item("clamp", "rect", (base.centre[0] + size * 0.115, base.centre[1]), base.size, CLAMP)
         else:
             base = items[2]  # a second cap, in the free space under the label
             new = Item(
@@ -169,11 +239,13 @@ def make_scene(
         mask |= new.mask(size, size)
         component, detail = new.name, f"one {new.name} too many"
     elif kind == "moved":
-        i = int(rng.integers(len(items))) if scene == "tray" else int(rng.integers(2, 4))
+        i = _pick(rng, scene, len(items))
         it = items[i]
         mask |= it.mask(size, size)
         if scene == "tray":
             shift = (size / COLS * 0.5 * (1 if it.centre[0] < size / 2 else -1), 0.0)
+        elif scene == "cable":  # along the cable, a third of the way to the next clamp
+            shift = (size * 0.09 * (1 if rng.random() < 0.5 else -1), 0.0)
         else:
             shift = (-size * 0.12, 0.0) if it.name == "cap" else (0.0, -size * 0.08)
         moved = Item(
@@ -183,19 +255,41 @@ def make_scene(
         mask |= moved.mask(size, size)
         component, detail = it.name, f"{it.name} moved"
     elif kind == "recoloured":
-        i = int(rng.integers(len(items))) if scene == "tray" else int(rng.integers(2, 4))
+        i = _pick(rng, scene, len(items))
         it = items[i]
         items[i] = Item(it.name, it.shape, it.centre, it.size, RED)
         mask |= it.mask(size, size)
         component, detail = it.name, f"{it.name} in the wrong colour"
-    elif kind == "mismatched":
+    elif kind == "mismatched" and scene == "box":
         other = next(f for f in sorted(FLAVOURS) if f != flavour)
         lab = items[1]
         items[1] = Item(lab.name, lab.shape, lab.centre, lab.size, FLAVOURS[other][1])
         mask |= lab.mask(size, size)
         component, detail = "label", f"{other} label on a {flavour} bottle"
-    image = _render(items, scene, size, rng, hard)
+    elif kind == "mismatched":  # cable: one plug of the other colour
+        own = PLUG_FOR_FLAVOUR[flavour]
+        other = next(p for p in PLUGS if p != own)
+        i = 4 + int(rng.integers(2))
+        plug = items[i]
+        items[i] = Item(plug.name, plug.shape, plug.centre, plug.size, PLUGS[other])
+        mask |= plug.mask(size, size)
+        component, detail = "plug", f"a {other} plug on a {own} harness"
+    elif kind in STRUCTURAL_KINDS:
+        target = items[int(rng.integers(len(items)))]
+        draw = _scratch if kind == "scratch" else _stain
+        defect = lambda img: draw(img, rng, target)  # noqa: E731
+        component, detail = target.name, f"{kind} on the {target.name}"
+    image, defect_mask = _render(items, scene, size, rng, hard, defect)
+    if defect_mask is not None:
+        mask |= defect_mask
     return Scene(image, scene, kind, component, mask if kind != "good" else None, items, detail)
+
+
+def _pick(rng: np.random.Generator, scene: str, n_items: int) -> int:
+    """The item a `moved` / `recoloured` anomaly changes: any pin, the box's cap or bar, a clamp."""
+    if scene == "tray":
+        return int(rng.integers(n_items))
+    return int(rng.integers(2, 4)) if scene == "box" else int(rng.integers(1, 4))
 
 
 def write_scene_set(
@@ -206,11 +300,13 @@ def write_scene_set(
     size: int = 128,
     scenes: tuple[str, ...] = SCENES,
     hard: bool = False,
+    structural: bool = False,
 ) -> dict[str, Any]:
     """Write `<folder>/<scene>/refs/*.png` (good references, flavours alternating) and
-    `<folder>/<scene>/test/*.png` (about n per scene: half good, half spread over the anomaly kinds) with
-    ground-truth masks in `<folder>/<scene>/gt/`, and `<folder>/labels.json`
-    ({relative path: {scene, kind, label, component, mask, detail}}). Returns the labels."""
+    `<folder>/<scene>/test/*.png` (about n per scene: half good, half spread over the anomaly kinds, the
+    structural ones included when `structural`) with ground-truth masks in `<folder>/<scene>/gt/`, and
+    `<folder>/labels.json` ({relative path: {scene, kind, family, label, component, mask, detail}};
+    family is "logical", "structural" or None for good). Returns the labels."""
     root = Path(folder)
     labels: dict[str, Any] = {}
     flavours = sorted(FLAVOURS)
@@ -222,7 +318,7 @@ def write_scene_set(
                 scene, "good", seed=seed * 100_003 + 90_000 + i, size=size, flavour=flavours[i % 2], hard=hard
             )
             sc.image.save(root / scene / "refs" / f"ref_{i:02d}.png")
-        kinds = KINDS[scene]
+        kinds = KINDS[scene] + (STRUCTURAL_KINDS if structural else ())
         for i in range(n):
             kind = "good" if i % 2 == 0 else kinds[(i // 2) % len(kinds)]
             sc = make_scene(scene, kind, seed=seed * 100_003 + i, size=size, hard=hard)
@@ -231,6 +327,9 @@ def write_scene_set(
             entry: dict[str, Any] = {
                 "scene": scene,
                 "kind": kind,
+                "family": None
+                if kind == "good"
+                else ("structural" if kind in STRUCTURAL_KINDS else "logical"),
                 "label": sc.label,
                 "component": sc.component,
                 "detail": sc.detail,
@@ -245,4 +344,4 @@ def write_scene_set(
     return labels
 
 
-__all__ = ["KINDS", "SCENES", "Item", "Scene", "make_scene", "write_scene_set"]
+__all__ = ["KINDS", "SCENES", "STRUCTURAL_KINDS", "Item", "Scene", "make_scene", "write_scene_set"]

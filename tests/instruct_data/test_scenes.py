@@ -7,7 +7,15 @@ import json
 import numpy as np
 import pytest
 
-from instruct_data.synthesis.scenes import KINDS, RED, SCENES, make_scene, write_scene_set
+from instruct_data.synthesis.scenes import (
+    CLAMP,
+    KINDS,
+    RED,
+    SCENES,
+    STRUCTURAL_KINDS,
+    make_scene,
+    write_scene_set,
+)
 
 
 @pytest.mark.parametrize("scene", SCENES)
@@ -26,18 +34,34 @@ def test_same_seed_same_pixels(scene: str) -> None:
 def test_ground_truth(scene: str, kind: str) -> None:
     sc = make_scene(scene, kind, seed=3)
     assert sc.label == 1 and sc.kind == kind
-    assert sc.component in {"pin", "bottle", "label", "cap", "bar"}
+    assert sc.component in {"pin", "bottle", "label", "cap", "bar", "clamp", "plug"}
     assert sc.mask is not None and sc.mask.shape == (128, 128) and sc.mask.any()
     px = np.asarray(sc.image).astype(int)
     inside = px[sc.mask].mean(0)
-    if kind == "missing":  # the item is gone: background where it was
+    if kind == "missing" and sc.component == "clamp":  # the cable shows where the clamp was
+        assert np.abs(inside - np.array(CLAMP)).max() > 30
+    elif kind == "missing":  # the item is gone: background where it was
         assert np.abs(inside - np.array([226, 222, 210])).max() < 12
     if kind == "recoloured":
         assert np.abs(inside - np.array(RED)).max() < 12
     if kind == "mismatched":
-        assert sc.component == "label"
+        assert sc.component == ("plug" if scene == "cable" else "label")
     good = make_scene(scene, "good", seed=3)
     assert good.label == 0 and good.mask is None and good.component is None
+
+
+@pytest.mark.parametrize(("scene", "kind"), [(s, k) for s in SCENES for k in STRUCTURAL_KINDS])
+def test_structural_defects_are_local_and_visible(scene: str, kind: str) -> None:
+    sc = make_scene(scene, kind, seed=4)
+    assert sc.label == 1 and sc.mask is not None and 0 < sc.mask.mean() < 0.05
+    px = np.asarray(sc.image).astype(float).mean(-1)
+    ring = np.zeros_like(sc.mask)
+    ys, xs = np.nonzero(sc.mask)
+    ring[max(0, ys.min() - 6) : ys.max() + 7, max(0, xs.min() - 6) : xs.max() + 7] = True
+    ring &= ~sc.mask
+    assert abs(px[sc.mask].mean() - px[ring].mean()) > 8  # darker or discoloured against around it
+    again = make_scene(scene, kind, seed=4)
+    assert np.array_equal(np.asarray(again.image), np.asarray(sc.image))
 
 
 def test_bad_names() -> None:
@@ -62,5 +86,10 @@ def test_write_scene_set(tmp_path) -> None:
                 assert (tmp_path / v["mask"]).is_file()
     again = write_scene_set(tmp_path / "again", 10, seed=5)
     assert again == labels
+    for v in labels.values():
+        assert v["family"] == (None if v["kind"] == "good" else "logical")
+    mixed = write_scene_set(tmp_path / "mixed", 20, seed=5, scenes=("cable",), structural=True)
+    assert {v["kind"] for v in mixed.values()} == {"good", *KINDS["cable"], *STRUCTURAL_KINDS}
+    assert {v["family"] for v in mixed.values() if v["kind"] in STRUCTURAL_KINDS} == {"structural"}
     a = (tmp_path / "tray/test/0001_missing.png").read_bytes()
     assert a == (tmp_path / "again/tray/test/0001_missing.png").read_bytes()
