@@ -1,9 +1,13 @@
 """Checking one image against an audit spec: components found, every rule measured, explained and scored.
 
 Steps: colours white-balanced against the background (the image border); foreground = pixels away from the background colour; blobs = 8-connected pieces of one main
-foreground colour (larger than `min_area`); each blob is claimed by the component whose colour finder it fits best (then region
-finders take what is left in their box); then per component count, position (Hungarian matching of
+foreground colour (larger than `min_area`), or with `segmenter: sam` the pieces of SAM's automatic masks
+(agent.audit.segment); each blob is claimed by the component whose colour finder it fits best (then
+CLIP prompt finders, agent.audit.clip_finder, then region finders take what is left in their box, then a
+bare `sam: true` finder the rest); then per component count, position (Hungarian matching of
 instances to the expected places), colour and area, the pair rules, and the blobs no component claims.
+A component whose finder needs a model that is not here (agent.audit.finders) gets a skipped rule, and
+then so does the unexpected-objects rule (its parts would look unexpected).
 
 Score: each rule gives a deviation (measured distance / tolerance); the logical score is below 0.5 when
 every rule passes (0.5 x the largest relative deviation) and 0.5..1 when one fails. With a structural
@@ -15,9 +19,9 @@ from __future__ import annotations
 
 import colorsys
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -26,6 +30,9 @@ from scipy.optimize import linear_sum_assignment
 
 from agent.audit.spec import ComponentSpec, Spec
 from tools.regions import location_words
+
+if TYPE_CHECKING:
+    from agent.audit.finders import Finders
 
 WORK_SIZE = 256  # long side the image is measured at
 EIGHT = np.ones((3, 3), bool)
@@ -169,12 +176,17 @@ def colour_modes(colours: np.ndarray, tolerance: float = SPLIT_COLOUR, min_pixel
     return np.array(centres) if centres else colours.mean(0, keepdims=True)
 
 
+def foreground(px: np.ndarray, background: Sequence[float], tolerance: float) -> np.ndarray:
+    """HxW bool: pixels farther than `tolerance` from the background colour, specks opened away."""
+    dist = np.sqrt(((px - np.asarray(background, float)) ** 2).sum(-1))
+    return ndimage.binary_opening(dist > tolerance, structure=np.ones((2, 2), bool))
+
+
 def find_blobs(px: np.ndarray, background: Sequence[float], tolerance: float, min_area: float) -> list[Blob]:
     """Foreground blobs, largest first: 8-connected pieces of one main colour, so parts that touch (a
     clamp on a cable, a label on a bottle) are still separate blobs."""
     h, w = px.shape[:2]
-    dist = np.sqrt(((px - np.asarray(background, float)) ** 2).sum(-1))
-    fg = ndimage.binary_opening(dist > tolerance, structure=np.ones((2, 2), bool))
+    fg = foreground(px, background, tolerance)
     centres = colour_modes(px[fg])
     if len(centres) > 1:
         nearest = np.argmin(((px[fg][:, None, :] - centres[None]) ** 2).sum(-1), axis=1)
@@ -225,8 +237,14 @@ def _fits_hsv(blob: Blob, comp: ComponentSpec) -> bool:
     return in_h and rng.s[0] <= s <= rng.s[1] and rng.v[0] <= v <= rng.v[1]
 
 
-def assign(blobs: list[Blob], spec: Spec) -> None:
-    """Set each blob's owner: best colour finder, else a region finder whose box holds its centre."""
+PromptClaims = Callable[[list[int]], dict[int, str]]  # unclaimed blob indices -> {index: component}
+
+
+def assign(
+    blobs: list[Blob], spec: Spec, by_prompt: PromptClaims | None = None, sam_segments: bool = False
+) -> None:
+    """Set each blob's owner: best colour finder, else a CLIP prompt that claims it (`by_prompt`), else
+    a region finder whose box holds its centre, else (on SAM segments) the first bare `sam` finder."""
     for b in blobs:
         best, best_d = None, math.inf
         for comp in spec.components:
@@ -237,13 +255,42 @@ def assign(blobs: list[Blob], spec: Spec) -> None:
                     best, best_d = comp.name, d / f.tolerance
             elif f.hsv is not None and _fits_hsv(b, comp) and best is None:
                 best, best_d = comp.name, 1.0
-        if best is None:
-            for comp in spec.components:
-                r = comp.find.region
-                if r is not None and r[0] <= b.centroid[0] <= r[2] and r[1] <= b.centroid[1] <= r[3]:
-                    best = comp.name
-                    break
         b.owner = best
+    if by_prompt is not None:
+        for i, owner in by_prompt([i for i, b in enumerate(blobs) if b.owner is None]).items():
+            blobs[i].owner = owner
+    bare_sam = next((c.name for c in spec.components if c.find.sam and not _has_other_way(c)), None)
+    for b in blobs:
+        if b.owner is not None:
+            continue
+        for comp in spec.components:
+            r = comp.find.region
+            if r is not None and r[0] <= b.centroid[0] <= r[2] and r[1] <= b.centroid[1] <= r[3]:
+                b.owner = comp.name
+                break
+        if b.owner is None and sam_segments:
+            b.owner = bare_sam
+
+
+def _has_other_way(comp: ComponentSpec) -> bool:
+    return comp.find.by_appearance or bool(comp.find.clip_prompt)
+
+
+def unavailable_components(spec: Spec, clip_problem: str | None, sam_problem: str | None) -> dict[str, str]:
+    """{component: why it is not checked} for components whose every way of finding needs a model
+    that is not here (`*_problem` None = that model is available)."""
+    out = {}
+    for comp in spec.components:
+        f = comp.find
+        if f.by_appearance:
+            continue
+        if f.clip_prompt and clip_problem is None:
+            continue
+        if f.sam and not f.clip_prompt and sam_problem is None:
+            continue
+        why = clip_problem if f.clip_prompt else sam_problem
+        out[comp.name] = f"{comp.name}: not checked, finding it by {f.needs_extras} needs a model: {why}"
+    return out
 
 
 def _words(items: Sequence[int]) -> str:
@@ -275,13 +322,18 @@ def _where(blob: Blob) -> str:
     return location_words(blob.centroid[0] * 1000 - 0.5, blob.centroid[1] * 1000 - 0.5, 1000, 1000)
 
 
-def check_components(spec: Spec, blobs: list[Blob]) -> list[RuleResult]:
+def check_components(
+    spec: Spec, blobs: list[Blob], unavailable: dict[str, str] | None = None
+) -> list[RuleResult]:
+    """Every rule of the spec measured on the claimed blobs; components in `unavailable` (name -> why)
+    get one skipped `<name>.find` rule instead, and the unexpected-objects rule is skipped with them."""
     out: list[RuleResult] = []
+    unavailable = unavailable or {}
     instances = {c.name: [i for i, b in enumerate(blobs) if b.owner == c.name] for c in spec.components}
     empty_places: dict[str, list[tuple[int, tuple[float, float]]]] = {}
     for comp in spec.components:
         name = comp.name
-        if comp.find.needs_extras:
+        if name in unavailable:
             out.append(
                 RuleResult(
                     f"{name}.find",
@@ -290,7 +342,7 @@ def check_components(spec: Spec, blobs: list[Blob]) -> list[RuleResult]:
                     comp.find.needs_extras,
                     True,
                     0.0,
-                    f"{name}: not checked, finding it by {comp.find.needs_extras} needs that extra installed",
+                    unavailable[name],
                     skipped=True,
                 )
             )
@@ -488,7 +540,21 @@ def check_components(spec: Spec, blobs: list[Blob]) -> list[RuleResult]:
                 offending=[] if ok else [a[0], b[0]],
             )
         )
-    if spec.unexpected_objects:
+    if spec.unexpected_objects and unavailable:
+        names = ", ".join(sorted(unavailable))
+        out.append(
+            RuleResult(
+                "unexpected_objects",
+                [],
+                None,
+                0,
+                True,
+                0.0,
+                f"unexpected objects: not checked, {names} could not be looked for",
+                skipped=True,
+            )
+        )
+    elif spec.unexpected_objects:
         loose = [i for i, b in enumerate(blobs) if b.owner is None]
         if not loose:
             out.append(RuleResult("unexpected_objects", [], 0, 0, True, 0.0, "no unexpected objects"))
@@ -550,14 +616,74 @@ def normalized_structural(score: float, threshold: float) -> float:
     return 0.5 + 0.5 * min(1.0, (score - thr) / (1 - thr))
 
 
-def audit_image(image: Image.Image, spec: Spec, structural: tuple[float, float] | None = None) -> AuditResult:
-    """Check one image; `structural` = (calibrated score, threshold) of the structural detector."""
+def candidate_blobs(px: np.ndarray, spec: Spec, finders: Finders) -> tuple[list[Blob], str | None]:
+    """(blobs of the work image, why SAM was not used or None): SAM's segments when the spec uses SAM
+    and a mask generator is there, else colour segmentation."""
+    if spec.uses_sam:
+        generate = finders.mask_generator(spec.sam_settings)
+        if generate is not None:
+            from agent.audit.segment import masks_to_blobs, work_image
+
+            bg = spec.background
+            masks = generate(work_image(px))
+            blobs = masks_to_blobs(
+                masks, px, bg.rgb, bg.tolerance, spec.min_area, spec.sam_settings.max_background
+            )
+            return blobs, None
+        why: str | None = finders.sam_problem
+    else:
+        why = None
+    return find_blobs(px, spec.background.rgb, spec.background.tolerance, spec.min_area), why
+
+
+def _prompt_claims(
+    image: Image.Image, spec: Spec, blobs: list[Blob], finders: Finders
+) -> tuple[PromptClaims | None, str | None]:
+    """(claims callable or None, why CLIP is not available or None) for the spec's prompt finders."""
+    if not any(c.find.clip_prompt for c in spec.components):
+        return None, None
+    scorer = finders.clip_scorer(spec.clip_settings)
+    if scorer is None:
+        return None, finders.clip_problem
+    from agent.audit.clip_finder import claim_by_prompt
+
+    return (lambda idx: claim_by_prompt(blobs, idx, image, spec, scorer)), None
+
+
+def audit_image(
+    image: Image.Image,
+    spec: Spec,
+    structural: tuple[float, float] | None = None,
+    finders: Finders | None = None,
+) -> AuditResult:
+    """Check one image; `structural` = (calibrated score, threshold) of the structural detector;
+    `finders` = the SAM mask generator and CLIP scorer of the run (default: none, so components that
+    need them are skipped)."""
+    if finders is None:
+        from agent.audit.finders import Finders
+
+        finders = Finders()
     px = work_pixels(image)
     if spec.white_balance:
         px = white_balance(px, spec.background.rgb)
-    blobs = find_blobs(px, spec.background.rgb, spec.background.tolerance, spec.min_area)
-    assign(blobs, spec)
-    rules = check_components(spec, blobs)
+    blobs, sam_problem = candidate_blobs(px, spec, finders)
+    by_prompt, clip_problem = _prompt_claims(image, spec, blobs, finders)
+    assign(blobs, spec, by_prompt, sam_segments=spec.uses_sam and sam_problem is None)
+    rules = check_components(spec, blobs, unavailable_components(spec, clip_problem, sam_problem))
+    if sam_problem is not None:
+        rules.insert(
+            0,
+            RuleResult(
+                "segmenter",
+                [],
+                "colour",
+                "sam",
+                True,
+                0.0,
+                f"segmented by colour, not SAM: {sam_problem}",
+                skipped=True,
+            ),
+        )
     failed = [r for r in rules if not r.passed]
     devs = [r.deviation for r in rules if not r.skipped]
     if failed:
@@ -578,4 +704,15 @@ def audit_image(image: Image.Image, spec: Spec, structural: tuple[float, float] 
     return AuditResult(rules, blobs, logical, s_norm, score, anomalous, text, (px.shape[1], px.shape[0]))
 
 
-__all__ = ["AuditResult", "Blob", "RuleResult", "audit_image", "find_blobs", "normalized_structural"]
+__all__ = [
+    "AuditResult",
+    "Blob",
+    "RuleResult",
+    "assign",
+    "audit_image",
+    "candidate_blobs",
+    "find_blobs",
+    "foreground",
+    "normalized_structural",
+    "unavailable_components",
+]

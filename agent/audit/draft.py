@@ -12,6 +12,11 @@ statistics, no model).
    per instance (tolerances from the spread). Pair rules: two varying components whose hue always agrees.
 5. Validation: every rule is checked on every reference; a rule that fails on one is dropped and the
    spec lists it in `dropped`.
+
+With `segmenter="sam"` (and a SAM mask generator in `finders`) step 2 uses SAM's segments
+(agent.audit.segment) instead of colour blobs; the components are then `find: {sam: true, rgb: ...}`
+(or `{sam: true, region: ...}`) and the spec says `segmenter: sam`, so a run segments the same way.
+Without a mask generator the draft falls back to colour and says so in `notes`.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from PIL import Image
@@ -29,7 +35,7 @@ from agent.audit.check import (
     _colour_word,
     audit_image,
     border_colour,
-    find_blobs,
+    candidate_blobs,
     hue_distance,
     white_balance,
     work_pixels,
@@ -43,9 +49,13 @@ from agent.audit.spec import (
     Find,
     PairRule,
     Position,
+    SamSettings,
     Spec,
 )
 from tools.regions import location_words
+
+if TYPE_CHECKING:
+    from agent.audit.finders import Finders
 
 PLACE_MATCH = 0.08  # centroids this far apart (image fractions) are the same place across references
 VARYING_COLOUR = 0.1  # a place whose colour spread exceeds this is found by region, not colour
@@ -137,19 +147,49 @@ def _row_major(centres: list[tuple[float, float]]) -> list[int]:
     return [i for row in rows for i in sorted(row, key=lambda j: centres[j][0])]
 
 
-def draft_spec(references: Sequence[Image.Image], names: Sequence[str] | None = None) -> Spec:
-    """A validated spec from good references; raises DraftError when none can be made."""
+def draft_spec(
+    references: Sequence[Image.Image],
+    names: Sequence[str] | None = None,
+    segmenter: Literal["colour", "sam"] = "colour",
+    finders: Finders | None = None,
+    sam: SamSettings | None = None,
+) -> Spec:
+    """A validated spec from good references; raises DraftError when none can be made.
+
+    `segmenter="sam"` drafts on SAM's segments (`finders` gives the mask generator, `sam` its settings,
+    kept in the spec)."""
+    from agent.audit.finders import Finders
+
     if len(references) < 1:
         raise DraftError("drafting a spec needs at least one good reference image")
+    finders = finders or Finders()
     names = list(names) if names else [f"reference {i + 1}" for i in range(len(references))]
     pixels = [work_pixels(im) for im in references]
     target = np.median([border_colour(p) for p in pixels], axis=0)
     pixels = [white_balance(p, target) for p in pixels]
     bg, bg_tol = _background(pixels)
-    per_ref = [find_blobs(p, bg, bg_tol, MIN_AREA) for p in pixels]
+    probe = Spec(
+        background=Background(rgb=bg, tolerance=bg_tol),
+        min_area=MIN_AREA,
+        components=[ComponentSpec(name="probe", find=Find(region=(0, 0, 1, 1)))],
+        segmenter=segmenter,
+        sam=sam,
+    )
+    per_ref, sam_problem = [], None
+    for p in pixels:
+        blobs, sam_problem = candidate_blobs(p, probe, finders)
+        per_ref.append(blobs)
+    use_sam = segmenter == "sam" and sam_problem is None
+    if not per_ref[0] and use_sam:
+        raise DraftError(
+            f"SAM found no components on {names[0]}: no mask passed its filters (sam.min_score, "
+            "sam.min_stability) or all were background"
+        )
     if not per_ref[0]:
         raise DraftError(f"no components found on {names[0]}: everything looks like background")
     places, notes = _places(per_ref)
+    if sam_problem is not None:
+        notes.append(f"drafted by colour, not SAM: {sam_problem}")
     if not places:
         raise DraftError("no component is found on every reference; are they images of the same part?")
 
@@ -198,7 +238,7 @@ def draft_spec(references: Sequence[Image.Image], names: Sequence[str] | None = 
         components.append(
             ComponentSpec(
                 name=name_for(rgb),
-                find=Find(rgb=rgb_t, tolerance=round(find_tol, 4)),
+                find=Find(rgb=rgb_t, tolerance=round(find_tol, 4), sam=use_sam),
                 colour=Colour(rgb=rgb_t, tolerance=round(colour_tol, 4)),
                 **common(g),
             )
@@ -218,7 +258,7 @@ def draft_spec(references: Sequence[Image.Image], names: Sequence[str] | None = 
         name = f"part-{where}"
         used[name] = used.get(name, 0) + 1
         name = name if used[name] == 1 else f"{name}-{used[name]}"
-        components.append(ComponentSpec(name=name, find=Find(region=region), **common([p])))
+        components.append(ComponentSpec(name=name, find=Find(region=region, sam=use_sam), **common([p])))
         var_names.append((name, p))
     pairs: list[PairRule] = []
     for i, (na, pa) in enumerate(var_names):
@@ -235,17 +275,22 @@ def draft_spec(references: Sequence[Image.Image], names: Sequence[str] | None = 
         components=components,
         pairs=pairs,
         notes=notes,
+        segmenter="sam" if use_sam else None,
+        sam=sam if use_sam else None,
     )
-    return validate_on_references(spec, references, names)
+    return validate_on_references(spec, references, names, finders)
 
 
-def validate_on_references(spec: Spec, references: Sequence[Image.Image], names: Sequence[str]) -> Spec:
-    """Drop every rule that fails on a good reference; list each in `dropped`."""
+def validate_on_references(
+    spec: Spec, references: Sequence[Image.Image], names: Sequence[str], finders: Finders | None = None
+) -> Spec:
+    """Drop every rule that fails on a good reference; list each in `dropped`. `finders`: the run's
+    SAM / CLIP finders, so the rules are checked on the blobs the run will see."""
     dropped = list(spec.dropped)
     for _ in range(3):
         changed = False
         for im, nm in zip(references, names, strict=True):
-            result = audit_image(im, spec)
+            result = audit_image(im, spec, finders=finders)
             for r in result.violations:
                 changed = True
                 dropped.append(f"{r.rule}: failed on {nm} ({r.explanation})")

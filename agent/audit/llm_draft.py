@@ -15,7 +15,7 @@ import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
@@ -23,6 +23,9 @@ from agent.audit.check import _colour_word
 from agent.audit.spec import PairRule, Spec
 from prompts import load_prompts
 from tools.regions import location_words
+
+if TYPE_CHECKING:
+    from agent.audit.finders import Finders
 
 TextChat = Callable[[str, list[tuple[str, str]]], str]  # (prompt, history) -> reply
 ATTRIBUTES = ("hue", "colour", "area", "x", "y")
@@ -148,9 +151,11 @@ def refine_with_llm(
     chat: TextChat,
     brain_name: str = "llm",
     prompts: str = "audit",
+    finders: Finders | None = None,
 ) -> Spec:
-    """Names and pair rules from the LLM, validated on the references. Never raises for a bad reply:
-    the statistical spec comes back with a note saying why the proposal was not used."""
+    """Names and pair rules from the LLM, validated on the references (with the run's SAM / CLIP
+    `finders`, agent.audit.finders). Never raises for a bad reply: the statistical spec comes back
+    with a note saying why the proposal was not used."""
     from agent.audit.draft import validate_on_references
     from agent.brains.common import BrainError
 
@@ -174,7 +179,7 @@ def refine_with_llm(
         return out
     candidate, added = apply_proposal(spec, proposal)
     before = len(candidate.dropped)
-    validated = validate_on_references(candidate, references, names)
+    validated = validate_on_references(candidate, references, names, finders)
     validated.dropped = [
         d + (" (proposed by the LLM)" if any(d.startswith(label + ":") for label in added) else "")
         if i >= before

@@ -7,6 +7,11 @@ components (and the empty places of missing ones), `explanation` is the audit's,
 stored record holds every rule with measured vs expected. The spec used is written to `spec.yaml` in
 the output folder (drafted from the references when none is given); its content is part of the
 settings, so `--resume` with another spec is refused like a change of detector.
+
+`--sam MODEL` / `--clip MODEL` name the models of the SAM segmenter and the CLIP prompt finder
+(agent.audit.finders: loaded once, on first use, only when the spec needs them; a missing one is
+warned once and its components are reported as skipped rules). With `--sam` and no `--spec` the
+drafted spec segments with SAM. Both are part of the settings, like the detector.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -39,6 +44,9 @@ from agent.report.runner import (
 )
 from agent.report.store import STATUS_DONE, ResultStore, Row
 
+if TYPE_CHECKING:
+    from agent.audit.finders import ModelFinders
+
 SPEC_NAME = "spec.yaml"
 NO_DETECTOR = "none"
 
@@ -55,6 +63,17 @@ class AuditSettings:
     progress: bool = True
     durable: bool = True
     brain: str = "rule"  # drafting: rule = statistics only; an LLM brain also names parts, proposes pairs
+    sam: str | None = None  # SAM model (hub id or folder) for `segmenter: sam`; also drafts with SAM
+    clip: str | None = None  # open_clip model for `clip_prompt` finders
+
+
+def model_finders(
+    sam: str | None, clip: str | None, device: str | None, warn: Callable[[str], None]
+) -> ModelFinders:
+    """The run's lazily loaded SAM / CLIP finders (nothing is loaded here)."""
+    from agent.audit.finders import ModelFinders
+
+    return ModelFinders(sam_model=sam, clip_model=clip, device=device or "cpu", warn=warn)
 
 
 def _stderr(msg: str) -> None:
@@ -81,11 +100,17 @@ def load_reference_images(refs: str, warn: Callable[[str], None]) -> tuple[list,
 
 
 def get_spec(
-    spec_path: str | None, refs: str, warn: Callable[[str], None] = _stderr, brain: str = "rule"
+    spec_path: str | None,
+    refs: str,
+    warn: Callable[[str], None] = _stderr,
+    brain: str = "rule",
+    finders: ModelFinders | None = None,
 ) -> tuple[Spec, list]:
     """The spec (loaded, or drafted from the references) and the reference images. With an LLM
-    `brain` the drafted spec is refined by it (agent.audit.llm_draft); its failures leave a note."""
+    `brain` the drafted spec is refined by it (agent.audit.llm_draft); its failures leave a note.
+    When `finders` names a SAM model the draft segments with SAM (the model is kept in the spec)."""
     from agent.audit.draft import DraftError, draft_spec
+    from agent.audit.spec import SamSettings
     from agent.brains.common import BrainError
 
     images, names = load_reference_images(refs, warn)
@@ -94,8 +119,12 @@ def get_spec(
             return load_spec(spec_path), images
         except SpecError as err:
             raise ReportUsageError(str(err)) from None
+    sam_model = finders.sam_model if finders is not None else None
     try:
-        spec = draft_spec(images, names)
+        if sam_model:
+            spec = draft_spec(images, names, "sam", finders, SamSettings(model=sam_model))
+        else:
+            spec = draft_spec(images, names, finders=finders)
     except DraftError as err:
         raise ReportUsageError(str(err)) from None
     if brain == "rule":
@@ -107,7 +136,7 @@ def get_spec(
         llm = build_brain(brain)
     except BrainError as err:
         raise ReportUsageError(str(err)) from None
-    spec = refine_with_llm(spec, images, names, llm.chat_text, brain_name=llm.name)
+    spec = refine_with_llm(spec, images, names, llm.chat_text, brain_name=llm.name, finders=finders)
     for note in spec.notes[-1:]:
         warn(note)
     return spec, images
@@ -169,7 +198,8 @@ def run_audit(s: AuditSettings, info: Callable[[str], None] = _stderr) -> Report
     spec_path = s.spec
     if spec_path is None and s.resume and (Path(s.out) / SPEC_NAME).is_file():
         spec_path = str(Path(s.out) / SPEC_NAME)  # the spec of the first run, not a new (LLM) draft
-    spec, ref_images = get_spec(spec_path, s.refs, info, s.brain)
+    finders = model_finders(s.sam, s.clip, s.detector_options.get("device"), info)
+    spec, ref_images = get_spec(spec_path, s.refs, info, s.brain, finders)
     spec_text = spec.to_yaml()
     fingerprint = settings_fingerprint(
         ReportSettings(
@@ -182,6 +212,8 @@ def run_audit(s: AuditSettings, info: Callable[[str], None] = _stderr) -> Report
         )
     )
     fingerprint["spec_sha256"] = hashlib.sha256(spec_text.encode("utf-8")).hexdigest()[:16]
+    if s.sam or s.clip:
+        fingerprint["finders"] = {"sam": s.sam, "clip": s.clip}
     digest = settings_hash(fingerprint)
     out = Path(s.out)
     prepare_out(out, s.resume)
@@ -250,6 +282,7 @@ def run_audit(s: AuditSettings, info: Callable[[str], None] = _stderr) -> Report
                         image,
                         spec,
                         None if structural is None else (structural.pred_score, structural.threshold),
+                        finders,
                     )
                     record = _record(item.display_path, image, result, structural)
                 except Exception as err:  # one image breaking the audit must not stop the batch
@@ -298,4 +331,4 @@ def run_audit(s: AuditSettings, info: Callable[[str], None] = _stderr) -> Report
     return summary
 
 
-__all__ = ["NO_DETECTOR", "SPEC_NAME", "AuditSettings", "get_spec", "run_audit"]
+__all__ = ["NO_DETECTOR", "SPEC_NAME", "AuditSettings", "get_spec", "model_finders", "run_audit"]

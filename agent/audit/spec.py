@@ -8,7 +8,8 @@ components:
   - name: blue
     find: {rgb: [0.16, 0.27, 0.78], tolerance: 0.25}   # or {hsv: {h: [0.6, 0.7], s: [0.5, 1], v: [0.3, 1]}}
                                                        # or {region: [x0, y0, x1, y1]} (normalized box)
-                                                       # clip_prompt / sam: accepted, need those extras
+                                                       # or {clip_prompt: "a small screw"} (CLIP, --clip)
+                                                       # or {sam: true, rgb: ...}: among SAM's segments
     count: 12                                          # or {min: 11, max: 13}
     colour: {rgb: [0.16, 0.27, 0.78], tolerance: 0.08}
     area: {each: 0.0064, tolerance: 0.3}               # area fraction per instance, relative tolerance
@@ -17,9 +18,19 @@ components:
 pairs:
   - {a: bottle, b: label, attribute: hue, tolerance: 0.05}    # attribute of A must match B
 unexpected_objects: true                               # a foreground blob no component claims is a violation
+segmenter: colour                                      # or sam: candidate blobs from SAM automatic masks
+                                                       # (default: sam when a component has sam: true)
+sam: {model: facebook/sam-vit-base, points_per_side: 16}   # optional settings, --sam overrides the model
+clip: {model: "ViT-B-16-plus-240:laion400m_e31", margin: 0.1}  # optional settings, --clip overrides the model
 white_balance: true                                    # colours corrected so the image border has the background colour
 dropped: []                                            # rules the draft dropped (failed on a good reference)
 ```
+
+How blobs are claimed (agent.audit.check.assign): colour (`rgb`, `hsv`) first, then `clip_prompt` (the
+blob's crop scored against the prompt, the other components' prompts and generic negatives; claimed
+when the prompt wins by `clip.margin`), then `region`, and last a bare `sam: true` (no other way given)
+takes every SAM segment nobody claimed. A component whose only way needs a model that is not here is
+reported as a skipped rule, never an error.
 
 Errors are one line naming the file and the field: `spec.yaml: components[0].count: ...`.
 """
@@ -74,11 +85,16 @@ class Find(_Model):
         return self
 
     @property
+    def by_appearance(self) -> bool:
+        """Found without a model: by colour (rgb / hsv) or by region."""
+        return self.rgb is not None or self.hsv is not None or self.region is not None
+
+    @property
     def needs_extras(self) -> str | None:
-        """The extra a CLIP/SAM finder needs (not in this build), or None."""
-        if self.rgb is None and self.hsv is None and self.region is None:
-            return "clip_prompt (CLIP)" if self.clip_prompt else "sam (SAM automatic masks)"
-        return None
+        """The model-backed way this finder depends on (no colour or region to fall back to), or None."""
+        if self.by_appearance:
+            return None
+        return "clip_prompt (CLIP)" if self.clip_prompt else "sam (SAM automatic masks)"
 
 
 class Count(_Model):
@@ -137,6 +153,26 @@ class ComponentSpec(_Model):
         return v
 
 
+class SamSettings(_Model):
+    """SAM automatic masks (`segmenter: sam`): a grid of point prompts, filtered and de-duplicated."""
+
+    model: str | None = None  # hub id or folder; --sam overrides; default: the `sam` registry entry
+    points_per_side: int = Field(16, ge=1, le=64)
+    min_score: float = 0.7  # SAM's predicted IoU
+    min_stability: float = Field(0.8, ge=0, le=1)
+    nms_iou: float = Field(0.7, gt=0, le=1)
+    max_background: float = Field(0.5, ge=0, le=1)  # masks with more background pixels are dropped
+
+
+class ClipSettings(_Model):
+    """The CLIP text-prompt finder: model, crop margin, negatives and the winning margin."""
+
+    model: str | None = None  # open_clip "Arch:tag", hf-hub:..., or folder; --clip overrides
+    negatives: list[str] = Field(default_factory=lambda: ["background", "an empty surface"])
+    margin: float = Field(0.1, ge=0, lt=1)  # softmax probability the prompt must win by
+    crop_margin: float = Field(0.25, ge=0, le=2)  # context around a blob, relative to its size
+
+
 class PairRule(_Model):
     a: str
     b: str
@@ -151,6 +187,9 @@ class Spec(_Model):
     components: list[ComponentSpec] = Field(min_length=1)
     pairs: list[PairRule] = Field(default_factory=list)
     unexpected_objects: bool = True
+    segmenter: Literal["colour", "sam"] | None = None  # None: sam when a component has `find.sam`
+    sam: SamSettings | None = None
+    clip: ClipSettings | None = None
     white_balance: bool = True  # correct colours so the image border matches the background colour
     dropped: list[str] = Field(default_factory=list)
     notes: list[str] = Field(default_factory=list)
@@ -166,11 +205,32 @@ class Spec(_Model):
                 raise ValueError(
                     f"components[{i}].position.relative_to: unknown component '{c.position.relative_to}'"
                 )
+        if self.segmenter == "colour":
+            for i, c in enumerate(self.components):
+                if c.find.sam:
+                    raise ValueError(
+                        f"components[{i}].find.sam: needs segmenter: sam (or leave segmenter out)"
+                    )
         for i, p in enumerate(self.pairs):
             for side in ("a", "b"):
                 if getattr(p, side) not in names:
                     raise ValueError(f"pairs[{i}].{side}: unknown component '{getattr(p, side)}'")
         return self
+
+    @property
+    def uses_sam(self) -> bool:
+        """Whether candidate blobs come from SAM automatic masks."""
+        return self.segmenter == "sam" or (
+            self.segmenter is None and any(c.find.sam for c in self.components)
+        )
+
+    @property
+    def sam_settings(self) -> SamSettings:
+        return self.sam or SamSettings()
+
+    @property
+    def clip_settings(self) -> ClipSettings:
+        return self.clip or ClipSettings()
 
     def component(self, name: str) -> ComponentSpec:
         return next(c for c in self.components if c.name == name)
@@ -246,12 +306,14 @@ __all__ = [
     "ATTRIBUTES",
     "Area",
     "Background",
+    "ClipSettings",
     "Colour",
     "ComponentSpec",
     "Count",
     "Find",
     "PairRule",
     "Position",
+    "SamSettings",
     "Spec",
     "SpecError",
     "load_spec",

@@ -13,8 +13,8 @@ from pathlib import Path
 
 DESCRIPTION = """\
 Logical-anomaly audit: is everything there, in its place, in the right colour and size, and do the
-parts that belong together match? A spec (YAML) lists the components (found by colour or region) and
-their rules: count, colour, position, area, pair rules.
+parts that belong together match? A spec (YAML) lists the components (found by colour, region, a CLIP
+text prompt or among SAM's automatic masks) and their rules: count, colour, position, area, pair rules.
 
   looktwice audit draft --refs good/ --out spec.yaml     derive a spec from good references
   looktwice audit run test/ --refs good/ --out audit/    check images (drafts a spec if --spec is not given)
@@ -22,7 +22,9 @@ their rules: count, colour, position, area, pair rules.
 `run` writes the same report as `looktwice report` (results.db, index.html, results.jsonl/.csv, overlays
 marking the offending components) plus the spec used (spec.yaml); every image's record holds each rule
 with measured vs expected value. The score fuses the rules with the structural detector's (--detector,
-default refmatch; --detector none checks the rules only). --resume continues an interrupted audit. Exit codes: 0 all done,
+default refmatch; --detector none checks the rules only). --sam MODEL segments with SAM (and drafts with
+it); --clip MODEL runs the spec's clip_prompt finders; a model that is not here is warned once and its
+components are reported as skipped. --resume continues an interrupted audit. Exit codes: 0 all done,
 1 some inputs failed, 2 usage, spec or output-folder errors, 130 interrupted."""
 
 
@@ -41,6 +43,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--refs", required=True, help="folder (or file) of good reference images")
     d.add_argument("--out", help="write the spec here (default: standard output)")
     d.add_argument("--brain", default="rule", help=BRAIN_HELP)
+    d.add_argument("--sam", metavar="MODEL", help=SAM_HELP)
+    d.add_argument("--device", help="cpu, cuda, cuda:1, ... for SAM (default cpu)")
     d.set_defaults(func=cmd_draft)
     r = asub.add_parser("run", help="audit images against a spec and write a report")
     r.add_argument(
@@ -57,6 +61,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="continue the audit in --out: skip what is done (reuses its spec.yaml)",
     )
+    r.add_argument("--sam", metavar="MODEL", help=SAM_HELP)
+    r.add_argument("--clip", metavar="MODEL", help=CLIP_HELP)
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.add_argument(
         "--no-fsync", action="store_true", help="do not flush each image's files before committing it"
@@ -72,13 +78,24 @@ BRAIN_HELP = (
 )
 
 
+SAM_HELP = (
+    "SAM model (hub id or save_pretrained folder, see `looktwice models`) for SAM automatic masks: "
+    "overrides the spec's sam.model; with no --spec the draft segments with SAM"
+)
+CLIP_HELP = (
+    "open_clip model (ARCH:TAG, hf-hub:org/repo or a folder) for the spec's clip_prompt finders; "
+    "overrides the spec's clip.model"
+)
+
+
 def cmd_draft(args: argparse.Namespace) -> int:
-    from agent.audit.runner import get_spec
+    from agent.audit.runner import get_spec, model_finders
     from agent.cli import EXIT_OK, EXIT_USAGE, _err, _info
     from agent.report.runner import ReportUsageError
 
+    finders = model_finders(args.sam, None, args.device, _info)
     try:
-        spec, _ = get_spec(None, args.refs, warn=_info, brain=args.brain)
+        spec, _ = get_spec(None, args.refs, warn=_info, brain=args.brain, finders=finders)
     except ReportUsageError as err:
         _err(str(err))
         return EXIT_USAGE
@@ -117,6 +134,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         detector_options=options,
         resume=args.resume,
         brain=args.brain,
+        sam=args.sam,
+        clip=args.clip,
         progress=not args.quiet,
         durable=not args.no_fsync,
     )

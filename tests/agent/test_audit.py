@@ -90,13 +90,20 @@ def test_spec_file_errors(tmp_path) -> None:
         load_spec(_write(tmp_path, "- 1\n- 2\n"))
 
 
-def test_clip_and_sam_finders_are_accepted_and_reported_skipped() -> None:
+def test_clip_and_sam_finders_without_their_models_are_reported_skipped() -> None:
+    """No CLIP model / SAM mask generator (agent.audit.finders): the components found only that way are
+    skipped rules that say why, and so is the unexpected-objects rule (their parts would look
+    unexpected); the rest is checked. tests/agent/test_audit_finders.py runs them with models."""
     data = json.loads(json.dumps(MINIMAL))
     data["components"].append({"name": "screw", "find": {"clip_prompt": "a small screw"}, "count": 2})
+    data["components"].append({"name": "part", "find": {"sam": True}})
     spec = parse_spec(data, "s.yaml")
     result = audit_image(make_scene("tray", seed=1).image, spec)
-    skipped = [r for r in result.rules if r.skipped]
-    assert [r.rule for r in skipped] == ["screw.find"] and "CLIP" in skipped[0].explanation
+    skipped = {r.rule: r.explanation for r in result.rules if r.skipped}
+    assert set(skipped) == {"segmenter", "screw.find", "part.find", "unexpected_objects"}
+    assert "CLIP" in skipped["screw.find"] and "--clip" in skipped["screw.find"]
+    assert "SAM" in skipped["part.find"] and "segmented by colour" in skipped["segmenter"]
+    assert any(r.rule == "pin.count" and not r.skipped for r in result.rules)
 
 
 # ---------------------------------------------------------------------------------------------- draft
