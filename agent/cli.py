@@ -28,6 +28,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "agent.commands.build_instruct",
     "agent.commands.bench",
     "agent.commands.serve",
+    "agent.commands.train",
+    "agent.commands.data",
 )
 
 DESCRIPTION = """\

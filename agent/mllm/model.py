@@ -427,27 +427,76 @@ class LookTwiceModel:
             raise ValueError(f"{len(prompts)} prompts but {len(images)} image lists")
         if answers is not None and len(answers) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers")
+        segments = [
+            [(prompt, False)] + ([(answers[b] + "<|im_end|>", True)] if answers is not None else [])
+            for b, prompt in enumerate(prompts)
+        ]
+        return self.build_segment_inputs(
+            segments, images, use_expert=use_expert, trainable=trainable, with_labels=answers is not None
+        )
+
+    def build_segment_inputs(
+        self,
+        segments: Sequence[Sequence[tuple[str, bool]]],
+        images: Sequence[Sequence[Image.Image]],
+        use_expert: bool = True,
+        trainable: bool = False,
+        with_labels: bool | None = None,
+    ) -> MultimodalInputs:
+        """A batch from sequences given as (text, supervised) pieces, for multi-turn training.
+
+        Supervised pieces (the assistant's answers) carry their token ids as labels; everything else
+        (system, user turns, role headers, visual, phrase and anomaly tokens, padding) is IGNORE_INDEX.
+        `<image>` markers may only stand in unsupervised pieces, one per image of the sequence's list.
+        `with_labels` defaults to "some piece of the batch is supervised".
+        """
+        if len(segments) != len(images):
+            raise ValueError(f"{len(segments)} sequences but {len(images)} image lists")
+        counts = []
+        for b, (pieces, imgs) in enumerate(zip(segments, images, strict=True)):
+            if any(sup and IMAGE_MARKER in text for text, sup in pieces):
+                raise ValueError(f"sequence {b}: {IMAGE_MARKER} inside a supervised (answer) piece")
+            n = sum(text.count(IMAGE_MARKER) for text, _ in pieces)
+            if n != len(imgs):
+                raise ValueError(f"prompt {b} has {n} {IMAGE_MARKER} markers but {len(imgs)} images")
+            counts.append(n)
+        encodings = self._encode_batch(images, trainable)
         seqs: list[_Sequence] = []
-        for b, (prompt, imgs) in enumerate(zip(prompts, images, strict=True)):
-            pieces = prompt.split(IMAGE_MARKER)
-            if len(pieces) - 1 != len(imgs):
-                raise ValueError(
-                    f"prompt {b} has {len(pieces) - 1} {IMAGE_MARKER} markers but {len(imgs)} images"
-                )
-            encs = self.encode_images(imgs, anyres=len(imgs) == 1, trainable=trainable) if imgs else []
+        for pieces, encs in zip(segments, encodings, strict=True):
             seq = _Sequence()
-            for i, piece in enumerate(pieces):
-                self._add_text(seq, piece)
-                if i < len(encs):
-                    enc = encs[i]
-                    self._add_embeds(seq, enc.visual_embeds, VISUAL)
-                    if use_expert and enc.anomaly_embeds is not None and enc.score is not None:
-                        self._add_text(seq, suspicion_phrase(enc.score), kind=PHRASE)
-                        self._add_embeds(seq, enc.anomaly_embeds, ANOMALY)
-            if answers is not None:
-                self._add_text(seq, answers[b] + "<|im_end|>", supervised=True)
+            queue = list(encs)
+            for text, supervised in pieces:
+                if supervised:
+                    self._add_text(seq, text, supervised=True)
+                    continue
+                parts = text.split(IMAGE_MARKER)
+                for i, part in enumerate(parts):
+                    self._add_text(seq, part)
+                    if i < len(parts) - 1:
+                        self._add_image(seq, queue.pop(0), use_expert)
             seqs.append(seq)
-        return self._pad(seqs, with_labels=answers is not None)
+        if with_labels is None:
+            with_labels = any(sup for pieces in segments for _, sup in pieces)
+        return self._pad(seqs, with_labels=with_labels)
+
+    def _encode_batch(
+        self, images: Sequence[Sequence[Image.Image]], trainable: bool
+    ) -> list[list[VisionEncoding]]:
+        """Encodings per sequence; when every sequence has one image they go through the tower
+        together (one call, AnyRes each), otherwise sequence by sequence."""
+        if images and all(len(imgs) == 1 for imgs in images):
+            flat = self.encode_images([imgs[0] for imgs in images], anyres=True, trainable=trainable)
+            return [[enc] for enc in flat]
+        return [
+            self.encode_images(imgs, anyres=len(imgs) == 1, trainable=trainable) if imgs else []
+            for imgs in images
+        ]
+
+    def _add_image(self, seq: _Sequence, enc: VisionEncoding, use_expert: bool) -> None:
+        self._add_embeds(seq, enc.visual_embeds, VISUAL)
+        if use_expert and enc.anomaly_embeds is not None and enc.score is not None:
+            self._add_text(seq, suspicion_phrase(enc.score), kind=PHRASE)
+            self._add_embeds(seq, enc.anomaly_embeds, ANOMALY)
 
     def _add_text(self, seq: _Sequence, text: str, kind: int = TEXT, supervised: bool = False) -> None:
         tok = self._tokenize(text)

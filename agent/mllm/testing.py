@@ -58,8 +58,18 @@ def build_bpe_tokenizer(
     return tokenizer
 
 
-def build_tiny_llava(folder: Path, vocab_size: int = 384) -> Path:
-    """Write a tiny LLaVA-OneVision (weights, tokenizer, processor) into `folder`; returns it."""
+def build_tiny_llava(
+    folder: Path,
+    vocab_size: int = 384,
+    patch_size: int = PATCH,
+    vision_layers: int = 4,
+    text_hidden_size: int = 64,
+    seed: int = 0,
+) -> Path:
+    """Write a tiny LLaVA-OneVision (weights, tokenizer, processor) into `folder`; returns it.
+
+    `patch_size` 4 gives 10 x 10 tokens per crop instead of 5 x 5: small defects then fill more of a
+    token, which the training smoke test uses."""
     import torch
     from transformers import (
         LlavaOnevisionConfig,
@@ -78,15 +88,15 @@ def build_tiny_llava(folder: Path, vocab_size: int = 384) -> Path:
     vision = SiglipVisionConfig(
         hidden_size=64,
         intermediate_size=128,
-        num_hidden_layers=4,
+        num_hidden_layers=vision_layers,
         num_attention_heads=2,
         image_size=IMAGE_SIZE,
-        patch_size=PATCH,
+        patch_size=patch_size,
     )
     text = Qwen2Config(
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
+        hidden_size=text_hidden_size,
+        intermediate_size=2 * text_hidden_size,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
@@ -104,7 +114,7 @@ def build_tiny_llava(folder: Path, vocab_size: int = 384) -> Path:
         vision_feature_select_strategy="full",
         vision_feature_layer=-1,
     )
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = LlavaOnevisionForConditionalGeneration(config).eval()
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
@@ -116,7 +126,7 @@ def build_tiny_llava(folder: Path, vocab_size: int = 384) -> Path:
         image_processor=image_processor,
         tokenizer=tokenizer,
         video_processor=LlavaOnevisionVideoProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}),
-        num_image_tokens=(IMAGE_SIZE // PATCH) ** 2,
+        num_image_tokens=(IMAGE_SIZE // patch_size) ** 2,
         vision_feature_select_strategy="full",
         chat_template=CHAT_TEMPLATE,
     )
