@@ -35,6 +35,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--limit", type=int, help="at most N images per category (--data) or N source images (--synth-from)"
     )
+    p.add_argument(
+        "--rewrite",
+        metavar="openai:<base-url>#<model>",
+        help="optional: rephrase the template answers with an LLM (llava:<model> also works); each rewrite "
+        "must keep the Yes/No, location words and numbers, else the template answer stays",
+    )
+    p.add_argument("--rewrite-cache", help="JSON-lines cache of rewrites (default <out>/rewrite_cache.jsonl)")
     p.set_defaults(func=cmd_build_instruct)
 
 
@@ -50,6 +57,8 @@ def cmd_build_instruct(args: argparse.Namespace) -> int:
         per_image=args.per_image,
         seed=args.seed,
         limit=args.limit,
+        rewrite=args.rewrite,
+        rewrite_cache=args.rewrite_cache,
     )
     try:
         stats = build_instruct(settings)
@@ -62,6 +71,14 @@ def cmd_build_instruct(args: argparse.Namespace) -> int:
         f"on {im['normal'] + im['anomalous']} images ({im['anomalous']} anomalous, {im['normal']} normal)"
     )
     _info("turn types: " + ", ".join(f"{k} {v}" for k, v in stats["turn_types"].items()))
+    rw = stats.get("rewrite")
+    if rw:
+        _info(
+            f"rewrites: {rw['rewritten']} new, {rw['from_cache']} from the cache, {rw['rejected']} rejected, "
+            f"{rw['failed']} failed (template answers kept), {rw['kept_detection']} Yes/No answers kept"
+        )
+        if rw.get("endpoint_error"):
+            _info(f"rewriting stopped: {rw['endpoint_error']}")
     return EXIT_OK
 
 

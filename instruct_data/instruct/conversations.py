@@ -62,6 +62,8 @@ class InstructSettings:
     per_image: int = 2  # conversations per image; the first is always a detection one
     seed: int = 0
     limit: int | None = None  # at most this many images per category (real) / source images (synth)
+    rewrite: str | None = None  # llava:<m> | openai:<url>#<m>: LLM rephrasing of the answers (optional)
+    rewrite_cache: str | None = None  # JSON-lines cache of rewrites (default <out>/rewrite_cache.jsonl)
 
 
 @dataclass
@@ -368,6 +370,32 @@ def compute_stats(
     }
 
 
+def rewrite_answers(items: list[dict[str, Any]], settings: InstructSettings, out: Path) -> dict[str, Any]:
+    """Rephrase the answers with the LLM of `settings.rewrite` (instruct_data/instruct/rewrite.py);
+    returns its counts. A brain that cannot be built is a usage error; a failing endpoint is not."""
+    from agent.brains.common import BrainError
+    from agent.brains.spec import build_brain
+    from instruct_data.instruct.rewrite import AnswerRewriter, RewriteCache
+
+    try:
+        brain = build_brain(settings.rewrite)
+    except BrainError as err:
+        raise InstructBuildError(f"--rewrite: {err}") from None
+    if brain.name == "rule":
+        raise InstructBuildError("--rewrite needs a language model: llava:<model> or openai:<base-url>#<model>")
+    cache = RewriteCache(settings.rewrite_cache or out / "rewrite_cache.jsonl")
+    model_id = json.dumps(brain.settings(), sort_keys=True)
+    rewriter = AnswerRewriter(brain.chat_text, model_id, cache)
+    rewriter.rewrite_items(items)
+    validate(items)
+    result = rewriter.stats.as_dict()
+    result["model"] = brain.settings()
+    result["cache"] = str(cache.path)
+    if rewriter.endpoint_error:
+        result["endpoint_error"] = rewriter.endpoint_error
+    return result
+
+
 def build_instruct(
     settings: InstructSettings, progress: Callable[[int], None] | None = None
 ) -> dict[str, Any]:
@@ -393,7 +421,10 @@ def build_instruct(
         if progress:
             progress(1)
     validate(items)
+    rewrite_stats = rewrite_answers(items, settings, out) if settings.rewrite else None
     stats = compute_stats(items, subjects, settings)
+    if rewrite_stats is not None:
+        stats["rewrite"] = rewrite_stats
     stats["image_folder"] = str(out.resolve())  # LLaVA's --image_folder: `image` paths are relative to it
     (out / INSTRUCT_FILE).write_text(json.dumps(items, indent=1), encoding="utf-8")
     (out / STATS_FILE).write_text(json.dumps(stats, indent=2), encoding="utf-8")

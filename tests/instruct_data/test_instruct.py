@@ -231,3 +231,116 @@ def test_command_usage_errors(tmp_path: Path) -> None:
     assert run(["build-instruct", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
     with pytest.raises(SystemExit):
         run(["build-instruct", "--out", str(tmp_path / "o")])
+
+
+# ---------------------------------------------------------------------------------------------- rewrite
+def test_facts_kept_checks_verdict_locations_and_numbers() -> None:
+    from instruct_data.instruct.rewrite import facts_kept
+
+    original = "Yes: a crack in the upper-left, about 1.5% of the surface."
+    assert (
+        facts_kept(original, "Yes - there's a crack up in the upper-left, covering about 1.5% of it.") is None
+    )
+    assert facts_kept(original, "No, it looks fine.") == "leading 'Yes' changed"
+    assert (
+        facts_kept(original, "Yes, a crack covering 1.5% of the surface.") == "location 'upper-left' dropped"
+    )
+    assert facts_kept(original, "Yes, a crack in the upper-left corner.") == "number 1.5 dropped"
+    assert facts_kept(original, "") == "empty rewrite"
+    assert facts_kept("A crack.", "x" * 200) == "rewrite much longer than the answer"
+
+
+def test_rewrite_over_http_is_checked_cached_and_never_required(tree, tmp_path) -> None:
+    from tests.agent.test_openai_brain import ScriptedServer, completion
+
+    base = ["build-instruct", "--data", str(tree), "--per-image", "2", "--limit", "2", "--seed", "3"]
+    plain = tmp_path / "plain"
+    assert run([*base, "--out", str(plain)]) == 0
+    templ = json.loads((plain / "instruct.json").read_text())
+    n_long = sum(
+        1
+        for it in templ
+        for t in it["conversations"][1::2]
+        if t["value"].strip().rstrip(".").lower() not in ("yes", "no")
+    )
+    assert n_long > 0
+
+    server = ScriptedServer()
+    try:
+        # every request gets "<answer> (rephrased)": the facts are kept, so each rewrite is accepted
+        class Echo(list):
+            def pop(self, i=0):  # noqa: D401 - a script that answers from the request itself
+                body = server.requests[-1]["body"]
+                answer = body["messages"][-1]["content"].split("Answer to rewrite:", 1)[1].strip()
+                return (200, completion(answer + " (rephrased)"), 0.0)
+
+            def __bool__(self):
+                return True
+
+        server.script = Echo()
+        out = tmp_path / "rw"
+        assert run([*base, "--out", str(out), "--rewrite", f"openai:{server.url}#writer"]) == 0
+        assert len(server.requests) == n_long
+        items = json.loads((out / "instruct.json").read_text())
+        stats = json.loads((out / "stats.json").read_text())["rewrite"]
+        assert stats["rewritten"] == n_long and stats["failed"] == 0 and stats["kept_detection"] > 0
+        for a, b in zip(templ, items, strict=True):
+            for ta, tb in zip(a["conversations"], b["conversations"], strict=True):
+                if ta["from"] == "human" or ta["value"].strip().rstrip(".").lower() in ("yes", "no"):
+                    assert ta == tb
+                else:
+                    assert tb["value"] == ta["value"] + " (rephrased)"
+        validate(items)
+
+        # a rerun asks nothing: every rewrite comes from the cache
+        again = tmp_path / "rw2"
+        cache = out / "rewrite_cache.jsonl"
+        n = len(server.requests)
+        assert (
+            run(
+                [
+                    *base,
+                    "--out",
+                    str(again),
+                    "--rewrite",
+                    f"openai:{server.url}#writer",
+                    "--rewrite-cache",
+                    str(cache),
+                ]
+            )
+            == 0
+        )
+        assert len(server.requests) == n
+        assert json.loads((again / "stats.json").read_text())["rewrite"]["from_cache"] == n_long
+    finally:
+        server.close()
+
+    # the endpoint is gone: the templates stay, the run succeeds, the reason is recorded
+    down = tmp_path / "down"
+    assert run([*base, "--out", str(down), "--rewrite", f"openai:{server.url}#writer"]) == 0
+    assert json.loads((down / "instruct.json").read_text()) == templ
+    stats = json.loads((down / "stats.json").read_text())["rewrite"]
+    assert stats["rewritten"] == 0 and stats["failed"] == n_long and "cannot reach" in stats["endpoint_error"]
+    assert run([*base, "--out", str(tmp_path / "x"), "--rewrite", "rule"]) == 2
+
+
+def test_rejected_rewrites_keep_the_template(tmp_path) -> None:
+    from instruct_data.instruct.rewrite import AnswerRewriter, RewriteCache
+
+    items = [
+        {
+            "id": "0",
+            "image": "a.png",
+            "conversations": [
+                {"from": "human", "value": "<image>\\nIs there a defect?"},
+                {"from": "gpt", "value": "Yes."},
+                {"from": "human", "value": "Where?"},
+                {"from": "gpt", "value": "In the lower-right, about 2% of the surface."},
+            ],
+        }
+    ]
+    r = AnswerRewriter(lambda p, h: "Somewhere on the part.", "m", RewriteCache(tmp_path / "c.jsonl"))
+    r.rewrite_items(items)
+    assert items[0]["conversations"][3]["value"] == "In the lower-right, about 2% of the surface."
+    assert r.stats.rejected == 1 and r.stats.kept_detection == 1 and r.stats.reasons == {"location": 1}
+    assert not (tmp_path / "c.jsonl").exists()  # nothing rejected is cached
