@@ -46,6 +46,7 @@ _LOCATION_GRID = (
     ("left", "center", "right"),
     ("lower-left", "bottom", "lower-right"),
 )
+LOCATION_WORDS: tuple[str, ...] = tuple(w for row in _LOCATION_GRID for w in row)
 
 _LUMA = np.array([0.299, 0.587, 0.114])
 

@@ -187,9 +187,10 @@ def find_blobs(px: np.ndarray, background: Sequence[float], tolerance: float, mi
     clamp on a cable, a label on a bottle) are still separate blobs."""
     h, w = px.shape[:2]
     fg = foreground(px, background, tolerance)
-    centres = colour_modes(px[fg])
+    colours = px[fg]
+    centres = colour_modes(colours)
     if len(centres) > 1:
-        nearest = np.argmin(((px[fg][:, None, :] - centres[None]) ** 2).sum(-1), axis=1)
+        nearest = np.argmin(((colours[:, None, :] - centres[None]) ** 2).sum(-1), axis=1)
         layers = np.full((h, w), -1)
         layers[fg] = nearest
         masks = [

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -21,13 +21,13 @@ from PIL import Image
 
 from agent.audit.check import _colour_word
 from agent.audit.spec import PairRule, Spec
+from agent.brains.base import TextChat
 from prompts import load_prompts
 from tools.regions import location_words
 
 if TYPE_CHECKING:
     from agent.audit.finders import Finders
 
-TextChat = Callable[[str, list[tuple[str, str]]], str]  # (prompt, history) -> reply
 ATTRIBUTES = ("hue", "colour", "area", "x", "y")
 PAIR_TOLERANCE = {"hue": 0.05, "colour": 0.1, "area": 0.3, "x": 0.05, "y": 0.05}
 _NAME = re.compile(r"[^a-z0-9]+")

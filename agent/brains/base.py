@@ -8,9 +8,13 @@ interchangeable in the chat, the reports and the D&R benchmark, so a brain sees 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from tools.record import InspectionRecord
+
+#: `Brain.chat_text` as a plain callable: (prompt, earlier (user, assistant) turns) -> reply.
+TextChat = Callable[[str, list[tuple[str, str]]], str]
 
 
 class Brain(ABC):

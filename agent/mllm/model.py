@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
-import re
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -70,17 +69,6 @@ def anomaly_token_count(grid_shape: tuple[int, int] | None, tokens_per_side: int
         return 1 + s * s + 1
     n_h, n_w = grid_shape
     return 1 + s * s + s * n_h * (s * n_w + 1)
-
-
-def parse_yes_no(text: str) -> bool | None:
-    """Strict Yes/No: the answer's first word must be 'yes' or 'no' (any case); otherwise None.
-
-    ("The eyes are fine" is not a yes: the official `'yes' in r` check would say it is.)
-    """
-    m = re.match(r"\s*[\"'(*]*\s*(yes|no)\b", text, flags=re.IGNORECASE)
-    if m is None:
-        return None
-    return m.group(1).lower() == "yes"
 
 
 def format_chat(

@@ -19,23 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.brains.base import TextChat
+from evals.dr.parsing import parse_yes_no
+from instruct_data.instruct.conversations import IMAGE_TOKEN
 from prompts import load_prompts
+from tools.regions import LOCATION_WORDS
 
-TextChat = Callable[[str, list[tuple[str, str]]], str]
-LOCATION_WORDS = (
-    "upper-left",
-    "upper-right",
-    "lower-left",
-    "lower-right",
-    "top",
-    "bottom",
-    "left",
-    "right",
-    "center",
-)
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
-_LEADING = re.compile(r"^\W*(yes|no)\b", re.I)
-IMAGE_TOKEN = "<image>"
 
 
 class RewriteCache:
@@ -69,9 +59,9 @@ def facts_kept(original: str, rewrite: str) -> str | None:
         return "empty rewrite"
     if len(text) > 3 * len(original) + 80:
         return "rewrite much longer than the answer"
-    lead = _LEADING.match(original)
-    if lead and (not _LEADING.match(text) or _LEADING.match(text).group(1).lower() != lead.group(1).lower()):
-        return f"leading '{lead.group(1)}' changed"
+    lead = parse_yes_no(original)
+    if lead is not None and parse_yes_no(text) is not lead:
+        return f"leading '{'Yes' if lead else 'No'}' changed"
     low_o, low_r = original.lower(), text.lower()
     for word in LOCATION_WORDS:
         if re.search(rf"\b{re.escape(word)}\b", low_o) and not re.search(rf"\b{re.escape(word)}\b", low_r):
@@ -144,7 +134,7 @@ class AnswerRewriter:
         problem = facts_kept(answer, text)
         if problem is not None:
             self.stats.rejected += 1
-            reason = problem.split("'")[0].strip()
+            reason = problem.split()[0]  # "leading", "location", "number", "empty", "rewrite"
             self.stats.reasons[reason] = self.stats.reasons.get(reason, 0) + 1
             return answer
         self.cache.put(key, text)

@@ -13,7 +13,7 @@ import pytest
 
 from agent.commands import ask, chat
 from tests.agent import agent_case as case
-from tests.agent.test_openai_brain import ScriptedServer, completion
+from tests.openai_server import ScriptedServer, completion
 
 FAST = ["--resolution", "96"]
 

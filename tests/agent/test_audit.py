@@ -403,7 +403,7 @@ def test_llm_names_and_pairs_are_validated_on_the_references() -> None:
 
 
 def test_cli_draft_with_an_llm_brain_over_http(tmp_path, capsys) -> None:
-    from tests.agent.test_openai_brain import ScriptedServer, completion
+    from tests.openai_server import ScriptedServer, completion
 
     refs_dir = tmp_path / "refs"
     refs_dir.mkdir()

@@ -23,7 +23,7 @@ from agent.lc_models import chat_model_for, openai_chat_model  # noqa: E402
 from agent.lc_tools import InspectionSession, build_agent, make_tools  # noqa: E402
 from agent.loop import MatchOfThought  # noqa: E402
 from tests.agent import agent_case as case  # noqa: E402
-from tests.agent.test_openai_brain import ScriptedServer, completion  # noqa: E402
+from tests.openai_server import ScriptedServer, completion  # noqa: E402
 
 
 class ScriptedChatModel(GenericFakeChatModel):

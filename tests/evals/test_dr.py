@@ -350,7 +350,7 @@ def test_judge_spec_must_be_an_openai_endpoint():
 
 
 def test_eval_dr_with_a_judge_over_http_and_rejudging_on_resume(tmp_path, capsys):
-    from tests.agent.test_openai_brain import ScriptedServer, completion
+    from tests.openai_server import ScriptedServer, completion
 
     tree = write_tree(tmp_path / "data", categories=("plate",), n_train=2, n_good=1, n_bad=2)
     qa = tmp_path / "qa"
@@ -390,7 +390,7 @@ def test_eval_dr_with_a_judge_over_http_and_rejudging_on_resume(tmp_path, capsys
 
 
 def test_fallback_answers_are_scored_as_empty_unless_asked(tmp_path):
-    from tests.agent.test_openai_brain import ScriptedServer
+    from tests.openai_server import ScriptedServer
 
     tree = write_tree(tmp_path / "data", categories=("plate",), n_train=2, n_good=1, n_bad=1)
     qa = tmp_path / "qa"

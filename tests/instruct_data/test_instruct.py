@@ -251,7 +251,7 @@ def test_facts_kept_checks_verdict_locations_and_numbers() -> None:
 
 
 def test_rewrite_over_http_is_checked_cached_and_never_required(tree, tmp_path) -> None:
-    from tests.agent.test_openai_brain import ScriptedServer, completion
+    from tests.openai_server import ScriptedServer, completion
 
     base = ["build-instruct", "--data", str(tree), "--per-image", "2", "--limit", "2", "--seed", "3"]
     plain = tmp_path / "plain"
@@ -268,16 +268,11 @@ def test_rewrite_over_http_is_checked_cached_and_never_required(tree, tmp_path) 
     server = ScriptedServer()
     try:
         # every request gets "<answer> (rephrased)": the facts are kept, so each rewrite is accepted
-        class Echo(list):
-            def pop(self, i=0):  # noqa: D401 - a script that answers from the request itself
-                body = server.requests[-1]["body"]
-                answer = body["messages"][-1]["content"].split("Answer to rewrite:", 1)[1].strip()
-                return (200, completion(answer + " (rephrased)"), 0.0)
+        def echo(body: dict) -> tuple:
+            answer = body["messages"][-1]["content"].split("Answer to rewrite:", 1)[1].strip()
+            return 200, completion(answer + " (rephrased)"), 0.0
 
-            def __bool__(self):
-                return True
-
-        server.script = Echo()
+        server.responder = echo
         out = tmp_path / "rw"
         assert run([*base, "--out", str(out), "--rewrite", f"openai:{server.url}#writer"]) == 0
         assert len(server.requests) == n_long

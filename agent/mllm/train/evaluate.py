@@ -48,7 +48,8 @@ def evaluate_detection(
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Detection accuracy of `model` (a `LookTwiceModel`) on the Yes/No items of `conversations`."""
-    from agent.mllm.model import format_chat, parse_yes_no, yes_probability_from_logits
+    from agent.mllm.model import format_chat, yes_probability_from_logits
+    from evals.dr.parsing import parse_yes_no
     from tools.image_io import load_image
 
     items = detection_items(conversations)[:limit]

@@ -14,10 +14,10 @@ from agent.mllm.model import (
     VISUAL,
     anomaly_token_count,
     format_question,
-    parse_yes_no,
     suspicion_phrase,
     yes_probability_from_logits,
 )
+from evals.dr.parsing import parse_yes_no
 from tests.agent.mllm.conftest import random_image
 
 # (image height, width) -> expected AnyRes grid (nH, nW) for the tiny pinpoints of the fixture
