@@ -56,7 +56,7 @@ def run(
     from agent.inspector import Inspector, load_references
     from agent.loop import MatchOfThought
     from evals.detection import draw_references
-    from evals.dr.parsing import parse_yes_no
+    from instruct_data.answers import parse_yes_no
     from instruct_data.datasets import open_dataset
     from tools.image_io import load_image
 

@@ -33,7 +33,7 @@ KNOWN_CYCLES: list[set[str]] = [
 ]
 
 #: String-built imports that still run up the layers, as (naming module, named module).
-KNOWN_UPWARD_STRINGS: set[tuple[str, str]] = {("agent.mllm", "evals.dr.parsing")}
+KNOWN_UPWARD_STRINGS: set[tuple[str, str]] = set()
 
 
 def layers() -> list[list[str]]:

@@ -31,7 +31,6 @@ _EXPORTS = {
     "DetectionResult": "agent.mllm.model",
     "DETECTION_QUESTION": "agent.mllm.model",
     "format_question": "agent.mllm.model",
-    "parse_yes_no": "evals.dr.parsing",
     "suspicion_phrase": "agent.mllm.model",
     "DEFAULT_MODEL_ID": "agent.mllm.loading",
     "ModelNotFoundError": "agent.mllm.loading",

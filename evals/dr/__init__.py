@@ -2,7 +2,6 @@
 QA set written by `looktwice build-qa` (format: instruct_data/qa/FORMAT.md). Run it with `looktwice eval-dr`."""
 
 from evals.dr.metrics import detection_metrics
-from evals.dr.parsing import parse_yes_no
 from evals.dr.reader import QAImage, QASet, QASetError, load_qa_set
 from evals.dr.text import SbertScorer, SbertUnavailable, lcs_length, rouge_l, tokenize
 
@@ -15,7 +14,6 @@ __all__ = [
     "detection_metrics",
     "lcs_length",
     "load_qa_set",
-    "parse_yes_no",
     "rouge_l",
     "tokenize",
 ]

@@ -21,7 +21,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from evals.dr.parsing import parse_yes_no
+from instruct_data.answers import parse_yes_no
 
 SAMPLES_FILE = "samples.jsonl"
 DETECTION_TYPE = "Anomaly Detection"

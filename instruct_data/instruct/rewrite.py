@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.brains.base import TextChat
-from evals.dr.parsing import parse_yes_no
+from instruct_data.answers import parse_yes_no
 from instruct_data.instruct.conversations import IMAGE_TOKEN
 from prompts import load_prompts
 from tools.regions import LOCATION_WORDS

@@ -18,11 +18,11 @@ from evals.dr import (
     detection_metrics,
     lcs_length,
     load_qa_set,
-    parse_yes_no,
     rouge_l,
     tokenize,
 )
 from evals.dr.runner import SUMMARY_KEYS, aggregate, compare_table
+from instruct_data.answers import parse_yes_no
 from tests.instruct_data.mvtec_case import write_tree
 
 

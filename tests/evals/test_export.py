@@ -183,9 +183,9 @@ def test_lmms_eval_task_folder(case, capsys):
 
 
 def test_lmms_utils_parsing_matches_eval_dr(case, tmp_path):
-    from evals.dr.parsing import parse_yes_no
     from evals.dr.text import rouge_l
     from evals.export import write_lmms_eval_task
+    from instruct_data.answers import parse_yes_no
 
     info = write_lmms_eval_task(case["qa"], tmp_path / "t")
     utils = _load_utils(info["yaml"].parent)

@@ -49,7 +49,7 @@ def evaluate_detection(
 ) -> dict[str, Any]:
     """Detection accuracy of `model` (a `LookTwiceModel`) on the Yes/No items of `conversations`."""
     from agent.mllm.model import format_chat, yes_probability_from_logits
-    from evals.dr.parsing import parse_yes_no
+    from instruct_data.answers import parse_yes_no
     from tools.image_io import load_image
 
     items = detection_items(conversations)[:limit]

@@ -17,7 +17,7 @@ from agent.mllm.model import (
     suspicion_phrase,
     yes_probability_from_logits,
 )
-from evals.dr.parsing import parse_yes_no
+from instruct_data.answers import parse_yes_no
 from tests.agent.mllm.conftest import random_image
 
 # (image height, width) -> expected AnyRes grid (nH, nW) for the tiny pinpoints of the fixture

@@ -1,4 +1,9 @@
-"""Strict parsing of Yes/No answers to the detection prompt.
+"""Strict reading of the Yes/No answer to a detection question, the answer format of the data built here.
+
+Why in `instruct_data`: the instruction and QA data of this package answer the detection question with a
+leading "Yes" or "No", and three readers of that format sit at or above this layer: the answer rewriting
+here (a rewrite must keep the Yes/No), the trainer's held-out check (agent.mllm.train) and the D&R
+benchmark (evals). `tools` is perception and holds no language; `prompts` holds data, not code.
 
 Only the leading word counts: "Yes.", "yes, there is a scratch", "**No** defects" parse; "The eyes ..."
 (yes inside a word), "I think yes" (not leading), "Nope" and "" do not (None). Benchmarks that search
