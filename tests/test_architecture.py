@@ -29,7 +29,6 @@ KNOWN_CYCLES: list[set[str]] = [
     {"agent.audit.check", "agent.audit.clip_finder", "agent.audit.finders", "agent.audit.segment"},
     {"agent.brains.openai", "agent.brains.spec", "agent.lc_models"},
     {"agent.mllm.loading", "agent.mllm.model"},
-    {"instruct_data.instruct.conversations", "instruct_data.instruct.rewrite"},
 ]
 
 #: String-built imports that still run up the layers, as (naming module, named module).

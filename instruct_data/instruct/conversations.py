@@ -21,10 +21,8 @@ seed and inputs give the same JSON and the same synthesized files.
 
 from __future__ import annotations
 
-import json
 import os
 import random
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +38,6 @@ from instruct_data.qa.builder import (
     measure_mask,
     words_of,
 )
-from instruct_data.qa.builder import templates as qa_templates
 from prompts import load_prompts
 from tools.record import Region
 
@@ -368,64 +365,3 @@ def compute_stats(
             ),
         },
     }
-
-
-def rewrite_answers(items: list[dict[str, Any]], settings: InstructSettings, out: Path) -> dict[str, Any]:
-    """Rephrase the answers with the LLM of `settings.rewrite` (instruct_data/instruct/rewrite.py);
-    returns its counts. A brain that cannot be built is a usage error; a failing endpoint is not."""
-    from agent.brains.common import BrainError
-    from agent.brains.spec import build_brain
-    from instruct_data.instruct.rewrite import AnswerRewriter, RewriteCache
-
-    try:
-        brain = build_brain(settings.rewrite)
-    except BrainError as err:
-        raise InstructBuildError(f"--rewrite: {err}") from None
-    if brain.name == "rule":
-        raise InstructBuildError("--rewrite needs a language model: llava:<model> or openai:<base-url>#<model>")
-    cache = RewriteCache(settings.rewrite_cache or out / "rewrite_cache.jsonl")
-    model_id = json.dumps(brain.settings(), sort_keys=True)
-    rewriter = AnswerRewriter(brain.chat_text, model_id, cache)
-    rewriter.rewrite_items(items)
-    validate(items)
-    result = rewriter.stats.as_dict()
-    result["model"] = brain.settings()
-    result["cache"] = str(cache.path)
-    if rewriter.endpoint_error:
-        result["endpoint_error"] = rewriter.endpoint_error
-    return result
-
-
-def build_instruct(
-    settings: InstructSettings, progress: Callable[[int], None] | None = None
-) -> dict[str, Any]:
-    """Write `instruct.json` and `stats.json` into `settings.out`; returns the stats dict."""
-    if (settings.data is None) == (settings.synth_from is None):
-        raise InstructBuildError("give exactly one of --data and --synth-from")
-    if settings.per_image <= 0:
-        raise InstructBuildError(f"--per-image must be positive, got {settings.per_image}")
-    if settings.limit is not None and settings.limit <= 0:
-        raise InstructBuildError(f"--limit must be positive, got {settings.limit}")
-    out = Path(settings.out)
-    out.mkdir(parents=True, exist_ok=True)
-    tpl, qa = templates(), qa_templates()
-    if settings.data is not None:
-        subjects = subjects_from_data(settings, out)
-    else:
-        subjects = subjects_from_synthesis(settings, out, tpl)
-    if not subjects:
-        raise InstructBuildError("no images to build conversations from (need normal and anomalous images)")
-    items: list[dict[str, Any]] = []
-    for index, subject in enumerate(subjects):
-        items.extend(conversations_for(subject, index, settings, tpl, qa))
-        if progress:
-            progress(1)
-    validate(items)
-    rewrite_stats = rewrite_answers(items, settings, out) if settings.rewrite else None
-    stats = compute_stats(items, subjects, settings)
-    if rewrite_stats is not None:
-        stats["rewrite"] = rewrite_stats
-    stats["image_folder"] = str(out.resolve())  # LLaVA's --image_folder: `image` paths are relative to it
-    (out / INSTRUCT_FILE).write_text(json.dumps(items, indent=1), encoding="utf-8")
-    (out / STATS_FILE).write_text(json.dumps(stats, indent=2), encoding="utf-8")
-    return stats

@@ -7,6 +7,8 @@ location word and every number of the original, and stay within a sane length. A
 failed request, a rejected rewrite) keeps the template answer, so the data set is always complete.
 Rewrites are cached in a JSON-lines file keyed by model, prompt version, question and answer, so a
 rerun (or another seed over the same images) asks the model only for what is new.
+
+The model comes in as a chat function (a brain's `chat_text`): this layer never builds a brain.
 """
 
 from __future__ import annotations
@@ -19,13 +21,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.brains.base import TextChat
 from instruct_data.answers import parse_yes_no
 from instruct_data.instruct.conversations import IMAGE_TOKEN
 from prompts import load_prompts
 from tools.regions import LOCATION_WORDS
 
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
+
+#: (prompt, earlier (user, assistant) turns) -> reply: the shape of `agent.brains.base.TextChat`, declared
+#: here because this layer takes it in and cannot import it. Raising counts as a failed request.
+Chat = Callable[[str, list[tuple[str, str]]], str]
 
 
 class RewriteCache:
@@ -96,7 +101,7 @@ class AnswerRewriter:
     """Rewrites gpt turns of LLaVA-JSON items in place through `chat` (see the module docstring)."""
 
     def __init__(
-        self, chat: TextChat, model_id: str, cache: RewriteCache, prompts: str = "instruct_rewrite"
+        self, chat: Chat, model_id: str, cache: RewriteCache, prompts: str = "instruct_rewrite"
     ) -> None:
         self.chat = chat
         self.model_id = model_id
@@ -111,8 +116,6 @@ class AnswerRewriter:
 
     def rewrite(self, question: str, answer: str) -> str:
         """The rewritten answer, or `answer` itself (detection answers, failures, rejected rewrites)."""
-        from agent.brains.common import BrainError
-
         if answer.strip().rstrip(".").lower() in ("yes", "no"):
             self.stats.kept_detection += 1
             return answer
@@ -127,7 +130,7 @@ class AnswerRewriter:
         prompt = self.t["system"].strip() + "\n\n" + self.t["user"].format(question=question, answer=answer)
         try:
             text = self.chat(prompt, []).strip()
-        except BrainError as err:
+        except Exception as err:  # noqa: BLE001 - a failed request keeps the templates, never stops the build
             self._down = str(err)
             self.stats.failed += 1
             return answer
@@ -158,4 +161,20 @@ class AnswerRewriter:
         return self._down
 
 
-__all__ = ["AnswerRewriter", "RewriteCache", "RewriteStats", "facts_kept"]
+def rewrite_answers(
+    items: list[dict[str, Any]], chat: Chat, model: dict[str, Any], cache: str | Path
+) -> dict[str, Any]:
+    """Rephrase the answers of `items` in place through `chat` (`model`: its settings, which key the
+    cache file `cache`); returns the counts, the model and the cache path."""
+    store = RewriteCache(cache)
+    rewriter = AnswerRewriter(chat, json.dumps(model, sort_keys=True), store)
+    rewriter.rewrite_items(items)
+    result = rewriter.stats.as_dict()
+    result["model"] = model
+    result["cache"] = str(store.path)
+    if rewriter.endpoint_error:
+        result["endpoint_error"] = rewriter.endpoint_error
+    return result
+
+
+__all__ = ["AnswerRewriter", "Chat", "RewriteCache", "RewriteStats", "facts_kept", "rewrite_answers"]

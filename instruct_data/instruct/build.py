@@ -1,0 +1,86 @@
+"""`build_instruct`: the instruction data set from start to end (subjects, conversations, optional
+rewriting, `instruct.json` and `stats.json`).
+
+Why apart from `conversations`: the conversations are pure templates over the ground truth, the rewriting
+(`rewrite`) builds on their format, and this module puts the two together, so neither imports the other's
+user.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from instruct_data.instruct.conversations import (
+    INSTRUCT_FILE,
+    STATS_FILE,
+    InstructBuildError,
+    InstructSettings,
+    compute_stats,
+    conversations_for,
+    subjects_from_data,
+    subjects_from_synthesis,
+    templates,
+    validate,
+)
+from instruct_data.instruct.rewrite import Chat, rewrite_answers
+from instruct_data.qa.builder import templates as qa_templates
+
+
+def build_instruct(
+    settings: InstructSettings, progress: Callable[[int], None] | None = None
+) -> dict[str, Any]:
+    """Write `instruct.json` and `stats.json` into `settings.out`; returns the stats dict."""
+    if (settings.data is None) == (settings.synth_from is None):
+        raise InstructBuildError("give exactly one of --data and --synth-from")
+    if settings.per_image <= 0:
+        raise InstructBuildError(f"--per-image must be positive, got {settings.per_image}")
+    if settings.limit is not None and settings.limit <= 0:
+        raise InstructBuildError(f"--limit must be positive, got {settings.limit}")
+    out = Path(settings.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tpl, qa = templates(), qa_templates()
+    if settings.data is not None:
+        subjects = subjects_from_data(settings, out)
+    else:
+        subjects = subjects_from_synthesis(settings, out, tpl)
+    if not subjects:
+        raise InstructBuildError("no images to build conversations from (need normal and anomalous images)")
+    items: list[dict[str, Any]] = []
+    for index, subject in enumerate(subjects):
+        items.extend(conversations_for(subject, index, settings, tpl, qa))
+        if progress:
+            progress(1)
+    validate(items)
+    rewrite_stats = None
+    if settings.rewrite:
+        chat, model = _chat_for(settings.rewrite)
+        rewrite_stats = rewrite_answers(items, chat, model, settings.rewrite_cache or out / "rewrite_cache.jsonl")
+        validate(items)
+    stats = compute_stats(items, subjects, settings)
+    if rewrite_stats is not None:
+        stats["rewrite"] = rewrite_stats
+    stats["image_folder"] = str(out.resolve())  # LLaVA's --image_folder: `image` paths are relative to it
+    (out / INSTRUCT_FILE).write_text(json.dumps(items, indent=1), encoding="utf-8")
+    (out / STATS_FILE).write_text(json.dumps(stats, indent=2), encoding="utf-8")
+    return stats
+
+
+def _chat_for(spec: str) -> tuple[Chat, dict[str, Any]]:
+    """(chat function, its settings) of the `--rewrite` brain spec; a brain that cannot be built, or one
+    without a language model, is a usage error.
+
+    The one import of this layer from the agent core, known to the layers contract: it goes when
+    `looktwice build-instruct` builds the brain itself and passes its chat function in.
+    """
+    from agent.brains.spec import BrainError, build_brain
+
+    try:
+        brain = build_brain(spec)
+    except BrainError as err:
+        raise InstructBuildError(f"--rewrite: {err}") from None
+    if brain.name == "rule":
+        raise InstructBuildError("--rewrite needs a language model: llava:<model> or openai:<base-url>#<model>")
+    return brain.chat_text, brain.settings()
