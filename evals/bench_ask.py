@@ -123,7 +123,7 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    from agent.cli import _add_detector_args, detector_options
+    from agent.detector_flags import add_detector_args, detector_options
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="MVTec-layout root (one category is used)")
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--per-type", type=int, help="images per defect type (and good); default all")
     p.add_argument("--brain", default="rule", help="rule | llava:<id-or-folder> | openai:<base-url>#<model>")
-    _add_detector_args(p)
+    add_detector_args(p)
     p.add_argument("--json", help="also write the result here")
     args = p.parse_args(argv)
     result = run(
