@@ -1,12 +1,11 @@
 """LangChain chat models for the tool-calling agent (`agent.lc_tools.build_agent`).
 
     openai_chat_model("http://127.0.0.1:8000/v1", "Qwen/Qwen2.5-7B-Instruct")   # a vLLM server
-    chat_model_for("openai:http://127.0.0.1:8000/v1#Qwen/Qwen2.5-7B-Instruct")   # from a --brain spec
-    chat_model_for(OpenAIBrain(...))                                            # from a brain
 
 An OpenAI-compatible server becomes a `langchain_openai.ChatOpenAI`, with the same settings and
-environment fallbacks as `OpenAIBrain` (LOOKTWICE_OPENAI_BASE_URL, LOOKTWICE_OPENAI_MODEL,
-LOOKTWICE_OPENAI_API_KEY). Tool calling must be enabled on the server; for vLLM that is
+environment fallbacks as `OpenAIBrain` (`agent.brains.endpoint`: LOOKTWICE_OPENAI_BASE_URL,
+LOOKTWICE_OPENAI_MODEL, LOOKTWICE_OPENAI_API_KEY). `agent.lc_tools.chat_model_for` picks the chat model
+of a brain or a `--brain` spec. Tool calling must be enabled on the server; for vLLM that is
 `vllm serve MODEL --enable-auto-tool-choice --tool-call-parser <parser of the model>` (hermes for
 Qwen2.5), or it answers requests with tools with HTTP 400.
 
@@ -18,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from agent.brains.common import BrainError
+from agent.brains.endpoint import resolve_settings
 
 #: vLLM ignores the key unless it was started with --api-key, but the OpenAI client needs one.
 NO_KEY = "EMPTY"
@@ -40,8 +40,6 @@ def openai_chat_model(
     not travel to a local server). `options` go to `ChatOpenAI` unchanged. Raises `BrainError` when the
     server or the model is not given, or when langchain-openai is not installed.
     """
-    from agent.brains.openai import resolve_settings
-
     url, name, key = resolve_settings(base_url, model, api_key)
     try:
         from langchain_openai import ChatOpenAI
@@ -63,27 +61,4 @@ def openai_chat_model(
     return ChatOpenAI(**{**settings, **options})
 
 
-def chat_model_for(model: Any) -> Any:
-    """A LangChain chat model from a chat model (returned as is), a brain or a `--brain` spec.
-
-    Brains that can drive a tool-calling agent have a `chat_model()` method (`OpenAIBrain`); any other
-    brain raises `BrainError` saying what to use instead.
-    """
-    if isinstance(model, str):
-        from agent.brains.spec import build_brain
-
-        model = build_brain(model)
-    from agent.brains.base import Brain
-
-    if isinstance(model, Brain):
-        make = getattr(model, "chat_model", None)
-        if make is None:
-            raise BrainError(
-                f"brain {model.name!r} cannot drive a tool-calling agent: use "
-                "openai:<base-url>#<model> (an OpenAI-compatible server with tool calling)"
-            )
-        return make()
-    return model
-
-
-__all__ = ["NO_KEY", "chat_model_for", "openai_chat_model"]
+__all__ = ["NO_KEY", "openai_chat_model"]

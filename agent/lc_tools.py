@@ -21,6 +21,10 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, Field, ValidationError
 
+from agent.brains.abilities import DrivesTools
+from agent.brains.base import Brain
+from agent.brains.common import BrainError
+from agent.brains.spec import build_brain
 from agent.loop import MatchOfThought
 from tools.detectors import DetectorOutput
 from tools.image_io import ImageLoadError, load_image
@@ -227,15 +231,31 @@ def build_agent(model: Any, tools: list[Any], system_prompt: str | None = SYSTEM
 
     `model` is a LangChain chat model, a brain that has one (`OpenAIBrain`: its server as a
     `ChatOpenAI`) or a `--brain` spec such as `openai:http://127.0.0.1:8000/v1#Qwen/Qwen2.5-7B-Instruct`
-    (see `agent.lc_models`); other brains raise `BrainError`. Run it with
+    (see `chat_model_for`); other brains raise `BrainError`. Run it with
     `agent.invoke({"messages": [("user", "Is there a defect?")]})`; the reply is the last message, the
     tool results (with their artifacts) are the `ToolMessage`s before it.
     """
     from langchain.agents import create_agent
 
-    from agent.lc_models import chat_model_for
-
     return create_agent(model=chat_model_for(model), tools=tools, system_prompt=system_prompt)
+
+
+def chat_model_for(model: Any) -> Any:
+    """A LangChain chat model from a chat model (returned as is), a brain or a `--brain` spec.
+
+    Brains that can drive a tool-calling agent are `DrivesTools` (`OpenAIBrain`); any other brain
+    raises `BrainError` saying what to use instead.
+    """
+    if isinstance(model, str):
+        model = build_brain(model)
+    if not isinstance(model, Brain):
+        return model
+    if not isinstance(model, DrivesTools):
+        raise BrainError(
+            f"brain {model.name!r} cannot drive a tool-calling agent: use "
+            "openai:<base-url>#<model> (an OpenAI-compatible server with tool calling)"
+        )
+    return model.chat_model()
 
 
 __all__ = [
@@ -246,5 +266,6 @@ __all__ = [
     "RegionsArgs",
     "ZoomArgs",
     "build_agent",
+    "chat_model_for",
     "make_tools",
 ]

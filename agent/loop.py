@@ -41,6 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
 
+from agent.brains.abilities import ProposesRules, ReportsModelCalls, SeesImages
 from agent.brains.base import Brain
 from agent.inspector import record_from_output
 from tools.detectors import Detector, DetectorOutput
@@ -541,7 +542,7 @@ class MatchOfThought:
             return text
 
     def _model_call(self) -> dict[str, Any]:
-        last = getattr(self.brain, "last_call", None)
+        last = self.brain.last_call if isinstance(self.brain, ReportsModelCalls) else None
         return {"model_call": dict(last)} if last else {}
 
     def answer(
@@ -569,7 +570,7 @@ class MatchOfThought:
         t0 = time.perf_counter()
         img = image if image is not None else load_image(image_path)
         _step(trace, "load", t0, inputs={"image_path": str(image_path)}, size=list(img.size))
-        if hasattr(self.brain, "use_image"):
+        if isinstance(self.brain, SeesImages):
             self.brain.use_image(str(image_path), img)
 
         record = self._look(str(image_path), img, trace)
@@ -721,7 +722,7 @@ class MatchOfThought:
                 palette, comps, derive_rules(comps, len(palette), s.area_tolerance, s.count_slack)
             )
         refs = self._refs
-        if refs.brain_rules is None and self.settings.ask_rules and hasattr(self.brain, "propose_rules"):
+        if refs.brain_rules is None and self.settings.ask_rules and isinstance(self.brain, ProposesRules):
             refs.brain_rules, refs.brain_rules_status = self._ask_rules(refs)
             if trace is not None:
                 trace.append({"step": "propose_rules", "brain": self.brain.name, **refs.brain_rules_status})
@@ -729,13 +730,14 @@ class MatchOfThought:
 
     def _ask_rules(self, refs: ReferenceModel) -> tuple[list[Rule], dict[str, Any]]:
         """Rules from the brain, validated; repaired `rule_retries` times; [] when rejected."""
+        assert isinstance(self.brain, ProposesRules)
         t0 = time.perf_counter()
         summary = components_summary(refs.components, refs.palette)
         attempts: list[dict[str, Any]] = []
         text = ""
         for attempt in range(1 + max(0, self.settings.rule_retries)):
             try:
-                if attempt == 0 or not hasattr(self.brain, "repair_rules"):
+                if attempt == 0:
                     text = self.brain.propose_rules(summary)
                 else:
                     text = self.brain.repair_rules(summary, text, attempts[-1]["error"])

@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 from PIL import Image
 
+from agent.brains.abilities import ProposesRules, SeesImages
 from agent.brains.base import Brain
 from agent.brains.common import BrainError, ImageMemory, evidence_text
 from prompts import load_prompts
@@ -20,7 +21,7 @@ from tools.record import InspectionRecord
 DEFAULT_LLAVA = "llava-hf/llava-onevision-qwen2-0.5b-ov-hf"
 
 
-class LlavaBrain(Brain):
+class LlavaBrain(Brain, SeesImages, ProposesRules):
     """Explanations and answers from the local MLLM (transformers, optional 4/8-bit)."""
 
     name: ClassVar[str] = "llava"

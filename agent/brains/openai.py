@@ -2,11 +2,7 @@
 
 Plain HTTP with the standard library (no `openai` package): `POST {base_url}/chat/completions` with
 the image as a base64 data URL in the first user turn and the measured evidence as text. Settings come
-from the arguments or, when not given, from the environment:
-
-    LOOKTWICE_OPENAI_BASE_URL   e.g. http://127.0.0.1:8000/v1 (a bare host gets /v1 appended)
-    LOOKTWICE_OPENAI_MODEL      the served model name (`vllm serve <model>`)
-    LOOKTWICE_OPENAI_API_KEY    sent as a Bearer token when set (vLLM's --api-key)
+from the arguments or, when not given, from the LOOKTWICE_OPENAI_* variables (`agent.brains.endpoint`).
 
 Every failure (refused connection, timeout, HTTP error status, a body that is not the OpenAI format)
 raises `BrainError` with one line naming the server and what went wrong; the loop catches it and falls
@@ -21,25 +17,20 @@ tool-calling agent of `agent.lc_tools.build_agent`.
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 import urllib.error
-import urllib.parse
 import urllib.request
 from typing import Any, ClassVar
 
 from PIL import Image
 
+from agent.brains.abilities import DrivesTools, ProposesRules, ReportsModelCalls, SeesImages
 from agent.brains.base import Brain
 from agent.brains.common import BrainError, ImageMemory, evidence_text, image_data_url
+from agent.brains.endpoint import resolve_settings
 from prompts import load_prompts
 from tools.record import InspectionRecord
-
-ENV_BASE_URL = "LOOKTWICE_OPENAI_BASE_URL"
-ENV_MODEL = "LOOKTWICE_OPENAI_MODEL"
-ENV_API_KEY = "LOOKTWICE_OPENAI_API_KEY"
-
 
 #: HTTP 400 messages that say the model takes no images (vLLM; OpenAI-style servers).
 _NO_IMAGES = re.compile(
@@ -49,37 +40,7 @@ _NO_IMAGES = re.compile(
 )
 
 
-def resolve_settings(
-    base_url: str | None = None, model: str | None = None, api_key: str | None = None
-) -> tuple[str, str, str | None]:
-    """`(base_url, model, api_key)` from the arguments, else from the LOOKTWICE_OPENAI_* variables;
-    raises `BrainError` when the URL or the model is missing or the URL is malformed."""
-    url = base_url or os.environ.get(ENV_BASE_URL)
-    if not url:
-        raise BrainError(
-            f"no OpenAI-compatible server given: use openai:<base-url>#<model> or set {ENV_BASE_URL}"
-        )
-    url = normalize_base_url(url)
-    name = model or os.environ.get(ENV_MODEL) or ""
-    if not name:
-        raise BrainError(f"no model name for {url}: use openai:<base-url>#<model> or set {ENV_MODEL}")
-    key = api_key if api_key is not None else os.environ.get(ENV_API_KEY)
-    return url, name, key
-
-
-def normalize_base_url(url: str) -> str:
-    """`http://host:8000` -> `http://host:8000/v1`; a URL with a path is kept (minus a trailing '/')."""
-    url = url.strip()
-    parsed = urllib.parse.urlparse(url)
-    if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise BrainError(f"invalid OpenAI base URL {url!r}: expected http(s)://host[:port][/v1]")
-    path = parsed.path.rstrip("/")
-    if not path:
-        path = "/v1"
-    return urllib.parse.urlunparse((parsed.scheme, parsed.netloc, path, "", "", ""))
-
-
-class OpenAIBrain(Brain):
+class OpenAIBrain(Brain, SeesImages, ProposesRules, DrivesTools, ReportsModelCalls):
     """Explanations and answers from an OpenAI-compatible chat-completions server."""
 
     name: ClassVar[str] = "openai"

@@ -31,6 +31,7 @@ from typing import Any
 
 from PIL import Image
 
+from agent.brains.abilities import SeesImages
 from agent.conversation import Conversation, SetupError, trace_warnings
 from tools.image_io import ImageLoadError, load_image
 
@@ -284,7 +285,7 @@ class ChatSession:
                     notes += trace_warnings(conv.record.trace)
                 else:  # the brain may be shared: hand it this session's image again
                     brain = conv.loop.brain
-                    if hasattr(brain, "use_image"):
+                    if isinstance(brain, SeesImages):
                         brain.use_image(str(self.image_path), self.image)
                 n_before = len(conv.record.trace)
                 answer = conv.ask(q)

@@ -19,8 +19,8 @@ from langchain_core.messages import AIMessage, ToolMessage  # noqa: E402
 from agent.brains.common import BrainError  # noqa: E402
 from agent.brains.openai import OpenAIBrain  # noqa: E402
 from agent.brains.rule import RuleBrain  # noqa: E402
-from agent.lc_models import chat_model_for, openai_chat_model  # noqa: E402
-from agent.lc_tools import InspectionSession, build_agent, make_tools  # noqa: E402
+from agent.lc_models import openai_chat_model  # noqa: E402
+from agent.lc_tools import InspectionSession, build_agent, chat_model_for, make_tools  # noqa: E402
 from agent.loop import MatchOfThought  # noqa: E402
 from tests.agent import agent_case as case  # noqa: E402
 from tests.openai_server import ScriptedServer, completion  # noqa: E402

@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 from agent.brains.common import BrainError
-from agent.brains.openai import OpenAIBrain, normalize_base_url
+from agent.brains.endpoint import normalize_base_url
+from agent.brains.openai import OpenAIBrain
 from agent.brains.spec import build_brain, parse_brain_spec
 from agent.loop import MatchOfThought
 from tests.agent import agent_case as case
