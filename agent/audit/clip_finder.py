@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from agent.audit.check import Blob
+from agent.audit.blobs import Blob
 from agent.audit.spec import ClipSettings, Spec
 
 ClipScorer = Callable[[Sequence[Image.Image], Sequence[str]], np.ndarray]  # -> (crops, texts) logits

@@ -3,7 +3,7 @@ statistics, no model).
 
 1. Background: the median colour of the references' outer border (each reference white-balanced to
    it); its tolerance from the spread there.
-2. Blobs per reference (see `agent.audit.check.find_blobs`); the first reference's blobs seed *places*,
+2. Blobs per reference (see `agent.audit.blobs.find_blobs`); the first reference's blobs seed *places*,
    the others are matched to them by position (Hungarian); places found on every reference are kept.
 3. Places of one steady colour and similar size form one component (found by colour, `rgb` with a
    tolerance kept below half the distance to every other colour seen); a place whose colour varies
@@ -30,16 +30,8 @@ import numpy as np
 from PIL import Image
 from scipy.optimize import linear_sum_assignment
 
-from agent.audit.check import (
-    Blob,
-    _colour_word,
-    audit_image,
-    border_colour,
-    candidate_blobs,
-    hue_distance,
-    white_balance,
-    work_pixels,
-)
+from agent.audit.blobs import Blob, border_colour, white_balance, work_pixels
+from agent.audit.check import _colour_word, audit_image, candidate_blobs, hue_distance
 from agent.audit.spec import (
     Area,
     Background,

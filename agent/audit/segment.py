@@ -5,7 +5,7 @@ the audit counts and measures disjoint parts, as colour segmentation gives them.
 out smallest first: each pixel belongs to the smallest mask that covers it (the label keeps its pixels,
 the bottle keeps the rest), background pixels are dropped from every mask, and what is left of each mask
 is split into 8-connected pieces. A mask that is mostly background (the table, a shadow) is dropped
-before that. The blobs carry the same fields as `agent.audit.check.find_blobs` gives, so every rule
+before that. The blobs carry the same fields as `agent.audit.blobs.find_blobs` gives, so every rule
 works on them unchanged.
 
 `masks_to_blobs` is pure numpy; `SamMaskGenerator` adapts `tools.sam.SamTool.automatic_masks` (torch
@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from agent.audit.check import EIGHT, Blob, foreground
+from agent.audit.blobs import EIGHT, Blob, foreground
 from agent.audit.spec import SamSettings
 
 MaskGenerator = Callable[[Image.Image], Sequence[np.ndarray]]  # image -> HxW bool masks, best first

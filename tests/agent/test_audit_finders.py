@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import yaml
 
-from agent.audit.check import audit_image, border_colour, find_blobs, work_pixels
+from agent.audit.blobs import border_colour, find_blobs, work_pixels
+from agent.audit.check import audit_image
 from agent.audit.clip_finder import claim_by_prompt, crop_box, decide, texts_for
 from agent.audit.draft import draft_spec
 from agent.audit.finders import Finders, ModelFinders
