@@ -61,7 +61,8 @@ class LlavaBrain(Brain, SeesImages, ProposesRules):
     def model(self) -> Any:
         """The `LookTwiceModel`, loaded on first use."""
         if self._model is None:
-            from agent.mllm.loading import ModelNotFoundError, load_model
+            from agent.mllm.loading import load_model
+            from tools.ltfm.checkpoints import ModelNotFoundError
 
             try:
                 self._model = load_model(

@@ -7,8 +7,10 @@ Importing this package is cheap: torch and transformers load only when a name be
     result = model.detect(image)            # expert score + map, P("Yes") for the detection question
     model.chat(history, "Where is the defect?", images=[image])
 
-Modules: `expert` (the torch module), `expert_io` (save / load / official checkpoint converter),
-`model` (the composed LLaVA-OneVision wrapper), `loading` (hub id or folder, dtype, device map, 4/8-bit).
+Modules: `model` (the composed LLaVA-OneVision wrapper), `loading` (the wrapper from a hub id or a
+folder), `chat_format` (ChatML, image markers, the suspicion phrase), `sequences` (token layout, labels,
+padding), `yes_no` (P(Yes) from logits), `train` (the two training stages). The expert itself, its
+weights, the checkpoint loading and the vision tower are perception, in `tools.ltfm`.
 """
 
 from __future__ import annotations
@@ -17,23 +19,11 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "AnomalyExpert": "agent.mllm.expert",
-    "ExpertConfig": "agent.mllm.expert",
-    "ExpertOutput": "agent.mllm.expert",
-    "assemble_image_map": "agent.mllm.expert",
-    "balanced_bce_loss": "agent.mllm.expert",
-    "ExpertWeightsError": "agent.mllm.expert_io",
-    "save_expert": "agent.mllm.expert_io",
-    "load_expert": "agent.mllm.expert_io",
-    "load_official_expert": "agent.mllm.expert_io",
-    "convert_official_state_dict": "agent.mllm.expert_io",
     "LookTwiceModel": "agent.mllm.model",
     "DetectionResult": "agent.mllm.model",
-    "DETECTION_QUESTION": "agent.mllm.model",
-    "format_question": "agent.mllm.model",
-    "suspicion_phrase": "agent.mllm.model",
-    "DEFAULT_MODEL_ID": "agent.mllm.loading",
-    "ModelNotFoundError": "agent.mllm.loading",
+    "DETECTION_QUESTION": "agent.mllm.chat_format",
+    "format_question": "agent.mllm.chat_format",
+    "suspicion_phrase": "agent.mllm.chat_format",
     "load_model": "agent.mllm.loading",
 }
 

@@ -41,9 +41,9 @@ def build_full_size(device: str = "cpu", dtype: torch.dtype = torch.float32) -> 
     """A `LookTwiceModel` with the llava-onevision-qwen2-0.5b-ov architecture and a random expert."""
     from transformers import LlavaOnevisionForConditionalGeneration
 
-    from agent.mllm.expert import AnomalyExpert, ExpertConfig
     from agent.mllm.model import LookTwiceModel
     from agent.mllm.testing import build_bpe_tokenizer, llava_ov_05b_config, ov_image_processor
+    from tools.ltfm.expert import AnomalyExpert, ExpertConfig
 
     config = llava_ov_05b_config()
     torch.manual_seed(0)
@@ -68,7 +68,7 @@ def run(
     import numpy as np
     from PIL import Image
 
-    from agent.mllm.model import format_question
+    from agent.mllm.chat_format import format_question
 
     torch_dtype = getattr(torch, dtype)
     dev = torch.device(device)
@@ -92,8 +92,8 @@ def run(
         "build_s": round(build_s, 2),
     }
     with torch.no_grad():
-        model.vision_features([image])  # warm-up (allocations, kernels)
-        t_tower, feats = _timed(lambda: model.vision_features([image]), dev, repeats)
+        model.vision.features([image])  # warm-up (allocations, kernels)
+        t_tower, feats = _timed(lambda: model.vision.features([image]), dev, repeats)
         expert = model.expert
         assert expert is not None
         levels = feats.levels(expert.config.layer_indices)

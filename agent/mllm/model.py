@@ -13,79 +13,38 @@ The sequence is assembled as `inputs_embeds` and passed to the LLaVA model / `ge
 
 Vision outputs are cached per image content (a hash of the pixels), so a multi-turn chat does not
 re-encode its image each turn, and a different image can never reuse another image's features.
+
+Around it: the tower, AnyRes preprocessing and the expert's maps are perception (`tools.ltfm.vision`),
+the prompt text is `chat_format`, the token layout and padding `sequences`, P(Yes) `yes_no`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import math
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from agent.mllm.expert import AnomalyExpert, ExpertOutput, assemble_image_map
+from agent.mllm.chat_format import (
+    DEFAULT_SYSTEM,
+    DETECTION_QUESTION,
+    IMAGE_MARKER,
+    format_chat,
+    format_question,
+    suspicion_phrase,
+)
+from agent.mllm.sequences import ANOMALY, PHRASE, TEXT, VISUAL, MultimodalInputs, TokenSequence, pad_left
+from agent.mllm.yes_no import yes_no_token_ids, yes_probability_from_logits
+from tools.ltfm.expert import AnomalyExpert, ExpertOutput
+from tools.ltfm.vision import ExpertEncoding, LlavaVision, VisionFeatures, expert_encodings, run_expert
 
 if TYPE_CHECKING:
     from PIL import Image
-
-IMAGE_MARKER = "<image>"
-DETECTION_QUESTION = "Are there any defects in the image? Answer Yes or No."
-DEFAULT_SYSTEM = "You are a helpful assistant."
-
-# token kinds in a built sequence
-PAD, TEXT, VISUAL, PHRASE, ANOMALY = -1, 0, 1, 2, 3
-IGNORE_INDEX = -100
-
-_SUSPICION_LEVELS: tuple[tuple[float, str], ...] = (
-    (0.3, "slightly"),
-    (0.7, "moderately"),
-    (math.inf, "highly"),
-)
-
-
-def suspicion_word(score: float) -> str:
-    """'slightly' (< 0.3), 'moderately' (< 0.7) or 'highly' for an expert image score."""
-    for bound, word in _SUSPICION_LEVELS:
-        if score < bound:
-            return word
-    return _SUSPICION_LEVELS[-1][1]
-
-
-def suspicion_phrase(score: float) -> str:
-    """The text put between the visual tokens and the anomaly tokens."""
-    return f"with {suspicion_word(score)} suspicious features: "
-
-
-def anomaly_token_count(grid_shape: tuple[int, int] | None, tokens_per_side: int = 2) -> int:
-    """Anomaly tokens for one image: 1 + s^2 + s nH (s nW + 1) with an nH x nW grid, 1 + s^2 + 1 without."""
-    s = tokens_per_side
-    if grid_shape is None:
-        return 1 + s * s + 1
-    n_h, n_w = grid_shape
-    return 1 + s * s + s * n_h * (s * n_w + 1)
-
-
-def format_chat(
-    turns: Sequence[tuple[str, str]], system: str | None = DEFAULT_SYSTEM, add_generation_prompt: bool = True
-) -> str:
-    """ChatML (Qwen / LLaVA-OneVision `qwen_1_5`) text for (role, content) turns; contents may hold
-    `<image>` markers."""
-    parts = [f"<|im_start|>system\n{system}<|im_end|>\n"] if system else []
-    parts += [f"<|im_start|>{role}\n{content}<|im_end|>\n" for role, content in turns]
-    if add_generation_prompt:
-        parts.append("<|im_start|>assistant\n")
-    return "".join(parts)
-
-
-def format_question(question: str, num_images: int = 1, system: str | None = DEFAULT_SYSTEM) -> str:
-    """One user turn: `num_images` image markers, then the question, ready for generation."""
-    return format_chat([("user", (IMAGE_MARKER + "\n") * num_images + question)], system=system)
 
 
 def image_key(image: Image.Image) -> str:
@@ -96,76 +55,17 @@ def image_key(image: Image.Image) -> str:
     return h.hexdigest()
 
 
-@dataclass
-class VisionEncoding:
-    """One image as the LLM sees it, computed once and cached."""
+@dataclass(kw_only=True)
+class VisionEncoding(ExpertEncoding):
+    """One image as the LLM sees it (the expert's score and maps, plus its tokens), computed once and
+    cached."""
 
-    image_size: tuple[int, int]  # (H, W) of the original image
-    grid_shape: tuple[int, int] | None  # AnyRes (nH, nW); None for a single crop
     visual_embeds: Tensor  # (T_v, D): the usual LLaVA-OneVision visual tokens
     anomaly_embeds: Tensor | None = None  # (T_a, D): image-level + selected tokens, projected
-    score: float | None = None  # expert image score (anomaly probability)
-    crop_maps: Tensor | None = None  # (crops, 1, g, g) expert maps, on CPU
 
     @property
     def phrase(self) -> str | None:
         return None if self.score is None else suspicion_phrase(self.score)
-
-    def anomaly_map(self) -> np.ndarray | None:
-        """Expert anomaly map (H, W) float32 at the image's own resolution, or None without expert."""
-        if self.crop_maps is None:
-            return None
-        return assemble_image_map(self.crop_maps, self.grid_shape, self.image_size).numpy().astype(np.float32)
-
-
-@dataclass
-class VisionFeatures:
-    """Frozen vision-tower outputs for a batch of images (all crops, image-major)."""
-
-    hidden_states: tuple[Tensor, ...]  # (N, P, C) each; index 0 = embeddings
-    final_layer: int  # the index the projector reads (the "final visual tokens")
-    split_sizes: list[int]  # crops per image
-    image_sizes: list[tuple[int, int]]  # (H, W) per image
-    grid_shapes: list[tuple[int, int] | None]  # AnyRes (nH, nW) per image
-
-    @property
-    def final(self) -> Tensor:
-        return self.hidden_states[self.final_layer]
-
-    def levels(self, layer_indices: Sequence[int]) -> list[Tensor]:
-        return [self.hidden_states[i] for i in layer_indices]
-
-
-@dataclass
-class _Sequence:
-    """One prompt being assembled: embedding pieces and per-token kinds, ids and labels."""
-
-    embeds: list[Tensor] = field(default_factory=list)
-    kinds: list[int] = field(default_factory=list)
-    ids: list[int] = field(default_factory=list)
-    labels: list[int] = field(default_factory=list)
-
-
-@dataclass
-class MultimodalInputs:
-    """A left-padded batch ready for the LLM."""
-
-    inputs_embeds: Tensor  # (B, L, D)
-    attention_mask: Tensor  # (B, L)
-    position_ids: Tensor  # (B, L)
-    token_kinds: Tensor  # (B, L): PAD / TEXT / VISUAL / PHRASE / ANOMALY
-    input_ids: Tensor  # (B, L): token ids for text and phrase, -1 for visual / anomaly / pad
-    labels: Tensor | None = None  # (B, L): answer ids, IGNORE_INDEX elsewhere
-
-    def model_kwargs(self) -> dict[str, Tensor]:
-        kw = {
-            "inputs_embeds": self.inputs_embeds,
-            "attention_mask": self.attention_mask,
-            "position_ids": self.position_ids,
-        }
-        if self.labels is not None:
-            kw["labels"] = self.labels
-        return kw
 
 
 class LookTwiceModel:
@@ -181,20 +81,15 @@ class LookTwiceModel:
     ) -> None:
         self.llava = llava
         self.image_processor = image_processor
+        self.vision = LlavaVision(llava, image_processor)
         self.tokenizer = tokenizer
         self.expert = expert
         self.cache_size = int(cache_size)
         self._cache: OrderedDict[tuple[str, bool, bool], VisionEncoding] = OrderedDict()
         self.cache_hits = 0
         self.cache_misses = 0
-        cfg = llava.config
-        self.vision_config = cfg.vision_config
-        self.grid_pinpoints = [list(p) for p in cfg.image_grid_pinpoints]
-        self.crop_size = int(cfg.vision_config.image_size)
-        layer = cfg.vision_feature_layer
-        self.feature_layers: list[int] = [layer] if isinstance(layer, int) else list(layer)
         if expert is not None:
-            self._check_expert(expert)
+            self.vision.check_expert(expert)
 
     # ----------------------------------------------------------------------------------------- parts
     @property
@@ -207,40 +102,18 @@ class LookTwiceModel:
         return self.core.get_input_embeddings().weight.device
 
     @property
-    def vision_device(self) -> torch.device:
-        return next(self.core.vision_tower.parameters()).device
-
-    @property
-    def vision_dtype(self) -> torch.dtype:
-        return next(self.core.vision_tower.parameters()).dtype
-
-    @property
     def embed_dtype(self) -> torch.dtype:
         return self.core.get_input_embeddings().weight.dtype
 
     def set_expert(self, expert: AnomalyExpert | None) -> None:
         """Attach (or detach, with None) an expert; clears the vision cache."""
         if expert is not None:
-            self._check_expert(expert)
+            self.vision.check_expert(expert)
         self.expert = expert
         self.clear_cache()
 
     def clear_cache(self) -> None:
         self._cache.clear()
-
-    def _check_expert(self, expert: AnomalyExpert) -> None:
-        ec, vc = expert.config, self.vision_config
-        grid = int(vc.image_size) // int(vc.patch_size)
-        if ec.hidden_size != vc.hidden_size or ec.grid_size != grid:
-            raise ValueError(
-                f"expert sizes (width {ec.hidden_size}, grid {ec.grid_size}) do not match the vision tower "
-                f"(width {vc.hidden_size}, grid {grid})"
-            )
-        too_deep = [i for i in ec.layer_indices if not -vc.num_hidden_layers - 1 <= i <= vc.num_hidden_layers]
-        if too_deep:
-            raise ValueError(
-                f"expert layer indices {too_deep} exceed the tower's {vc.num_hidden_layers} layers"
-            )
 
     # ------------------------------------------------------------------------------------- vision
     def encode_images(
@@ -273,41 +146,10 @@ class LookTwiceModel:
             self._cache.popitem(last=False)
         return out
 
-    def _preprocess(self, image: Image.Image, anyres: bool) -> tuple[Tensor, tuple[int, int], Any]:
-        from transformers.models.llava_onevision.modeling_llava_onevision import (
-            get_anyres_image_grid_shape,
-            image_size_to_num_patches,
-        )
-
-        rgb = image.convert("RGB") if image.mode != "RGB" else image
-        batch = self.image_processor(images=[rgb], return_tensors="pt")
-        size = tuple(int(v) for v in batch["image_sizes"][0].tolist())  # (H, W)
-        n = image_size_to_num_patches(list(size), self.grid_pinpoints, self.crop_size) if anyres else 1
-        pixels = batch["pixel_values"][0][:n]
-        grid = (
-            get_anyres_image_grid_shape(list(size), self.grid_pinpoints, self.crop_size) if anyres else None
-        )
-        return pixels, size, grid
-
-    @torch.no_grad()
-    def vision_features(self, images: Sequence[Image.Image], anyres: bool = True) -> VisionFeatures:
-        """The frozen vision tower's hidden states for all crops of `images` (e.g. to train the expert:
-        `expert(f.final, f.levels(expert.config.layer_indices), f.split_sizes)`)."""
-        prepared = [self._preprocess(im, anyres) for im in images]
-        pixels = torch.cat([p[0] for p in prepared], dim=0).to(self.vision_device, self.vision_dtype)
-        hidden = self.core.vision_tower(pixels, output_hidden_states=True, return_dict=True).hidden_states
-        return VisionFeatures(
-            hidden_states=tuple(hidden),
-            final_layer=self.feature_layers[-1],
-            split_sizes=[p[0].shape[0] for p in prepared],
-            image_sizes=[p[1] for p in prepared],
-            grid_shapes=[p[2] for p in prepared],
-        )
-
     def _encode(
         self, images: Sequence[Image.Image], anyres: bool, trainable: bool = False
     ) -> list[VisionEncoding]:
-        feats = self.vision_features(images, anyres)
+        feats = self.vision.features(images, anyres)
         with torch.set_grad_enabled(trainable):
             usual = self._visual_tokens(feats.hidden_states, feats.split_sizes, feats.image_sizes)
         encodings = [
@@ -323,7 +165,7 @@ class LookTwiceModel:
     ) -> list[Tensor]:
         """The usual LLaVA-OneVision visual tokens, as `get_image_features` builds them."""
         cfg = self.llava.config
-        feats = torch.cat([hidden[i] for i in self.feature_layers], dim=-1)
+        feats = torch.cat([hidden[i] for i in self.vision.feature_layers], dim=-1)
         if cfg.vision_feature_select_strategy == "default":
             feats = feats[:, 1:]
         projected = self.core.multi_modal_projector(feats.to(self._projector_dtype()))
@@ -339,19 +181,15 @@ class LookTwiceModel:
         for p in self.core.multi_modal_projector.parameters():
             if p.dtype.is_floating_point:
                 return p.dtype
-        return self.vision_dtype
+        return self.vision.dtype
 
     def _run_expert(self, feats: VisionFeatures, encodings: list[VisionEncoding], trainable: bool) -> None:
-        expert = self.expert
-        assert expert is not None
-        splits = feats.split_sizes
-        dev = expert.device
-        with torch.no_grad():  # the expert is frozen in stage 2
-            out = expert(
-                feats.final.to(dev), [f.to(dev) for f in feats.levels(expert.config.layer_indices)], splits
-            )
+        assert self.expert is not None
+        out = run_expert(self.expert, feats)  # the expert is frozen in stage 2
+        for enc, seen in zip(encodings, expert_encodings(out, feats), strict=True):
+            enc.score, enc.crop_maps = seen.score, seen.crop_maps
         with torch.set_grad_enabled(trainable):
-            self._project_anomaly_tokens(out, splits, encodings)
+            self._project_anomaly_tokens(out, feats.split_sizes, encodings)
 
     def _project_anomaly_tokens(
         self, out: ExpertOutput, splits: list[int], encodings: list[VisionEncoding]
@@ -365,7 +203,7 @@ class LookTwiceModel:
         for b, (enc, n) in enumerate(zip(encodings, splits, strict=True)):
             crops = selected[start : start + n]
             tokens = torch.cat([out.image_tokens[b : b + 1], crops.reshape(-1, crops.shape[-1])], dim=0)
-            proj = self.core.multi_modal_projector(tokens.to(self.vision_device, self._projector_dtype()))
+            proj = self.core.multi_modal_projector(tokens.to(self.vision.device, self._projector_dtype()))
             proj = proj.to(self.embed_dtype)
             pieces = [proj[: 1 + t]]  # image-level token, base-crop tokens
             if n > 1:
@@ -384,8 +222,6 @@ class LookTwiceModel:
             else:
                 pieces.append(newline[None].to(proj.device))
             enc.anomaly_embeds = torch.cat(pieces, dim=0)
-            enc.score = float(out.image_scores[b])
-            enc.crop_maps = out.crop_maps[start : start + n].detach().float().cpu()
             start += n
 
     # -------------------------------------------------------------------------------- sequences
@@ -449,9 +285,9 @@ class LookTwiceModel:
                 raise ValueError(f"prompt {b} has {n} {IMAGE_MARKER} markers but {len(imgs)} images")
             counts.append(n)
         encodings = self._encode_batch(images, trainable)
-        seqs: list[_Sequence] = []
+        seqs: list[TokenSequence] = []
         for pieces, encs in zip(segments, encodings, strict=True):
-            seq = _Sequence()
+            seq = TokenSequence()
             queue = list(encs)
             for text, supervised in pieces:
                 if supervised:
@@ -465,7 +301,8 @@ class LookTwiceModel:
             seqs.append(seq)
         if with_labels is None:
             with_labels = any(sup for pieces in segments for _, sup in pieces)
-        return self._pad(seqs, with_labels=with_labels)
+        dim = self.core.get_input_embeddings().weight.shape[-1]
+        return pad_left(seqs, dim, self.embed_dtype, self.device, with_labels=with_labels)
 
     def _encode_batch(
         self, images: Sequence[Sequence[Image.Image]], trainable: bool
@@ -480,53 +317,19 @@ class LookTwiceModel:
             for imgs in images
         ]
 
-    def _add_image(self, seq: _Sequence, enc: VisionEncoding, use_expert: bool) -> None:
+    def _add_image(self, seq: TokenSequence, enc: VisionEncoding, use_expert: bool) -> None:
         self._add_embeds(seq, enc.visual_embeds, VISUAL)
         if use_expert and enc.anomaly_embeds is not None and enc.score is not None:
             self._add_text(seq, suspicion_phrase(enc.score), kind=PHRASE)
             self._add_embeds(seq, enc.anomaly_embeds, ANOMALY)
 
-    def _add_text(self, seq: _Sequence, text: str, kind: int = TEXT, supervised: bool = False) -> None:
+    def _add_text(self, seq: TokenSequence, text: str, kind: int = TEXT, supervised: bool = False) -> None:
         tok = self._tokenize(text)
         if tok:
-            seq.embeds.append(self._embed_ids(tok))
-            seq.kinds.extend([kind] * len(tok))
-            seq.ids.extend(tok)
-            seq.labels.extend(tok if supervised else [IGNORE_INDEX] * len(tok))
+            seq.add(self._embed_ids(tok), kind, ids=tok, supervised=supervised)
 
-    def _add_embeds(self, seq: _Sequence, embeds: Tensor, kind: int) -> None:
-        seq.embeds.append(embeds.to(self.device, self.embed_dtype))
-        seq.kinds.extend([kind] * embeds.shape[0])
-        seq.ids.extend([-1] * embeds.shape[0])
-        seq.labels.extend([IGNORE_INDEX] * embeds.shape[0])
-
-    def _pad(self, seqs: list[_Sequence], with_labels: bool) -> MultimodalInputs:
-        length = max(len(s.kinds) for s in seqs)
-        if length == 0:
-            raise ValueError("empty prompt")
-        dim = self.core.get_input_embeddings().weight.shape[-1]
-        bsz = len(seqs)
-        embeds = torch.zeros(bsz, length, dim, dtype=self.embed_dtype, device=self.device)
-        mask = torch.zeros(bsz, length, dtype=torch.long, device=self.device)
-        kinds = torch.full((bsz, length), PAD, dtype=torch.long)
-        ids = torch.full((bsz, length), -1, dtype=torch.long)
-        labels = torch.full((bsz, length), IGNORE_INDEX, dtype=torch.long)
-        for b, seq in enumerate(seqs):
-            n = len(seq.kinds)
-            embeds[b, length - n :] = torch.cat(seq.embeds, dim=0)
-            mask[b, length - n :] = 1
-            kinds[b, length - n :] = torch.tensor(seq.kinds)
-            ids[b, length - n :] = torch.tensor(seq.ids)
-            labels[b, length - n :] = torch.tensor(seq.labels)
-        position_ids = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
-        return MultimodalInputs(
-            inputs_embeds=embeds,
-            attention_mask=mask,
-            position_ids=position_ids,
-            token_kinds=kinds,
-            input_ids=ids,
-            labels=labels.to(self.device) if with_labels else None,
-        )
+    def _add_embeds(self, seq: TokenSequence, embeds: Tensor, kind: int) -> None:
+        seq.add(embeds.to(self.device, self.embed_dtype), kind)
 
     # ----------------------------------------------------------------------------------- running
     def forward(self, inputs: MultimodalInputs, **kwargs: Any) -> Any:
@@ -552,7 +355,7 @@ class LookTwiceModel:
 
     def yes_no_token_ids(self) -> tuple[list[int], list[int]]:
         """Vocabulary ids that decode exactly to Yes / No (any case, optional leading space)."""
-        return _yes_no_ids(self.tokenizer)
+        return yes_no_token_ids(self.tokenizer)
 
     @torch.no_grad()
     def yes_probability(
@@ -609,8 +412,8 @@ class LookTwiceModel:
         """Save the LLaVA weights, image processor, tokenizer and (if any) the expert into `folder`."""
         from pathlib import Path
 
-        from agent.mllm.expert_io import save_expert
-        from agent.mllm.loading import EXPERT_FILENAME
+        from tools.ltfm.checkpoints import EXPERT_FILENAME
+        from tools.ltfm.expert_io import save_expert
 
         out = Path(folder)
         out.mkdir(parents=True, exist_ok=True)
@@ -637,33 +440,3 @@ class DetectionResult:
         if self.expert_score is not None:
             return float(self.expert_score)
         raise ValueError("no score: neither the LLM nor the expert was run")
-
-
-def _yes_no_ids(tokenizer: Any) -> tuple[list[int], list[int]]:
-    cache = getattr(tokenizer, "_looktwice_yes_no", None)
-    if cache is not None:
-        return cache
-    yes: set[int] = set()
-    no: set[int] = set()
-    for word, bucket in (("yes", yes), ("no", no)):
-        for variant in (word, word.capitalize(), word.upper()):
-            for text in (variant, " " + variant):
-                ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-                if len(ids) == 1 and tokenizer.decode(ids).strip().lower() == word:
-                    bucket.add(int(ids[0]))
-    if not yes or not no:
-        raise ValueError(
-            "the tokenizer has no single token for 'Yes' or 'No'; P(Yes) cannot be read off logits"
-        )
-    result = (sorted(yes), sorted(no))
-    with contextlib.suppress(AttributeError):
-        tokenizer._looktwice_yes_no = result
-    return result
-
-
-def yes_probability_from_logits(logits: Tensor, yes_ids: Sequence[int], no_ids: Sequence[int]) -> Tensor:
-    """P(Yes) / (P(Yes) + P(No)) per row of (B, V) logits, from the full-vocabulary softmax."""
-    probs = torch.softmax(logits.float(), dim=-1)
-    p_yes = probs[:, list(yes_ids)].sum(-1)
-    p_no = probs[:, list(no_ids)].sum(-1)
-    return p_yes / (p_yes + p_no).clamp_min(1e-12)

@@ -1,6 +1,7 @@
 """`ltfm`: the Anomaly-OV expert (Look-Twice Feature Matching) alone, as a zero-shot detector.
 
-It runs the LLaVA-OneVision vision tower and the expert only (no language model call): the image score
+It runs the LLaVA-OneVision vision tower and the expert only (`tools.ltfm.vision.ExpertVision`, no
+language model call): the image score
 is the expert's anomaly probability (sigmoid of its BCE-trained head, so 0.5 is the boundary) and the
 anomaly map is the expert's per-token anomaly probability (softmax of normal vs anomalous prompts, 0.5
 the boundary too), assembled from the AnyRes crops at the input image's own resolution.
@@ -9,18 +10,21 @@ Needs the model (hub id or local folder) and trained expert weights: a `ltfm_exp
 model folder, or `expert=` a safetensors file or an official `pretrained_expert_*.pth`. References are
 not used (`fit` only records how many were given).
 
-`tools` never imports `agent` at module level; the MLLM package is imported when the detector is built.
+torch and transformers are imported when the model is loaded.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from PIL import Image
 
 from tools.detectors.base import Detector, DetectorError, DetectorOutput, MissingModelError
+
+if TYPE_CHECKING:
+    from tools.ltfm.vision import EncodesWithExpert
 
 DEFAULT_MODEL = "llava-hf/llava-onevision-qwen2-0.5b-ov-hf"
 
@@ -37,7 +41,7 @@ class LTFMDetector(Detector):
         expert: str | None = None,
         device: str = "cpu",
         dtype: str = "auto",
-        loaded: Any = None,
+        loaded: EncodesWithExpert | None = None,
     ) -> None:
         """
         Args:
@@ -46,8 +50,8 @@ class LTFMDetector(Detector):
                 model folder's `ltfm_expert.safetensors`.
             device: "cpu", "cuda", "cuda:0", ...
             dtype: weights dtype of the model ("auto", "bfloat16", "float32", ...).
-            loaded: an already loaded `agent.mllm.model.LookTwiceModel` to reuse (then the other
-                arguments are ignored).
+            loaded: an already loaded model with its expert to reuse, an `ExpertVision` or the
+                LLaVA-OneVision wrapper of `agent.mllm` (then the other arguments are ignored).
         """
         self.model_name = model
         self.expert_path = expert
@@ -58,13 +62,14 @@ class LTFMDetector(Detector):
         if self._model is not None and self._model.expert is None:
             raise DetectorError("ltfm: the given model has no anomaly expert attached")
 
-    def _load(self) -> Any:
+    def _load(self) -> EncodesWithExpert:
         if self._model is None:
-            from agent.mllm.expert_io import ExpertWeightsError
-            from agent.mllm.loading import ModelNotFoundError, load_model
+            from tools.ltfm.checkpoints import ModelNotFoundError
+            from tools.ltfm.expert_io import ExpertWeightsError
+            from tools.ltfm.vision import load_expert_vision
 
             try:
-                model = load_model(
+                model = load_expert_vision(
                     self.model_name,
                     expert=self.expert_path if self.expert_path else "auto",
                     dtype=self.dtype,
@@ -74,7 +79,7 @@ class LTFMDetector(Detector):
                 raise MissingModelError(f"ltfm: {err}") from None
             except ExpertWeightsError as err:
                 raise DetectorError(f"ltfm: {err}") from None
-            if model.expert is None:
+            if model is None:
                 raise DetectorError(
                     f"ltfm: no expert weights for {self.model_name}: pass expert=<file> "
                     "(ltfm_expert.safetensors or an official pretrained_expert_*.pth)"

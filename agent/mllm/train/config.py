@@ -289,7 +289,7 @@ def _check_choices(cfg: CommonSettings, where: str) -> None:
     if not 0 <= cfg.warmup_ratio < 1:
         raise TrainConfigError(f"{where}: field 'warmup_ratio': must be in [0, 1), got {cfg.warmup_ratio}")
     if isinstance(cfg, ExpertTrainConfig):
-        from agent.mllm.expert import ExpertConfig
+        from tools.ltfm.expert import ExpertConfig
 
         known = {f.name for f in dataclasses.fields(ExpertConfig)} - {"hidden_size", "grid_size"}
         unknown = sorted(set(cfg.expert) - known)

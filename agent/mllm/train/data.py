@@ -202,7 +202,7 @@ def conversation_segments(conv: Conversation, system: str | None) -> list[tuple[
     """(text, supervised) pieces of one conversation in the inference layout of `format_chat`:
     each user turn with its `<|im_start|>assistant\\n` header unsupervised, each answer + `<|im_end|>`
     supervised, the newline between turns unsupervised."""
-    from agent.mllm.model import format_chat
+    from agent.mllm.chat_format import format_chat
 
     pieces: list[tuple[str, bool]] = []
     for i in range(0, len(conv.turns), 2):

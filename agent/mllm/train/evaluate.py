@@ -48,7 +48,8 @@ def evaluate_detection(
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Detection accuracy of `model` (a `LookTwiceModel`) on the Yes/No items of `conversations`."""
-    from agent.mllm.model import format_chat, yes_probability_from_logits
+    from agent.mllm.chat_format import format_chat
+    from agent.mllm.yes_no import yes_probability_from_logits
     from instruct_data.answers import parse_yes_no
     from tools.image_io import load_image
 

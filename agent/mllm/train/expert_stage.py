@@ -6,7 +6,7 @@ for all crops of the images (AnyRes as at inference, or the base crop alone), th
 `balanced_bce_loss` on the image logits, plus `mask_loss_weight * map_loss` on the base-crop maps of
 images whose mask is known. `cache_features` keeps the tower's outputs in memory after the first
 epoch (a small data set trained for many epochs). The result is `<out>/ltfm_expert.safetensors`
-(`agent.mllm.expert_io` format), which `load_model(base, expert=...)` and stage 2 read.
+(`tools.ltfm.expert_io` format), which `load_model(base, expert=...)` and stage 2 read.
 """
 
 from __future__ import annotations
@@ -17,24 +17,25 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from agent.mllm.expert import AnomalyExpert, ExpertConfig, balanced_bce_loss
 from agent.mllm.train.config import ExpertTrainConfig
 from agent.mllm.train.data import LabelledImage, labelled_images, load_mask_grid
 from agent.mllm.train.losses import map_loss
+from tools.ltfm.expert import AnomalyExpert, ExpertConfig, balanced_bce_loss
 
 
 class ExpertStage:
     """`StageTask` of stage 1."""
 
     def __init__(self, cfg: ExpertTrainConfig, device: torch.device | str) -> None:
-        from agent.mllm.loading import load_expert_for, load_model
+        from agent.mllm.loading import load_model
+        from tools.ltfm.checkpoints import load_expert_for
 
         self.cfg = cfg
         self.samples: list[LabelledImage] = labelled_images(cfg.data, cfg.categories)
         self.model = load_model(cfg.model, expert=None, dtype=cfg.dtype)
         self.model.llava.requires_grad_(False)
         self.model.core.vision_tower.to(device).eval()
-        vision = self.model.vision_config
+        vision = self.model.vision.config
         if cfg.init_expert:
             expert = load_expert_for(cfg.init_expert, vision, device="cpu", dtype=torch.float32, **cfg.expert)
         else:
@@ -60,7 +61,7 @@ class ExpertStage:
         todo = [i for i in indices if i not in found]
         if todo:
             images = [load_image(self.samples[i].path, mode="RGB") for i in todo]
-            feats = self.model.vision_features(images, anyres=self.cfg.anyres)
+            feats = self.model.vision.features(images, anyres=self.cfg.anyres)
             start = 0
             for i, n in zip(todo, feats.split_sizes, strict=True):
                 found[i] = (
@@ -99,8 +100,8 @@ class ExpertStage:
         return map_loss(torch.stack(maps), torch.stack(targets).to(crop_maps.device))
 
     def export(self, out: Path) -> dict[str, str]:
-        from agent.mllm.expert_io import save_expert
-        from agent.mllm.loading import EXPERT_FILENAME
+        from tools.ltfm.checkpoints import EXPERT_FILENAME
+        from tools.ltfm.expert_io import save_expert
 
         path = save_expert(self.module, out / EXPERT_FILENAME)  # type: ignore[arg-type]
         return {"expert": str(path)}

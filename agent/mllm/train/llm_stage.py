@@ -205,7 +205,7 @@ def merge_adapter(base: str, adapter: Path, expert: Any, dtype: str) -> Any:
 def save_model_folder(model: Any, folder: Path, base: str) -> None:
     """`model.save_pretrained(folder)`, plus the base's processor files (chat template, video
     processor) when it has them, so the folder also serves with transformers' processor or vLLM."""
-    from agent.mllm.loading import resolve_model_path
+    from tools.ltfm.checkpoints import resolve_model_path
 
     model.save_pretrained(str(folder))
     try:

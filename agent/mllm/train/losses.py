@@ -1,6 +1,6 @@
 """Training objectives and the learning-rate schedule, in plain torch (no accelerate, no files).
 
-Stage 1 uses `balanced_bce_loss` (agent.mllm.expert) on image labels; `map_loss` adds the optional
+Stage 1 uses `balanced_bce_loss` (tools.ltfm.expert) on image labels; `map_loss` adds the optional
 mask supervision of the expert's base-crop anomaly map. Stage 2's loss is the LLM's own token
 cross-entropy over the supervised (answer) tokens, so it needs nothing here.
 """

@@ -7,8 +7,8 @@ import importlib.util
 import pytest
 import torch
 
+from agent.mllm.chat_format import format_question
 from agent.mllm.loading import load_model
-from agent.mllm.model import format_question
 from tests.agent.mllm.conftest import random_image
 
 pytestmark = [

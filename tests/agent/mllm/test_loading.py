@@ -8,16 +8,24 @@ import numpy as np
 import pytest
 import torch
 
-from agent.mllm.expert_io import save_expert
-from agent.mllm.loading import (
-    EXPERT_FILENAME,
-    QUANT_SKIP_MODULES,
-    ModelNotFoundError,
-    load_model,
-    quantization_config,
-    resolve_model_path,
-)
+from agent.mllm.loading import load_model
 from tests.agent.mllm.conftest import random_image
+from tools.ltfm.checkpoints import EXPERT_FILENAME, ModelNotFoundError
+from tools.ltfm.expert_io import save_expert
+
+
+def test_import_is_light():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, agent.mllm; light = 'torch' not in sys.modules; import tools.ltfm.expert, "
+        "agent.mllm.model, agent.mllm.loading; print(light, 'transformers' in sys.modules, "
+        "agent.mllm.load_model is agent.mllm.loading.load_model)"
+    )
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "True False True"
 
 
 def test_missing_hub_model_gives_one_line(monkeypatch, tmp_path):
@@ -30,26 +38,6 @@ def test_missing_hub_model_gives_one_line(monkeypatch, tmp_path):
     assert "'looktwice-test/no-such-model'" in msg and "HF_HUB_OFFLINE=1" in msg
     assert "huggingface-cli download looktwice-test/no-such-model" in msg
     assert err.value.__cause__ is None and err.value.__suppress_context__
-
-
-def test_missing_folder_gives_one_line(tmp_path):
-    with pytest.raises(ModelNotFoundError) as err:
-        resolve_model_path(str(tmp_path / "models" / "llava"))
-    assert "no such folder" in str(err.value) and "\n" not in str(err.value)
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(ModelNotFoundError, match="config.json"):
-        resolve_model_path(tmp_path / "empty")
-
-
-def test_quantization_config_skips_vision_projector_head():
-    if importlib.util.find_spec("bitsandbytes") is None:
-        pytest.skip("bitsandbytes not installed")
-    q4 = quantization_config("4bit", torch.float32)
-    assert q4.load_in_4bit and q4.llm_int8_skip_modules == QUANT_SKIP_MODULES
-    assert quantization_config("8bit").load_in_8bit
-    assert quantization_config(None) is None
-    with pytest.raises(ValueError):
-        quantization_config("3bit")
 
 
 def test_save_and_reload_folder_with_expert(tiny_model, tmp_path):
@@ -118,8 +106,8 @@ def test_ltfm_detector(tiny_model, tmp_path):
 
 def test_full_size_config_gives_official_expert_sizes():
     from agent.mllm.bench import build_full_size
-    from agent.mllm.expert import ExpertConfig
     from agent.mllm.testing import llava_ov_05b_config
+    from tools.ltfm.expert import ExpertConfig
 
     config = llava_ov_05b_config()
     cfg = ExpertConfig.from_vision_config(config.vision_config)

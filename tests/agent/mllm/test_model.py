@@ -5,18 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from agent.mllm.model import (
-    ANOMALY,
-    IGNORE_INDEX,
-    PAD,
-    PHRASE,
-    TEXT,
-    VISUAL,
-    anomaly_token_count,
-    format_question,
-    suspicion_phrase,
-    yes_probability_from_logits,
-)
+from agent.mllm.chat_format import format_question, suspicion_phrase
+from agent.mllm.sequences import ANOMALY, IGNORE_INDEX, PAD, PHRASE, TEXT, VISUAL, anomaly_token_count
+from agent.mllm.yes_no import yes_probability_from_logits
 from instruct_data.answers import parse_yes_no
 from tests.agent.mllm.conftest import random_image
 
@@ -202,7 +193,7 @@ def test_stage2_gradients_reach_projector_and_llm_only(tiny_model):
 
 def test_vision_features_feed_the_expert(tiny_model):
     images = [random_image(36, 78, 91), random_image(40, 40, 92)]
-    feats = tiny_model.vision_features(images)
+    feats = tiny_model.vision.features(images)
     assert feats.split_sizes == [3, 2] and feats.grid_shapes == [(1, 2), (1, 1)]
     expert = tiny_model.expert
     out = expert(feats.final, feats.levels(expert.config.layer_indices), feats.split_sizes)
@@ -211,7 +202,7 @@ def test_vision_features_feed_the_expert(tiny_model):
 
 
 def test_input_errors_and_expert_checks(tiny_model):
-    from agent.mllm.expert import AnomalyExpert, ExpertConfig
+    from tools.ltfm.expert import AnomalyExpert, ExpertConfig
 
     image = random_image(40, 40, 101)
     with pytest.raises(ValueError, match="markers"):

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from agent.mllm.model import ANOMALY, IGNORE_INDEX, PHRASE, TEXT, VISUAL
+from agent.mllm.sequences import ANOMALY, IGNORE_INDEX, PHRASE, TEXT, VISUAL
 from agent.mllm.train import TrainConfigError, apply_overrides, load_config, train_stage
 from agent.mllm.train.data import (
     Conversation,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from agent.mllm.expert import AnomalyExpert, ExpertConfig
-from agent.mllm.expert_io import (
+from tools.ltfm.expert import AnomalyExpert, ExpertConfig
+from tools.ltfm.expert_io import (
     ExpertWeightsError,
     convert_official_state_dict,
     infer_official_config,

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
-from agent.mllm.expert import (
+from tools.ltfm.expert import (
     OFFICIAL_LAYER_INDICES,
     AnomalyExpert,
     ExpertConfig,
@@ -31,19 +30,6 @@ def features(n: int, levels: int = 4, seed: int = 0) -> tuple[torch.Tensor, list
     g = torch.Generator().manual_seed(seed)
     final = torch.randn(n, G * G, C, generator=g)
     return final, [torch.randn(n, G * G, C, generator=g) for _ in range(levels)]
-
-
-def test_import_is_light():
-    import subprocess
-
-    code = (
-        "import sys, agent.mllm; light = 'torch' not in sys.modules; import agent.mllm.expert, "
-        "agent.mllm.model, agent.mllm.loading; print(light, 'transformers' in sys.modules, "
-        "agent.mllm.load_model is agent.mllm.loading.load_model)"
-    )
-
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "True False True"
 
 
 def test_layer_indices_follow_the_official_ones():
