@@ -16,16 +16,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from instruct_data.synthesis.anomalies import (
-    ANOMALIES,
-    SynthResult,
-    _blend,
-    _blob,
-    _luma,
-    _roundish,
-    _soft,
-    describe,
-)
+from instruct_data.synthesis.base import ANOMALIES, SynthResult, describe
+from instruct_data.synthesis.drawing import blend, luminance, rough_blob, roundish, soften
 from tools.regions import location_words
 
 MIN_AREA, MAX_AREA = 0.0005, 0.10
@@ -54,7 +46,7 @@ def _otsu(grey: np.ndarray) -> float:
 def _component(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, str]:
     """(component mask, component with margin, words like 'dark round component')."""
     h, w = image.shape[:2]
-    grey = _luma(image)
+    grey = luminance(image)
     t = _otsu(grey)
     candidates: list[tuple[np.ndarray, str]] = []
     for cls, tone in ((grey < t, "dark"), (grey >= t, "bright")):
@@ -68,10 +60,10 @@ def _component(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray,
                 candidates.append((labels == lab, tone))
     if candidates:
         comp, tone = candidates[int(rng.integers(len(candidates)))]
-        shape = "round" if _roundish(comp) else "irregular"
+        shape = "round" if roundish(comp) else "irregular"
         words = f"{tone} {shape} component"
     else:
-        comp = _blob((h, w), rng, area=(0.005, 0.03), roughness=0.3)
+        comp = rough_blob((h, w), rng, area=(0.005, 0.03), roughness=0.3)
         words = "region"
     grown = ndimage.binary_dilation(comp, structure=_SQUARE, iterations=MARGIN)
     return comp, grown, words
@@ -79,7 +71,7 @@ def _component(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray,
 
 def _foreground(image: np.ndarray) -> np.ndarray:
     """Pixels of the minority Otsu class, grown: where pasting or sampling background must not happen."""
-    grey = _luma(image)
+    grey = luminance(image)
     cls = grey < _otsu(grey)
     if cls.mean() > 0.5:
         cls = ~cls
@@ -131,8 +123,8 @@ def _fill_background(image: np.ndarray, grown: np.ndarray, rng: np.random.Genera
         ring = ndimage.binary_dilation(grown, iterations=3) & ~grown
         colour = np.median(image[ring], axis=0) if ring.any() else np.median(image.reshape(-1, 3), axis=0)
         source = np.broadcast_to(colour, image.shape)
-    alpha = np.maximum(_soft(grown, 1.0), grown)
-    return _blend(image, source, alpha)
+    alpha = np.maximum(soften(grown, 1.0), grown)
+    return blend(image, source, alpha)
 
 
 def _paste(
@@ -205,9 +197,9 @@ def logical_recolour(image: np.ndarray, rng: np.random.Generator) -> SynthResult
     names = sorted(_COLOURS)
     name = names[int(rng.integers(len(names)))]
     colour = np.array(_COLOURS[name], dtype=np.float64)
-    shade = _luma(image)[..., None] / 255.0
+    shade = luminance(image)[..., None] / 255.0
     target = colour * (0.5 + shade)
     strength = rng.uniform(0.6, 0.85)
-    out = _blend(image, target, comp * strength)
+    out = blend(image, target, comp * strength)
     desc = describe("logical_recolour", "logical", comp, f"{words} in the wrong colour ({name})", colour=name)
     return SynthResult(out, comp, desc)

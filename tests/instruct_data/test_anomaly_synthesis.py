@@ -9,16 +9,10 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from instruct_data.synthesis.anomalies import (
-    ANOMALIES,
-    as_rgb_uint8,
-    kinds,
-    perlin_noise,
-    synthesize,
-    synthesize_random,
-)
+from instruct_data.synthesis.anomalies import ANOMALIES, as_rgb_uint8, kinds, synthesize, synthesize_random
 from instruct_data.synthesis.contact_sheet import Tile, contact_sheet
 from instruct_data.synthesis.demo_case import brushed_plate
+from instruct_data.synthesis.drawing import perlin_noise
 from tools.regions import _LOCATION_GRID
 
 EXPECTED_KINDS = {
