@@ -24,13 +24,6 @@ from importlinter.api import read_configuration  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("prompts", "tools", "instruct_data", "agent", "evals")
 
-#: Import circles not broken yet, each as the set of its modules. Empty when the code is acyclic.
-KNOWN_CYCLES: list[set[str]] = [
-]
-
-#: String-built imports that still run up the layers, as (naming module, named module).
-KNOWN_UPWARD_STRINGS: set[tuple[str, str]] = set()
-
 
 def layers() -> list[list[str]]:
     """The `layers` contract of pyproject.toml, top layer first, each as its list of modules."""
@@ -161,10 +154,7 @@ def test_no_import_cycles():
     understood or moved apart. A package's `__init__` counts as a module of its own.
     """
     cycles = import_cycles(grimp.build_graph(*PACKAGES, cache_dir=None))
-    unknown = [sorted(c) for c in cycles if c not in KNOWN_CYCLES]
-    assert not unknown, f"import circles: {unknown}"
-    fixed = [sorted(c) for c in KNOWN_CYCLES if c not in cycles]
-    assert not fixed, f"no longer circles, drop them from KNOWN_CYCLES: {fixed}"
+    assert not cycles, f"import circles: {[sorted(c) for c in cycles]}"
 
 
 def test_cycle_finder_sees_a_circle():
@@ -226,8 +216,7 @@ def upward_string_imports(table: list[list[str]]) -> tuple[list[str], set[tuple[
         for line, target, attribute in string_targets(path.read_text(encoding="utf-8")):
             seen.add((owner, target))
             low, high = layer_of(owner, table), layer_of(target, table)
-            upward = low is not None and high is not None and high > low
-            if upward and (owner, target) not in KNOWN_UPWARD_STRINGS:
+            if low is not None and high is not None and high > low:
                 problems.append(f"{owner} (line {line}) names {target}, a higher layer")
             if attribute and not _defines(target, attribute.split(".")[0]):
                 problems.append(f"{owner} (line {line}) names {target}:{attribute}, which does not exist")
@@ -250,8 +239,6 @@ def test_string_built_imports_obey_the_layers():
         ("agent.mllm.train", "agent.mllm.train.runner"),
     ]:
         assert pair in seen, pair
-    stale = sorted(KNOWN_UPWARD_STRINGS - seen)
-    assert not stale, f"no longer named, drop them from KNOWN_UPWARD_STRINGS: {stale}"
 
 
 def test_string_scan_sees_a_reversed_target():
