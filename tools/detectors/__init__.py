@@ -16,6 +16,12 @@ DETECTORS.register_lazy(
     "few-shot reference matching on EfficientNet-Lite features (embedded default, no downloads)",
 )
 DETECTORS.register_lazy(
+    "batch",
+    "tools.detectors.batch:BatchDetector",
+    "zero-shot on a batch of 8+ unlabeled images of one product (they score each other, MuSc); "
+    "with references, both are used",
+)
+DETECTORS.register_lazy(
     "selfsim",
     "tools.detectors.self_similarity:SelfSimilarityDetector",
     "zero-shot fallback: how unlike the rest of the same image each patch is (no references)",

@@ -50,6 +50,8 @@ class Detector(ABC):
     name: ClassVar[str] = ""
     #: True if the detector cannot work without good references.
     requires_references: ClassVar[bool] = False
+    #: True if the detector learns from the batch it scores: call `fit_batch(images)` after `fit`.
+    needs_batch: ClassVar[bool] = False
 
     threshold: float = 0.5  # image-level: pred_score > threshold -> defective
     pixel_threshold: float = 0.5  # pixel-level: anomaly_map > pixel_threshold -> pred_mask
@@ -57,6 +59,11 @@ class Detector(ABC):
     @abstractmethod
     def fit(self, references: Sequence[Image.Image]) -> None:
         """Learn what good looks like from reference images (RGB PIL images). May be empty."""
+
+    def fit_batch(self, images: Sequence[Image.Image]) -> None:
+        """Learn from the unlabeled batch about to be scored (only where `needs_batch`). `images` may
+        be a lazy sequence: a detector reads only the images it samples."""
+        return None
 
     @abstractmethod
     def predict(self, images: Sequence[Image.Image]) -> list[DetectorOutput]:

