@@ -1,7 +1,8 @@
 """`looktwice` command line. Heavy modules (torch, models) are imported inside the commands, so
 `looktwice --help` answers at once.
 
-Exit codes: 0 everything done; 1 some inputs failed (the others are still done); 2 usage errors.
+Exit codes: 0 everything done; 1 some inputs failed (the others are still done); 2 usage errors;
+130 interrupted; 141 stdout was closed early (`looktwice inspect ... --json | head -1`), as for coreutils.
 """
 
 from __future__ import annotations
@@ -44,7 +45,9 @@ quick start:
 
 
 def _err(msg: str) -> None:
-    print(f"looktwice: error: {msg}", file=sys.stderr)
+    """`looktwice: error: ...` on stderr, once per line of `msg` (one line per problem)."""
+    for line in str(msg).splitlines() or [""]:
+        print(f"looktwice: error: {line}", file=sys.stderr)
 
 
 def _info(msg: str) -> None:
@@ -104,13 +107,25 @@ def run_inspect(
     options: dict[str, Any] | None = None,
     brain: str = "rule",
     as_json: bool = False,
+    limits: Any = None,
+    progress: bool = True,
 ) -> int:
-    """Inspect each image; write `<out>/<stem>.json`, maps and overlay. Returns the exit code."""
-    from agent.inspector import Inspector, load_references
-    from agent.outputs import unique_stem, write_record
-    from tools.detectors import DetectorError
-    from tools.image_io import ImageLoadError, list_images, load_image
+    """Inspect each image; write `<out>/<stem>.json`, maps and overlay. Returns the exit code.
 
+    `limits` (`agent.images.ImageLimits`): pixel limit and analysis size, default the defaults.
+    A path that does not exist is a usage error: nothing is inspected and `out` is not created."""
+    from agent.images import ImageLimits, missing_message, missing_paths, source_size
+    from agent.inspector import Inspector
+    from agent.outputs import unique_stem, write_record
+    from agent.progress import bar_writer, progress_bar
+    from tools.detectors import DetectorError
+    from tools.image_io import ImageLoadError, list_images
+
+    limits = limits or ImageLimits()
+    missing = missing_paths(images + ([refs] if refs else []))
+    if missing:
+        _err(missing_message(missing, "path"))
+        return EXIT_USAGE
     paths: list[Path] = []
     for item in images:
         p = Path(item)
@@ -122,54 +137,72 @@ def run_inspect(
         _err("no input images found")
         return EXIT_USAGE
     try:
-        references = load_references(refs, warn=_info)
+        references = limits.references(refs, warn=_info)
         inspector = Inspector(detector, references, options, brain=brain, warn=_info)
     except (DetectorError, ValueError, KeyError, RuntimeError) as err:
         _err(str(err))
         return EXIT_USAGE
+    del references  # fitted: the detector keeps what it needs
     out.mkdir(parents=True, exist_ok=True)
     taken: set[str] = set()
     failed = 0
-    for p in paths:
-        try:
-            if p.is_dir() or (p.exists() and not p.is_file()):
-                raise ImageLoadError(p, "not a file")
-            image = load_image(p)
-            record = inspector.inspect(p, image)
-            files = write_record(record, image, out, unique_stem(p, taken))
-        except ImageLoadError as err:
-            failed += 1
-            msg = str(err)
-        except OSError as err:  # e.g. the output folder became unwritable: report, go on with the rest
-            failed += 1
-            msg = f"cannot process '{p}': {err.strerror or err}"
-        else:
-            msg = ""
-        if msg:
-            _err(msg)
+    with progress_bar(len(paths), "inspect", progress) as bar:
+        say = bar_writer(bar)
+        for p in paths:
+            try:
+                if p.is_dir() or (p.exists() and not p.is_file()):
+                    raise ImageLoadError(p, "not a file")
+                image = limits.load(p, note=say)
+                record = inspector.inspect(p, image)
+                record.source_size = source_size(image)
+                files = write_record(record, image, out, unique_stem(p, taken))
+            except ImageLoadError as err:
+                failed += 1
+                msg = str(err)
+            except OSError as err:  # e.g. the output folder became unwritable: report, go on with the rest
+                failed += 1
+                msg = f"cannot process '{p}': {err.strerror or err}"
+            else:
+                msg = ""
+            bar.update(1)
+            if msg:
+                say(f"looktwice: error: {msg}")
+                if as_json:
+                    print(json.dumps({"image_path": str(p), "error": msg}), flush=True)
+                continue
             if as_json:
-                print(json.dumps({"image_path": str(p), "error": msg}), flush=True)
-            continue
-        if as_json:
-            data = record.to_json_dict(files)
-            data["output_dir"] = str(out)
-            print(json.dumps(data), flush=True)
-        else:
-            print(f"{p}: {record.verdict} (score {record.pred_score:.2f})")
-            print(f"  {record.explanation}")
-            print(f"  -> {out / files['record']}, {out / files['overlay']}")
+                data = record.to_json_dict(files)
+                data["output_dir"] = str(out)
+                print(json.dumps(data), flush=True)
+            else:
+                print(f"{p}: {record.verdict} (score {record.pred_score:.2f})")
+                print(f"  {record.explanation}")
+                print(f"  -> {out / files['record']}, {out / files['overlay']}", flush=True)
     done = len(paths) - failed
     _info(f"inspected {done} of {len(paths)} image(s) with {inspector.detector.name}; results in {out}")
     return EXIT_OK if failed == 0 else EXIT_SOME_FAILED
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    from agent.images import limits_from_args
+
     try:
         options = detector_options(args)
+        limits = limits_from_args(args, options)
     except ValueError as err:
         _err(str(err))
         return EXIT_USAGE
-    return run_inspect(args.images, args.refs, Path(args.out), args.detector, options, args.brain, args.json)
+    return run_inspect(
+        args.images,
+        args.refs,
+        Path(args.out),
+        args.detector,
+        options,
+        args.brain,
+        args.json,
+        limits=limits,
+        progress=not args.quiet,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- demo
@@ -201,6 +234,7 @@ def _format_table(result: dict[str, Any]) -> str:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from agent.progress import wants_progress
     from evals.detection import DetectionBenchmarkSettings, run_detection_benchmark
     from instruct_data.datasets import DatasetError
     from tools.detectors import DetectorError
@@ -215,7 +249,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             detector_options=detector_options(args),
             metric_size=args.metric_size,
         )
-        result = run_detection_benchmark(settings, show_progress=not args.quiet)
+        result = run_detection_benchmark(settings, show_progress=wants_progress(not args.quiet))
     except (DatasetError, DetectorError, ValueError, KeyError) as err:
         _err(str(err))
         return EXIT_USAGE
@@ -255,6 +289,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from agent.images import add_max_megapixels_arg
+
     parser = argparse.ArgumentParser(
         prog="looktwice", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -278,6 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="looktwice-results", help="output folder (default looktwice-results)")
     p.add_argument("--brain", default="rule", help="explanation writer (default rule: templates, no weights)")
     p.add_argument("--json", action="store_true", help="print one JSON record per image (JSON lines) on stdout")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_max_megapixels_arg(p)
     _add_detector_args(p)
     p.set_defaults(func=cmd_inspect)
 
@@ -314,11 +352,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
-    try:
-        return int(args.func(args))
-    except KeyboardInterrupt:
-        _err("interrupted")
-        return 130
+    from agent.commands import run_command
+
+    return run_command(args.func, args)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ components are reported as skipped. --resume continues an interrupted audit. Exi
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Add the `audit` command (with `draft` and `run`) to `sub`."""
     from agent.cli import _add_detector_args
+    from agent.images import add_max_megapixels_arg
 
     p = sub.add_parser(
         "audit",
@@ -45,6 +46,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--brain", default="rule", help=BRAIN_HELP)
     d.add_argument("--sam", metavar="MODEL", help=SAM_HELP)
     d.add_argument("--device", help="cpu, cuda, cuda:1, ... for SAM (default cpu)")
+    add_max_megapixels_arg(d)
     d.set_defaults(func=cmd_draft)
     r = asub.add_parser("run", help="audit images against a spec and write a report")
     r.add_argument(
@@ -64,6 +66,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--sam", metavar="MODEL", help=SAM_HELP)
     r.add_argument("--clip", metavar="MODEL", help=CLIP_HELP)
     r.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_max_megapixels_arg(r)
     r.add_argument(
         "--no-fsync", action="store_true", help="do not flush each image's files before committing it"
     )
@@ -91,11 +94,17 @@ CLIP_HELP = (
 def cmd_draft(args: argparse.Namespace) -> int:
     from agent.audit.runner import get_spec, model_finders
     from agent.cli import EXIT_OK, EXIT_USAGE, _err, _info
+    from agent.images import limits_from_args
     from agent.report.runner import ReportUsageError
 
+    try:
+        limits = limits_from_args(args)
+    except ValueError as err:
+        _err(str(err))
+        return EXIT_USAGE
     finders = model_finders(args.sam, None, args.device, _info)
     try:
-        spec, _ = get_spec(None, args.refs, warn=_info, brain=args.brain, finders=finders)
+        spec, _ = get_spec(None, args.refs, warn=_info, brain=args.brain, finders=finders, limits=limits)
     except ReportUsageError as err:
         _err(str(err))
         return EXIT_USAGE
@@ -118,10 +127,12 @@ def cmd_draft(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from agent.audit.runner import AuditSettings, run_audit
     from agent.cli import EXIT_USAGE, _err, _info, detector_options
+    from agent.images import limits_from_args
     from agent.report.runner import ReportUsageError, ReportWriteError, StoreError
 
     try:
         options = detector_options(args)
+        limits = limits_from_args(args, options)
     except ValueError as err:
         _err(str(err))
         return EXIT_USAGE
@@ -138,6 +149,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         clip=args.clip,
         progress=not args.quiet,
         durable=not args.no_fsync,
+        limits=limits,
     )
     try:
         summary = run_audit(settings, info=_info)

@@ -58,14 +58,20 @@ def _read_line(prompt: str) -> str | None:
 def cmd_chat(args: argparse.Namespace) -> int:
     """Run the command from parsed arguments; returns the exit code."""
     from agent.cli import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, _err, _info
+    from agent.images import limits_from_args, missing_message, missing_paths
     from tools.image_io import ImageLoadError
 
+    missing = missing_paths([args.image] + ([args.refs] if args.refs else []))
+    if missing:
+        _err(missing_message(missing, "path"))
+        return EXIT_USAGE
     try:
+        limits = limits_from_args(args)
         loop = build_loop(args)
-    except SetupError as err:
+    except (SetupError, ValueError) as err:
         _err(str(err))
         return EXIT_USAGE
-    session = Conversation(loop, Path(args.out))
+    session = Conversation(loop, Path(args.out), limits)
     try:
         print(session.open(args.image), flush=True)
     except (ImageLoadError, OSError) as err:

@@ -65,33 +65,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--max-upload-mb", type=float, default=20.0, help="largest uploaded file in MB (default 20)"
     )
-    p.add_argument(
-        "--max-megapixels",
-        type=float,
-        default=40.0,
-        help="largest image in megapixels, checked before decoding (default 40)",
-    )
     p.add_argument("--max-refs", type=int, default=8, help="good references per session (default 8)")
     add_brain_args(
         p,
         refs_help="folder (or file) of good references for users who upload none (default: none, so the "
         "zero-shot fallback runs until a user uploads references)",
+        max_megapixels=40.0,
     )
     p.set_defaults(func=cmd_serve)
 
 
 def limits_from_args(args: argparse.Namespace) -> Any:
-    """`ServeLimits` from the flags; raises `ValueError` for a limit that is not positive."""
+    """`ServeLimits` from the flags; raises `ValueError` for a limit out of range."""
+    from agent.images import limits_from_args as image_limits_from_args
     from agent.serve.session import MB, ServeLimits
 
-    if args.max_upload_mb <= 0 or args.max_megapixels <= 0 or args.max_refs < 1:
-        raise ValueError("--max-upload-mb and --max-megapixels must be above 0, --max-refs at least 1")
+    pixels = image_limits_from_args(args).max_pixels  # --max-megapixels, checked as every command does
+    if args.max_upload_mb <= 0 or args.max_refs < 1:
+        raise ValueError("--max-upload-mb must be above 0, --max-refs at least 1")
     if not 0 < args.port < 65536:
         raise ValueError(f"--port must be 1..65535, got {args.port}")
     return ServeLimits(
-        max_upload_bytes=int(args.max_upload_mb * MB),
-        max_pixels=int(args.max_megapixels * 1_000_000),
-        max_references=int(args.max_refs),
+        max_upload_bytes=int(args.max_upload_mb * MB), max_pixels=pixels, max_references=int(args.max_refs)
     )
 
 
@@ -102,13 +97,13 @@ def build_engine(args: argparse.Namespace) -> Any:
     from agent.brains.spec import build_brain
     from agent.cli import _info
     from agent.conversation import SetupError, build_loop
-    from agent.inspector import load_references
+    from agent.images import limits_from_args as image_limits_from_args
     from agent.serve.session import Engine
     from tools.detectors import DetectorError
 
     try:
         brain = build_brain(args.brain)
-        defaults = load_references(args.refs, warn=_info)
+        defaults = image_limits_from_args(args).references(args.refs, warn=_info)
     except (BrainError, DetectorError, ValueError) as err:
         raise SetupError(str(err)) from None
     sam = None
