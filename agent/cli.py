@@ -61,7 +61,9 @@ def _parse_value(text: str) -> Any:
 
 
 def detector_options(args: argparse.Namespace) -> dict[str, Any]:
-    """Detector settings from --config (YAML/JSON mapping), then --resolution, then --set KEY=VALUE."""
+    """Detector settings from --config (YAML/JSON mapping), then --resolution, then --set KEY=VALUE,
+    checked against what the --detector declares (`tools.settings`): a `ValueError` holds one line per
+    bad setting (name, value given, what is allowed)."""
     opts: dict[str, Any] = {}
     if getattr(args, "config", None):
         import yaml
@@ -83,7 +85,23 @@ def detector_options(args: argparse.Namespace) -> dict[str, Any]:
             raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
         key, value = item.split("=", 1)
         opts[key.strip()] = _parse_value(value)
+    _check_settings(getattr(args, "detector", None), opts)
     return opts
+
+
+def _check_settings(detector: str | None, opts: dict[str, Any]) -> None:
+    from tools.detectors import DETECTORS
+    from tools.settings import setting_problems
+
+    if not detector or detector not in DETECTORS:
+        return  # an unknown name is reported where the detector is built, with the list of names
+    try:
+        factory = DETECTORS.get(detector)
+    except ImportError:
+        return  # its extra is missing: building it says which
+    problems = setting_problems(detector, factory, opts)
+    if problems:
+        raise ValueError("\n".join(problems))
 
 
 def _add_detector_args(p: argparse.ArgumentParser) -> None:

@@ -189,3 +189,23 @@ def test_progress_bar_on_a_terminal_only(case, tmp_path, capsys):
     assert proc.wait(timeout=120) == 0
     shown = b"".join(chunks).decode(errors="replace")
     assert "inspect: 100%|" in shown and "8/8" in shown
+
+
+# ---------------------------------------------------------------------------------------------- settings
+
+
+def test_bad_settings_get_one_line_each(case, tmp_path, capsys):
+    query = str(case / "queries" / "plate_good.png")
+    out = tmp_path / "o"
+    code = main(["inspect", query, "--refs", str(case / "references"), "--out", str(out),
+                 "--set", "sigmas=abc", "--set", "augment=hflip"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and not out.exists()
+    assert lines == [
+        "looktwice: error: refmatch setting sigmas='abc': expected a number; default 1.0",
+        "looktwice: error: refmatch setting augment='hflip': expected a list of text, e.g. [a, b]; default []",
+    ]
+    config = tmp_path / "settings.yaml"
+    config.write_text("neighbours: 2.5\n")
+    assert main(["report", query, "--out", str(tmp_path / "r"), "--detector", "selfsim", "--config", str(config)]) == 2
+    assert "selfsim setting neighbours=2.5: expected a whole number; default 3" in capsys.readouterr().err
