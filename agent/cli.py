@@ -23,7 +23,6 @@ COMMAND_MODULES: tuple[str, ...] = (
     "agent.commands.chat",
     "agent.commands.report",
     "agent.commands.eval_dr",
-    "agent.commands.build_qa",
     "agent.commands.audit",
     "agent.commands.export",
     "agent.commands.build_instruct",
@@ -36,12 +35,14 @@ COMMAND_MODULES: tuple[str, ...] = (
 DESCRIPTION = """\
 LookTwice: a local defect-inspection agent. Give it product images and a few images of good parts;
 it finds defects, outlines them and explains them in plain words. Everything runs offline.
+`looktwice COMMAND --help` shows each command's options and examples."""
 
-quick start:
-  looktwice demo                                   make a small case, inspect it, show the outputs
-  looktwice inspect part.png --refs good/ --out results/
-  looktwice eval --data mvtec_root --category bottle --shots 4
-"""
+QUICK_START = (
+    "looktwice demo                                     # make a small case, inspect it, show the outputs",
+    "looktwice inspect part.png --refs good/ --out results/",
+    'looktwice ask part.png "Is there a defect? Where?" --refs good/',
+    "looktwice report line3/ --refs good/ --out report/   # HTML report of a folder",
+)
 
 
 def _err(msg: str) -> None:
@@ -307,14 +308,24 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from agent.commands import with_examples
     from agent.images import add_max_megapixels_arg
 
-    parser = argparse.ArgumentParser(
-        prog="looktwice", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(prog="looktwice", **with_examples(DESCRIPTION, QUICK_START))
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("demo", help="generate a small case (good plates, a scratch, a stain) and inspect it")
+    p = sub.add_parser(
+        "demo",
+        help="generate a small case (good plates, a scratch, a stain) and inspect it",
+        **with_examples(
+            "Draws good brushed-steel plates, a good plate to check, one with a scratch and one with a stain, "
+            "inspects the three against the good ones and says where the outputs are.",
+            [
+                "looktwice demo                                  # case and results in ./looktwice-demo",
+                "looktwice demo --out /tmp/demo --shots 6",
+            ],
+        ),
+    )
     p.add_argument("--out", default="looktwice-demo", help="folder for the case and the results (default looktwice-demo)")
     p.add_argument("--shots", type=int, default=4, help="number of good references to generate (default 4)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the generated case")
@@ -323,9 +334,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "inspect",
         help="inspect images: verdict, outlined defects, heatmap, explanation",
-        description="Inspect images against good references. Writes <out>/<stem>.json (the record), "
-        "<stem>_overlay.png, <stem>_anomaly_map.png (16-bit, 0..1 = score) and <stem>_mask.png. "
-        "Exit 0 when all images were inspected, 1 when some failed (the rest are done), 2 on usage errors.",
+        **with_examples(
+            "Inspect images against good references. Writes <out>/<stem>.json (the record), "
+            "<stem>_overlay.png, <stem>_anomaly_map.png (16-bit, 0..1 = score) and <stem>_mask.png. "
+            "Images larger than 4096 px are analysed reduced (the record keeps source_size). Exit 0 when "
+            "all images were inspected, 1 when some failed (the rest are done), 2 on usage errors.",
+            [
+                "looktwice inspect part_017.png --refs good_parts/ --out results/",
+                "looktwice inspect line3/ --refs good_parts/ --json > results.jsonl   # one JSON line per image",
+                "looktwice inspect part_017.png --refs good_parts/ --set sigmas=2     # flag fewer parts",
+                "looktwice inspect part_017.png                   # no references: zero-shot fallback",
+            ],
+        ),
     )
     p.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
     p.add_argument("--refs", help="folder (or file) of good reference images; without it the zero-shot fallback runs")
@@ -340,7 +360,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "eval",
         help="detection benchmark on an MVTec-layout data set (AUROC, AUPRO, F1-max, throughput)",
-        description="k-shot references are drawn from train/good with --seed; all test images are scored.",
+        **with_examples(
+            "k-shot references are drawn from train/good with --seed; all test images are scored.",
+            [
+                "looktwice eval --data mvtec_root --category bottle --shots 4 --seed 0 --out bottle.json",
+                "looktwice eval --data mvtec_root --shots 1 --set augment=[hflip,vflip] --quiet",
+            ],
+        ),
     )
     p.add_argument("--data", required=True, help="data set root (MVTec layout, or good/ + bad/ folders)")
     p.add_argument("--category", help="one category (default: all categories under the root)")
@@ -352,10 +378,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_detector_args(p)
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("detectors", help="list the available detectors")
+    p = sub.add_parser(
+        "detectors",
+        help="list the available detectors",
+        **with_examples("The detectors --detector accepts, with a line on each.", ["looktwice detectors"]),
+    )
     p.set_defaults(func=cmd_detectors)
 
-    p = sub.add_parser("models", help="list the named checkpoints (CLIP, SAM, ...) and whether they are here")
+    p = sub.add_parser(
+        "models",
+        help="list every model LookTwice can use, where each is looked for and how to get it",
+        **with_examples(
+            "Every model LookTwice can use: the embedded EfficientNet-Lite (shipped), CLIP, SAM, LLaVA-OneVision, "
+            "the Look-Twice expert weights and the SBERT model of eval-dr; whether each is on this machine, "
+            "where it was looked for, and how to get it.",
+            ["looktwice models", "looktwice models --json"],
+        ),
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_models)
 

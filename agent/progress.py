@@ -20,13 +20,14 @@ def wants_progress(enabled: bool = True, stream: TextIO | None = None) -> bool:
         return False
 
 
-def progress_bar(total: int, desc: str, enabled: bool = True, stream: TextIO | None = None) -> Any:
-    """A tqdm bar over `total` images on stderr, disabled unless `wants_progress` and `total` > 1.
-    Write messages with `bar.write(msg)` so they do not tear the bar."""
+def progress_bar(total: int | None, desc: str, enabled: bool = True, stream: TextIO | None = None) -> Any:
+    """A tqdm bar over `total` images (None: not known ahead, a count is shown) on stderr, disabled
+    unless `wants_progress` and more than one image. Write messages with `bar.write(msg)` so they do
+    not tear the bar."""
     from tqdm import tqdm
 
     stream = stream if stream is not None else sys.stderr
-    show = total > 1 and wants_progress(enabled, stream)
+    show = (total is None or total > 1) and wants_progress(enabled, stream)
     return tqdm(
         total=total, desc=desc, unit="img", disable=not show, file=stream, dynamic_ncols=True, smoothing=0.1
     )

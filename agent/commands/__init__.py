@@ -10,7 +10,8 @@ import argparse
 import os
 import signal
 import sys
-from collections.abc import Callable
+import textwrap
+from collections.abc import Callable, Sequence
 from typing import Any
 
 AddParser = Callable[[Any], None]
@@ -41,6 +42,28 @@ def _silence_stdout() -> None:
         os.close(devnull)
     except (OSError, ValueError):  # stdout without a file descriptor (e.g. captured in tests)
         pass
+
+
+EXAMPLES_HEADER = "examples:"
+
+
+def with_examples(
+    description: str | None, examples: Sequence[str], epilog: str | None = None
+) -> dict[str, Any]:
+    """`add_parser` keyword arguments that make a sub-command's help end with runnable examples.
+
+    `description`: paragraphs written on one line are wrapped at 100 columns, laid-out ones are kept;
+    `epilog`: optional text before the examples; `examples`: command lines, each optionally followed by
+    `  # what it does`, shown under a line `examples:` (a test parses every one with the real parser).
+    """
+    paragraphs = (description or "").split("\n\n")
+    text = "\n\n".join(p if "\n" in p.strip() else textwrap.fill(p.strip(), 100) for p in paragraphs)
+    block = EXAMPLES_HEADER + "\n" + "\n".join(f"  {line}" for line in examples)
+    return {
+        "description": text or None,
+        "epilog": f"{epilog.rstrip()}\n\n{block}" if epilog else block,
+        "formatter_class": argparse.RawDescriptionHelpFormatter,
+    }
 
 
 def single_command_parser(add_parser: AddParser) -> argparse.ArgumentParser:

@@ -57,11 +57,19 @@ def add_brain_args(
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Add the `ask` sub-command to `sub` (the object `add_subparsers()` returned)."""
+    from agent.commands import with_examples
+
     p = sub.add_parser(
         "ask",
         help="ask a question about one image: answer, verdict, overlay, trace",
-        description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        **with_examples(
+            DESCRIPTION,
+            [
+                'looktwice ask part_017.png "Is there a defect? Where?" --refs good_parts/',
+                'looktwice ask part_017.png "How big is the defect?" --refs good_parts/ --json',
+                'looktwice ask part_017.png "What could cause it?" --brain llava:/models/anomaly-ov',
+            ],
+        ),
     )
     p.add_argument("image", help="the image to ask about")
     p.add_argument("question", help='the question, e.g. "Is there any defect in this image?"')

@@ -31,16 +31,27 @@ components are reported as skipped. --resume continues an interrupted audit. Exi
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Add the `audit` command (with `draft` and `run`) to `sub`."""
     from agent.cli import _add_detector_args
+    from agent.commands import with_examples
     from agent.images import add_max_megapixels_arg
 
     p = sub.add_parser(
         "audit",
         help="logical-anomaly audit: counts, places, colours, sizes, matching pairs (spec drafted from references)",
-        description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        **with_examples(DESCRIPTION, [DRAFT_EXAMPLE, RUN_EXAMPLE]),
     )
     asub = p.add_subparsers(dest="audit_command", required=True, metavar="{draft,run}")
-    d = asub.add_parser("draft", help="derive a spec from good reference images")
+    d = asub.add_parser(
+        "draft",
+        help="derive a spec from good reference images",
+        **with_examples(
+            "Segment the good references, line up their components and write a YAML spec of counts, "
+            "colours, positions, areas and pair rules, with tolerances from the references' spread.",
+            [
+                DRAFT_EXAMPLE,
+                "looktwice audit draft --refs good_boxes/ --sam facebook/sam-vit-base --out spec.yaml",
+            ],
+        ),
+    )
     d.add_argument("--refs", required=True, help="folder (or file) of good reference images")
     d.add_argument("--out", help="write the spec here (default: standard output)")
     d.add_argument("--brain", default="rule", help=BRAIN_HELP)
@@ -48,7 +59,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--device", help="cpu, cuda, cuda:1, ... for SAM (default cpu)")
     add_max_megapixels_arg(d)
     d.set_defaults(func=cmd_draft)
-    r = asub.add_parser("run", help="audit images against a spec and write a report")
+    r = asub.add_parser(
+        "run",
+        help="audit images against a spec and write a report",
+        **with_examples(
+            "Check every image against the spec (drafted from --refs when --spec is not given) and write "
+            "the same report as `looktwice report`, plus the spec used.",
+            [RUN_EXAMPLE, "looktwice audit run line3/boxes/ --refs good_boxes/ --out audit_1127/ --resume"],
+        ),
+    )
     r.add_argument(
         "inputs", nargs="+", metavar="INPUT", help="image files, folders, or list files (@list.txt)"
     )
@@ -73,6 +92,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     _add_detector_args(r)
     r.set_defaults(func=cmd_run)
 
+
+DRAFT_EXAMPLE = "looktwice audit draft --refs good_boxes/ --out spec.yaml"
+RUN_EXAMPLE = "looktwice audit run line3/boxes/ --refs good_boxes/ --spec spec.yaml --out audit_1127/"
 
 BRAIN_HELP = (
     "drafting brain: rule (segmentation and statistics, default) or an LLM, llava:<id-or-folder> or "

@@ -26,16 +26,22 @@ HELP = "commands: /heatmap (overlay path), /image PATH (switch image), /save FIL
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Add the `chat` sub-command to `sub` (the object `add_subparsers()` returned)."""
+    from agent.commands import with_examples
     from agent.commands.ask import DESCRIPTION, add_brain_args
 
     p = sub.add_parser(
         "chat",
         help="talk about one image in the terminal (/heatmap, /image PATH, /save FILE, /quit)",
-        description="A conversation about one image; the history is kept and the image inspected once.\n"
-        + HELP
-        + "\n\n"
-        + DESCRIPTION.split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        **with_examples(
+            "A conversation about one image; the history is kept and the image inspected once.\n"
+            + HELP
+            + "\n\n"
+            + DESCRIPTION.split("\n\n", 1)[1],
+            [
+                "looktwice chat part_017.png --refs good_parts/",
+                "looktwice chat part_017.png --refs good_parts/ --brain openai:http://127.0.0.1:8000/v1#Qwen/Qwen2-VL-2B-Instruct",
+            ],
+        ),
     )
     p.add_argument("image", help="the image to talk about")
     p.add_argument(

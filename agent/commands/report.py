@@ -27,13 +27,20 @@ INPUT is an image file, a folder (searched recursively), or a list file of paths
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Add the `report` sub-command to `sub` (the object `add_subparsers()` returned)."""
     from agent.cli import _add_detector_args
+    from agent.commands import with_examples
     from agent.images import add_max_megapixels_arg
 
     p = sub.add_parser(
         "report",
         help="batch report: HTML page, JSONL/CSV and overlays for many images; resumable",
-        description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        **with_examples(
+            DESCRIPTION,
+            [
+                "looktwice report line3/2026-11-27/ --refs good_parts/ --out report_1127/",
+                "looktwice report line3/2026-11-27/ --refs good_parts/ --out report_1127/ --resume   # after Ctrl-C",
+                "looktwice report @todo.txt --refs good_parts/ --out report_todo/   # a list of paths, one a line",
+            ],
+        ),
     )
     p.add_argument(
         "inputs", nargs="+", metavar="INPUT", help="image files, folders, or list files (@list.txt)"

@@ -27,12 +27,6 @@ is it?", "How big?", "What could cause it?"); each answer comes with the overlay
 and a table of the regions (location, box, area, score, shape). The part is inspected once per image
 and references; follow-up questions reuse the inspection, with the conversation so far (as `chat`).
 
-examples:
-  looktwice serve                                    http://127.0.0.1:7860 (rule brain, refmatch)
-  looktwice serve --refs good_parts/                 default references for users who upload none
-  looktwice serve --brain llava:/models/anomaly-ov   answers from the local LLaVA-OneVision
-  looktwice serve --host 0.0.0.0 --port 8080         reachable from other machines (no login!)
-
 safety:
   Each browser tab is its own session with its own folder <workdir>/session-<random id>/; uploads are
   checked (size, pixels, real image content), decoded and saved there as PNG, and the overlays are
@@ -48,11 +42,20 @@ brains:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Add the `serve` sub-command to `sub` (the object `add_subparsers()` returned)."""
+    from agent.commands import with_examples
+
     p = sub.add_parser(
         "serve",
         help="web chat in the browser: upload an image and good references, ask, see overlay and regions",
-        description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        **with_examples(
+            DESCRIPTION,
+            [
+                "looktwice serve                                    # http://127.0.0.1:7860 (rule brain, refmatch)",
+                "looktwice serve --refs good_parts/                 # default references for users who upload none",
+                "looktwice serve --brain llava:/models/anomaly-ov   # answers from the local LLaVA-OneVision",
+                "looktwice serve --host 0.0.0.0 --port 8080         # reachable from other machines (no login!)",
+            ],
+        ),
     )
     p.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)"

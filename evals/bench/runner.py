@@ -136,6 +136,7 @@ def run_bench(
     question: str = DEFAULT_QUESTION,
     source: str = "",
     warn: Callable[[str], None] = print,
+    progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Time the set-up and `repeat` passes over `images` (after `warmup` untimed runs); one result dict.
 
@@ -179,6 +180,8 @@ def run_bench(
 
     for w in range(warmup):
         one(w % len(images))
+        if progress is not None:
+            progress(1)
 
     traces, per_image = [], []
     t_timed = time.perf_counter()
@@ -187,6 +190,8 @@ def run_bench(
             t = time.perf_counter()
             traces.append(one(i))
             per_image.append(time.perf_counter() - t)
+            if progress is not None:
+                progress(1)  # a bar's update costs microseconds, next to milliseconds per image
     timed = time.perf_counter() - t_timed
     if cuda:
         torch.cuda.synchronize()

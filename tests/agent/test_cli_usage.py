@@ -3,10 +3,14 @@ the pixel limit flag, very large images, progress bars."""
 
 from __future__ import annotations
 
+import argparse
 import fcntl
+import io
+import itertools
 import json
 import os
 import pty
+import shlex
 import struct
 import subprocess
 import sys
@@ -209,3 +213,92 @@ def test_bad_settings_get_one_line_each(case, tmp_path, capsys):
     config.write_text("neighbours: 2.5\n")
     assert main(["report", query, "--out", str(tmp_path / "r"), "--detector", "selfsim", "--config", str(config)]) == 2
     assert "selfsim setting neighbours=2.5: expected a whole number; default 3" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------- help
+
+
+def _commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):
+    """(command path, parser) of every sub-command, nested ones included."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield (*path, name), sub
+                yield from _commands(sub, (*path, name))
+
+
+def test_every_help_ends_with_runnable_examples():
+    from agent.cli import build_parser
+
+    root = build_parser()
+    helps = [(("looktwice",), root), *_commands(root)]
+    assert len(helps) > 25
+    for path, parser in helps:
+        text = parser.format_help().rstrip()
+        _, sep, block = text.rpartition("\nexamples:\n")
+        assert sep, f"{' '.join(path)} --help has no examples"
+        lines = block.splitlines()
+        assert 1 <= len(lines) <= 6, path
+        for line in lines:
+            argv = shlex.split(line.split("  #")[0])
+            assert argv[0] == "looktwice", line
+            argv = list(itertools.takewhile(lambda a: a not in {">", "|", "&&"}, argv[1:]))
+            args = root.parse_args(argv)  # an example the parser refuses exits here
+            assert callable(args.func), line
+
+
+def test_the_qa_builder_has_one_name():
+    from agent.cli import build_parser
+
+    top = dict(_commands(build_parser()))
+    assert ("data", "qa") in top and ("build-qa",) not in top
+
+
+# ---------------------------------------------------------------------------------------------- bars
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_rule():
+    from agent.progress import progress_bar, wants_progress
+
+    assert wants_progress(True, _Terminal()) and not wants_progress(True, io.StringIO())
+    assert not wants_progress(False, _Terminal())
+    for total, enabled, stream, shown in [
+        (3, True, _Terminal(), True),
+        (None, True, _Terminal(), True),  # count not known ahead
+        (1, True, _Terminal(), False),  # one image: nothing to show
+        (3, False, _Terminal(), False),  # --quiet
+        (3, True, io.StringIO(), False),  # piped
+    ]:
+        with progress_bar(total, "x", enabled, stream) as bar:
+            bar.update(3)
+        assert ("x: " in stream.getvalue()) is shown, (total, enabled, type(stream))
+
+
+@pytest.mark.parametrize("command", ["synth", "qa"])
+def test_data_builders_show_a_bar_on_a_terminal(command, case, tmp_path, monkeypatch):
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    if command == "synth":
+        argv = ["data", "synth", "--images", str(case / "many"), "--out", str(tmp_path / "s"), "--kinds", "stain"]
+    else:
+        root = tmp_path / "mvtec"
+        for sub in ("train/good", "test/good", "test/stain", "ground_truth/stain"):
+            (root / "plate" / sub).mkdir(parents=True)
+        images = sorted((case / "many").iterdir())
+        for i, p in enumerate(images[:6]):
+            dest = ["train/good", "test/good", "test/stain"][i % 3]
+            Image.open(p).save(root / "plate" / dest / f"{i}.png")
+            if dest == "test/stain":
+                Image.new("L", (96, 96), 255).save(root / "plate" / "ground_truth" / "stain" / f"{i}_mask.png")
+        argv = ["data", "qa", "--data", str(root), "--out", str(tmp_path / "qa")]
+    assert main(argv) == 0
+    assert f"{command}: " in terminal.getvalue() and "img" in terminal.getvalue()
+    quiet = _Terminal()
+    monkeypatch.setattr(sys, "stderr", quiet)
+    assert main([*argv[:-2], "--out", str(tmp_path / "again"), "--quiet"]) == 0
+    assert f"{command}: " not in quiet.getvalue()
