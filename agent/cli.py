@@ -297,13 +297,20 @@ def cmd_models(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return EXIT_OK
+    pad = " " * 19
     for r in rows:
-        state = f"available at {r['where']}" if r["available"] else "not found locally"
-        print(f"{r['name']:10s} {r['id']}  [{state}]")
-        print(f"{'':10s} {r['description']}")
+        state = f"here: {r['where']}" if r["available"] else f"not here; looked in: {r['where']}"
+        print(f"{r['name']:18s} {r['id']}")
+        print(f"{pad}{r['description']} ({r['size']})")
+        print(f"{pad}{state}")
         if not r["available"] and r.get("fetch"):
-            print(f"{'':10s} get it: {r['fetch']}")
-    print("\nThe embedded detector (refmatch) needs none of these: its weights ship with the package.")
+            print(f"{pad}get it: {r['fetch']}")
+    print(
+        "\nThe default (refmatch with the rule brain) needs only efficientnet-lite0, which ships with LookTwice. "
+        "Hub models: fetch them on a machine with internet, copy the Hugging Face cache (or a save_pretrained "
+        "folder) here, and pass the folder (--model, --sam, --brain llava:<folder>) or set LOOKTWICE_MODEL_CLIP / "
+        "LOOKTWICE_MODEL_SAM."
+    )
     return EXIT_OK
 
 
