@@ -128,7 +128,7 @@ def run_bench(
     *,
     detector: str = "refmatch",
     detector_options: dict[str, Any] | None = None,
-    brain: str = "rule",
+    brain: str | Any = "rule",
     device: str | None = None,
     loop: bool = False,
     warmup: int = 2,
@@ -140,6 +140,7 @@ def run_bench(
 ) -> dict[str, Any]:
     """Time the set-up and `repeat` passes over `images` (after `warmup` untimed runs); one result dict.
 
+    `brain` is a `--brain` spec, or a built brain (e.g. a LlavaBrain on a GPU with 4-bit weights).
     Raises the brain's / detector's set-up errors (`BrainError`, `DetectorError`, ValueError, KeyError).
     """
     import torch
@@ -156,7 +157,7 @@ def run_bench(
 
     t_all = time.perf_counter()
     t = time.perf_counter()
-    the_brain = build_brain(brain)
+    the_brain = build_brain(brain) if isinstance(brain, str) else brain  # or a built one (GPU check)
     brain_load = time.perf_counter() - t
     t = time.perf_counter()
     inspector = Inspector(detector, references, options, brain="rule", warn=warn)
@@ -205,7 +206,7 @@ def run_bench(
         "detector_requested": detector,
         "detector_options": options,
         "brain": getattr(the_brain, "name", brain),
-        "brain_spec": brain,
+        "brain_spec": brain if isinstance(brain, str) else the_brain.settings(),
         "device": device or "cpu",
         "source": source,
         "images": len(images),
