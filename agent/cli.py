@@ -12,7 +12,10 @@ import importlib
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from agent.images import ImageLimits
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -126,7 +129,7 @@ def run_inspect(
     options: dict[str, Any] | None = None,
     brain: str = "rule",
     as_json: bool = False,
-    limits: Any = None,
+    limits: ImageLimits | None = None,
     progress: bool = True,
 ) -> int:
     """Inspect each image; write `<out>/<stem>.json`, maps and overlay. Returns the exit code.

@@ -11,7 +11,10 @@ import argparse
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from agent.images import ImageLimits
 
 
 class SetupError(Exception):
@@ -91,7 +94,7 @@ class Conversation:
     brain call, not another inspection.
     """
 
-    def __init__(self, loop: Any, out: Path, limits: Any = None) -> None:
+    def __init__(self, loop: Any, out: Path, limits: ImageLimits | None = None) -> None:
         from agent.images import ImageLimits
 
         self.loop = loop
