@@ -1,7 +1,8 @@
 """`looktwice` command line. Heavy modules (torch, models) are imported inside the commands, so
 `looktwice --help` answers at once.
 
-Exit codes: 0 everything done; 1 some inputs failed (the others are still done); 2 usage errors.
+Exit codes: 0 everything done; 1 some inputs failed (the others are still done); 2 usage errors;
+130 interrupted; 141 stdout was closed early (`looktwice inspect ... --json | head -1`), as for coreutils.
 """
 
 from __future__ import annotations
@@ -11,7 +12,10 @@ import importlib
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from agent.images import ImageLimits
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -22,7 +26,6 @@ COMMAND_MODULES: tuple[str, ...] = (
     "agent.commands.chat",
     "agent.commands.report",
     "agent.commands.eval_dr",
-    "agent.commands.build_qa",
     "agent.commands.audit",
     "agent.commands.export",
     "agent.commands.build_instruct",
@@ -35,16 +38,20 @@ COMMAND_MODULES: tuple[str, ...] = (
 DESCRIPTION = """\
 LookTwice: a local defect-inspection agent. Give it product images and a few images of good parts;
 it finds defects, outlines them and explains them in plain words. Everything runs offline.
+`looktwice COMMAND --help` shows each command's options and examples."""
 
-quick start:
-  looktwice demo                                   make a small case, inspect it, show the outputs
-  looktwice inspect part.png --refs good/ --out results/
-  looktwice eval --data mvtec_root --category bottle --shots 4
-"""
+QUICK_START = (
+    "looktwice demo                                     # make a small case, inspect it, show the outputs",
+    "looktwice inspect part.png --refs good/ --out results/",
+    'looktwice ask part.png "Is there a defect? Where?" --refs good/',
+    "looktwice report line3/ --refs good/ --out report/   # HTML report of a folder",
+)
 
 
 def _err(msg: str) -> None:
-    print(f"looktwice: error: {msg}", file=sys.stderr)
+    """`looktwice: error: ...` on stderr, once per line of `msg` (one line per problem)."""
+    for line in str(msg).splitlines() or [""]:
+        print(f"looktwice: error: {line}", file=sys.stderr)
 
 
 def _info(msg: str) -> None:
@@ -58,7 +65,9 @@ def _parse_value(text: str) -> Any:
 
 
 def detector_options(args: argparse.Namespace) -> dict[str, Any]:
-    """Detector settings from --config (YAML/JSON mapping), then --resolution, then --set KEY=VALUE."""
+    """Detector settings from --config (YAML/JSON mapping), then --resolution, then --set KEY=VALUE,
+    checked against what the --detector declares (`tools.settings`): a `ValueError` holds one line per
+    bad setting (name, value given, what is allowed)."""
     opts: dict[str, Any] = {}
     if getattr(args, "config", None):
         import yaml
@@ -80,7 +89,23 @@ def detector_options(args: argparse.Namespace) -> dict[str, Any]:
             raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
         key, value = item.split("=", 1)
         opts[key.strip()] = _parse_value(value)
+    _check_settings(getattr(args, "detector", None), opts)
     return opts
+
+
+def _check_settings(detector: str | None, opts: dict[str, Any]) -> None:
+    from tools.detectors import DETECTORS
+    from tools.settings import setting_problems
+
+    if not detector or detector not in DETECTORS:
+        return  # an unknown name is reported where the detector is built, with the list of names
+    try:
+        factory = DETECTORS.get(detector)
+    except ImportError:
+        return  # its extra is missing: building it says which
+    problems = setting_problems(detector, factory, opts)
+    if problems:
+        raise ValueError("\n".join(problems))
 
 
 def _add_detector_args(p: argparse.ArgumentParser) -> None:
@@ -104,13 +129,25 @@ def run_inspect(
     options: dict[str, Any] | None = None,
     brain: str = "rule",
     as_json: bool = False,
+    limits: ImageLimits | None = None,
+    progress: bool = True,
 ) -> int:
-    """Inspect each image; write `<out>/<stem>.json`, maps and overlay. Returns the exit code."""
-    from agent.inspector import Inspector, load_references
-    from agent.outputs import unique_stem, write_record
-    from tools.detectors import DetectorError
-    from tools.image_io import ImageLoadError, list_images, load_image
+    """Inspect each image; write `<out>/<stem>.json`, maps and overlay. Returns the exit code.
 
+    `limits` (`agent.images.ImageLimits`): pixel limit and analysis size, default the defaults.
+    A path that does not exist is a usage error: nothing is inspected and `out` is not created."""
+    from agent.images import ImageLimits, missing_message, missing_paths, source_size
+    from agent.inspector import Inspector
+    from agent.outputs import unique_stem, write_record
+    from agent.progress import bar_writer, progress_bar
+    from tools.detectors import DetectorError
+    from tools.image_io import ImageLoadError, list_images
+
+    limits = limits or ImageLimits()
+    missing = missing_paths(images + ([refs] if refs else []))
+    if missing:
+        _err(missing_message(missing, "path"))
+        return EXIT_USAGE
     paths: list[Path] = []
     for item in images:
         p = Path(item)
@@ -122,54 +159,72 @@ def run_inspect(
         _err("no input images found")
         return EXIT_USAGE
     try:
-        references = load_references(refs, warn=_info)
+        references = limits.references(refs, warn=_info)
         inspector = Inspector(detector, references, options, brain=brain, warn=_info)
     except (DetectorError, ValueError, KeyError, RuntimeError) as err:
         _err(str(err))
         return EXIT_USAGE
+    del references  # fitted: the detector keeps what it needs
     out.mkdir(parents=True, exist_ok=True)
     taken: set[str] = set()
     failed = 0
-    for p in paths:
-        try:
-            if p.is_dir() or (p.exists() and not p.is_file()):
-                raise ImageLoadError(p, "not a file")
-            image = load_image(p)
-            record = inspector.inspect(p, image)
-            files = write_record(record, image, out, unique_stem(p, taken))
-        except ImageLoadError as err:
-            failed += 1
-            msg = str(err)
-        except OSError as err:  # e.g. the output folder became unwritable: report, go on with the rest
-            failed += 1
-            msg = f"cannot process '{p}': {err.strerror or err}"
-        else:
-            msg = ""
-        if msg:
-            _err(msg)
+    with progress_bar(len(paths), "inspect", progress) as bar:
+        say = bar_writer(bar)
+        for p in paths:
+            try:
+                if p.is_dir() or (p.exists() and not p.is_file()):
+                    raise ImageLoadError(p, "not a file")
+                image = limits.load(p, note=say)
+                record = inspector.inspect(p, image)
+                record.source_size = source_size(image)
+                files = write_record(record, image, out, unique_stem(p, taken))
+            except ImageLoadError as err:
+                failed += 1
+                msg = str(err)
+            except OSError as err:  # e.g. the output folder became unwritable: report, go on with the rest
+                failed += 1
+                msg = f"cannot process '{p}': {err.strerror or err}"
+            else:
+                msg = ""
+            bar.update(1)
+            if msg:
+                say(f"looktwice: error: {msg}")
+                if as_json:
+                    print(json.dumps({"image_path": str(p), "error": msg}), flush=True)
+                continue
             if as_json:
-                print(json.dumps({"image_path": str(p), "error": msg}), flush=True)
-            continue
-        if as_json:
-            data = record.to_json_dict(files)
-            data["output_dir"] = str(out)
-            print(json.dumps(data), flush=True)
-        else:
-            print(f"{p}: {record.verdict} (score {record.pred_score:.2f})")
-            print(f"  {record.explanation}")
-            print(f"  -> {out / files['record']}, {out / files['overlay']}")
+                data = record.to_json_dict(files)
+                data["output_dir"] = str(out)
+                print(json.dumps(data), flush=True)
+            else:
+                print(f"{p}: {record.verdict} (score {record.pred_score:.2f})")
+                print(f"  {record.explanation}")
+                print(f"  -> {out / files['record']}, {out / files['overlay']}", flush=True)
     done = len(paths) - failed
     _info(f"inspected {done} of {len(paths)} image(s) with {inspector.detector.name}; results in {out}")
     return EXIT_OK if failed == 0 else EXIT_SOME_FAILED
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    from agent.images import limits_from_args
+
     try:
         options = detector_options(args)
+        limits = limits_from_args(args, options)
     except ValueError as err:
         _err(str(err))
         return EXIT_USAGE
-    return run_inspect(args.images, args.refs, Path(args.out), args.detector, options, args.brain, args.json)
+    return run_inspect(
+        args.images,
+        args.refs,
+        Path(args.out),
+        args.detector,
+        options,
+        args.brain,
+        args.json,
+        limits=limits,
+        progress=not args.quiet,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- demo
@@ -201,6 +256,7 @@ def _format_table(result: dict[str, Any]) -> str:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from agent.progress import wants_progress
     from evals.detection import DetectionBenchmarkSettings, run_detection_benchmark
     from instruct_data.datasets import DatasetError
     from tools.detectors import DetectorError
@@ -215,7 +271,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             detector_options=detector_options(args),
             metric_size=args.metric_size,
         )
-        result = run_detection_benchmark(settings, show_progress=not args.quiet)
+        result = run_detection_benchmark(settings, show_progress=wants_progress(not args.quiet))
     except (DatasetError, DetectorError, ValueError, KeyError) as err:
         _err(str(err))
         return EXIT_USAGE
@@ -244,23 +300,42 @@ def cmd_models(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return EXIT_OK
+    pad = " " * 19
     for r in rows:
-        state = f"available at {r['where']}" if r["available"] else "not found locally"
-        print(f"{r['name']:10s} {r['id']}  [{state}]")
-        print(f"{'':10s} {r['description']}")
+        state = f"here: {r['where']}" if r["available"] else f"not here; looked in: {r['where']}"
+        print(f"{r['name']:18s} {r['id']}")
+        print(f"{pad}{r['description']} ({r['size']})")
+        print(f"{pad}{state}")
         if not r["available"] and r.get("fetch"):
-            print(f"{'':10s} get it: {r['fetch']}")
-    print("\nThe embedded detector (refmatch) needs none of these: its weights ship with the package.")
+            print(f"{pad}get it: {r['fetch']}")
+    print(
+        "\nThe default (refmatch with the rule brain) needs only efficientnet-lite0, which ships with LookTwice. "
+        "Hub models: fetch them on a machine with internet, copy the Hugging Face cache (or a save_pretrained "
+        "folder) here, and pass the folder (--model, --sam, --brain llava:<folder>) or set LOOKTWICE_MODEL_CLIP / "
+        "LOOKTWICE_MODEL_SAM."
+    )
     return EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="looktwice", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    from agent.commands import with_examples
+    from agent.images import add_max_megapixels_arg
+
+    parser = argparse.ArgumentParser(prog="looktwice", **with_examples(DESCRIPTION, QUICK_START))
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("demo", help="generate a small case (good plates, a scratch, a stain) and inspect it")
+    p = sub.add_parser(
+        "demo",
+        help="generate a small case (good plates, a scratch, a stain) and inspect it",
+        **with_examples(
+            "Draws good brushed-steel plates, a good plate to check, one with a scratch and one with a stain, "
+            "inspects the three against the good ones and says where the outputs are.",
+            [
+                "looktwice demo                                  # case and results in ./looktwice-demo",
+                "looktwice demo --out /tmp/demo --shots 6",
+            ],
+        ),
+    )
     p.add_argument("--out", default="looktwice-demo", help="folder for the case and the results (default looktwice-demo)")
     p.add_argument("--shots", type=int, default=4, help="number of good references to generate (default 4)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the generated case")
@@ -269,22 +344,39 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "inspect",
         help="inspect images: verdict, outlined defects, heatmap, explanation",
-        description="Inspect images against good references. Writes <out>/<stem>.json (the record), "
-        "<stem>_overlay.png, <stem>_anomaly_map.png (16-bit, 0..1 = score) and <stem>_mask.png. "
-        "Exit 0 when all images were inspected, 1 when some failed (the rest are done), 2 on usage errors.",
+        **with_examples(
+            "Inspect images against good references. Writes <out>/<stem>.json (the record), "
+            "<stem>_overlay.png, <stem>_anomaly_map.png (16-bit, 0..1 = score) and <stem>_mask.png. "
+            "Images larger than 4096 px are analysed reduced (the record keeps source_size). Exit 0 when "
+            "all images were inspected, 1 when some failed (the rest are done), 2 on usage errors.",
+            [
+                "looktwice inspect part_017.png --refs good_parts/ --out results/",
+                "looktwice inspect line3/ --refs good_parts/ --json > results.jsonl   # one JSON line per image",
+                "looktwice inspect part_017.png --refs good_parts/ --set sigmas=2     # flag fewer parts",
+                "looktwice inspect part_017.png                   # no references: zero-shot fallback",
+            ],
+        ),
     )
     p.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
     p.add_argument("--refs", help="folder (or file) of good reference images; without it the zero-shot fallback runs")
     p.add_argument("--out", default="looktwice-results", help="output folder (default looktwice-results)")
     p.add_argument("--brain", default="rule", help="explanation writer (default rule: templates, no weights)")
     p.add_argument("--json", action="store_true", help="print one JSON record per image (JSON lines) on stdout")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_max_megapixels_arg(p)
     _add_detector_args(p)
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser(
         "eval",
         help="detection benchmark on an MVTec-layout data set (AUROC, AUPRO, F1-max, throughput)",
-        description="k-shot references are drawn from train/good with --seed; all test images are scored.",
+        **with_examples(
+            "k-shot references are drawn from train/good with --seed; all test images are scored.",
+            [
+                "looktwice eval --data mvtec_root --category bottle --shots 4 --seed 0 --out bottle.json",
+                "looktwice eval --data mvtec_root --shots 1 --set augment=[hflip,vflip] --quiet",
+            ],
+        ),
     )
     p.add_argument("--data", required=True, help="data set root (MVTec layout, or good/ + bad/ folders)")
     p.add_argument("--category", help="one category (default: all categories under the root)")
@@ -296,10 +388,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_detector_args(p)
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("detectors", help="list the available detectors")
+    p = sub.add_parser(
+        "detectors",
+        help="list the available detectors",
+        **with_examples("The detectors --detector accepts, with a line on each.", ["looktwice detectors"]),
+    )
     p.set_defaults(func=cmd_detectors)
 
-    p = sub.add_parser("models", help="list the named checkpoints (CLIP, SAM, ...) and whether they are here")
+    p = sub.add_parser(
+        "models",
+        help="list every model LookTwice can use, where each is looked for and how to get it",
+        **with_examples(
+            "Every model LookTwice can use: the embedded EfficientNet-Lite (shipped), CLIP, SAM, LLaVA-OneVision, "
+            "the Look-Twice expert weights and the SBERT model of eval-dr; whether each is on this machine, "
+            "where it was looked for, and how to get it.",
+            ["looktwice models", "looktwice models --json"],
+        ),
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_models)
 
@@ -314,11 +419,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
-    try:
-        return int(args.func(args))
-    except KeyboardInterrupt:
-        _err("interrupted")
-        return 130
+    from agent.commands import run_command
+
+    return run_command(args.func, args)
 
 
 if __name__ == "__main__":

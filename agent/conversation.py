@@ -11,7 +11,10 @@ import argparse
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from agent.images import ImageLimits
 
 
 class SetupError(Exception):
@@ -34,7 +37,8 @@ def build_loop(
     from agent.brains.common import BrainError
     from agent.brains.spec import build_brain
     from agent.cli import _info, detector_options
-    from agent.inspector import Inspector, load_references
+    from agent.images import limits_from_args
+    from agent.inspector import Inspector
     from agent.loop import MatchOfThought
     from tools.detectors import DetectorError
 
@@ -43,7 +47,10 @@ def build_loop(
         options = detector_options(args)
         if brain is None:
             brain = build_brain(args.brain)
-        refs = list(references) if references is not None else load_references(args.refs, warn=say)
+        if references is not None:
+            refs = list(references)
+        else:
+            refs = limits_from_args(args, options).references(args.refs, warn=say)
         inspector = Inspector(args.detector, refs, options, brain="rule", warn=say)
     except (BrainError, DetectorError, ValueError, KeyError) as err:
         raise SetupError(str(err)) from None
@@ -87,9 +94,12 @@ class Conversation:
     brain call, not another inspection.
     """
 
-    def __init__(self, loop: Any, out: Path) -> None:
+    def __init__(self, loop: Any, out: Path, limits: ImageLimits | None = None) -> None:
+        from agent.images import ImageLimits
+
         self.loop = loop
         self.out = out
+        self.limits = limits or ImageLimits()  # pixel limit and analysis size of the images opened
         self.taken: set[str] = set()
         self.record: Any = None
         self.image: Any = None
@@ -100,12 +110,13 @@ class Conversation:
     def open(self, path: str | Path, image: Any = None, loop: Any = None) -> str:
         """Inspect `path` (or the already loaded `image`; `loop` replaces the current loop) and start the
         history again. Raises `ImageLoadError` for an unreadable file; returns the summary line."""
-        from tools.image_io import load_image
+        from agent.images import source_size
 
         if loop is not None:
             self.loop = loop
-        image = load_image(path) if image is None else image
+        image = self.limits.load(path) if image is None else image
         self.record = self.loop.run(str(path), image)
+        self.record.source_size = source_size(image)
         self.image = image
         self.files = save_outputs(self.record, image, self.out, self.taken)
         self.history = []

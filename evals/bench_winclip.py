@@ -13,6 +13,7 @@ import argparse
 import json
 import platform
 import time
+from typing import Any
 
 import numpy as np
 import torch
@@ -66,32 +67,35 @@ def bench_winclip(args: argparse.Namespace) -> list[dict]:
     return results
 
 
-def bench_sam(args: argparse.Namespace) -> dict:
+def bench_sam(args: argparse.Namespace, model: Any = None, processor: Any = None, size: int = 1024) -> dict:
+    """SAM image embedding and region refinement; default sam-vit-base sizes with random weights
+    (`model`/`processor`: another SAM, e.g. the tiny one of a dry run, at `size` px)."""
     from transformers import SamConfig, SamModel, SamProcessor
     from transformers.models.sam.image_processing_sam import SamImageProcessor
 
     from tools.sam import SamTool
 
-    torch.manual_seed(0)
-    model = SamModel(SamConfig())  # sam-vit-base sizes, random weights
-    tool = SamTool(
-        sam_model=model, processor=SamProcessor(image_processor=SamImageProcessor()), device=args.device
-    )
-    image = _images(1, 1024, 4)[0]
+    if model is None:
+        torch.manual_seed(0)
+        model = SamModel(SamConfig())  # sam-vit-base sizes, random weights
+        processor = SamProcessor(image_processor=SamImageProcessor())
+    tool = SamTool(sam_model=model, processor=processor, device=args.device)
+    image = _images(1, size, 4)[0]
     t = time.perf_counter()
     tool.embed(image)
     _sync(args.device)
     embed_s = time.perf_counter() - t
-    mask = np.zeros((1024, 1024), bool)
+    mask = np.zeros((size, size), bool)
+    box = max(4, size // 25)
     for k in range(args.sam_regions):
-        y, x = 60 + 90 * k, 80 + 70 * k
-        mask[y : y + 40, x : x + 50] = True
+        y, x = (60 + 90 * k) * size // 1024, (80 + 70 * k) * size // 1024
+        mask[y : y + box, x : x + box] = True
     t = time.perf_counter()
     tool.refine(image, mask)
     _sync(args.device)
     refine_s = time.perf_counter() - t
     return {
-        "what": "sam-vit-base refine (random weights, 1024 px)",
+        "what": f"sam refine (random weights, {size} px)",
         "image_embedding_s": round(embed_s, 3),
         "regions": args.sam_regions,
         "refine_all_regions_s_after_embedding": round(refine_s, 4),

@@ -29,15 +29,26 @@ Decisions, and why:
   logged and ignored rather than failing an image whose pixels are fine.
 - Multi-frame files (GIF, multi-page TIFF) yield their first frame.
 - A 1x1 image is valid (the caller may upsample); only a zero-sized one is rejected.
+- Pillow's `DecompressionBombWarning` (images between `Image.MAX_IMAGE_PIXELS`, about 89 MP, and
+  twice that) is silenced while an image is opened: the limit that counts is this module's own, so
+  the warning would only be noise next to it.
+- Large images in bounded memory: a caller that needs at most `max_side` pixels on the longer side
+  (a detector works at a few hundred) gets the image reduced to that side, aspect kept. A JPEG is
+  decoded reduced (DCT scaling, Pillow's draft mode: 1/2, 1/4 or 1/8, never below `max_side`), so a
+  100-megapixel JPEG never exists in memory at full size; other formats are decoded fully (bounded by
+  the pixel limit) and reduced at once. Either way the last step is the same resize to the exact
+  size, so a JPEG and a PNG of the same picture come out the same size.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import stat
-from collections.abc import Iterable
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -106,14 +117,19 @@ def load_image(
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     *,
     background: tuple[int, int, int] = ALPHA_BACKGROUND,
+    max_side: int | None = None,
 ) -> Image.Image:
     """Load an image fully into memory as 8-bit `mode` ("RGB" or "L"); the file is closed on return.
 
-    `max_pixels=None` disables this module's limit (Pillow's own guard still applies).
+    `max_pixels=None` disables this module's limit (Pillow's own guard still applies); the limit is on
+    the file's pixel count, whatever `max_side` asks for. `max_side`: the most pixels the caller needs
+    on the longer side; a larger image comes back reduced to exactly that side (see the module notes).
     Raises `ImageLoadError` for anything that is not a readable image within the limit.
     """
     if mode not in ("RGB", "L"):
         raise ValueError(f"mode must be 'RGB' or 'L', got {mode!r}")
+    if max_side is not None and max_side < 1:
+        raise ValueError(f"max_side must be at least 1, got {max_side}")
     p = Path(path)
     with _open_checked(p, max_pixels) as im:
         w, h = im.size
@@ -121,8 +137,12 @@ def load_image(
             raise ImageLoadError(p, f"image has zero size: {w}x{h}")
         if max_pixels is not None and w * h > max_pixels:
             raise ImageLoadError(p, _too_large_reason(w * h, max_pixels, (w, h)))
+        if max_side is not None and max(w, h) > max_side:
+            # JPEG only (a no-op elsewhere): decode at the smallest DCT scale that still covers max_side
+            im.draft(None, reduced_size((w, h), max_side))
         try:
-            im.load()  # decode everything now, so truncated data fails here and not in a detector
+            with _pillow_bomb_warning_silenced():
+                im.load()  # decode everything now, so truncated data fails here and not in a detector
         except MemoryError:
             raise ImageLoadError(p, f"not enough memory to decode a {w}x{h} image") from None
         except Image.DecompressionBombError as e:  # e.g. a GIF frame larger than its header said
@@ -134,9 +154,72 @@ def load_image(
             out = _convert(oriented, mode, background)
         except ValueError as e:
             raise ImageLoadError(p, f"unsupported image mode {im.mode!r} ({_first_line(e)})") from None
+        if max_side is not None:
+            out = reduce_image(out, max_side)
         if out is im:  # never hand out the object whose file we are about to close
             out = im.copy()
     return out
+
+
+def reduced_size(size: tuple[int, int], max_side: int) -> tuple[int, int]:
+    """(w, h) scaled so the longer side is `max_side` (aspect kept, each side >= 1); unchanged when the
+    image is no larger."""
+    w, h = size
+    longest = max(w, h)
+    if longest <= max_side:
+        return w, h
+    s = max_side / longest
+    return max(1, round(w * s)), max(1, round(h * s))
+
+
+def reduce_image(image: Image.Image, max_side: int) -> Image.Image:
+    """`image` reduced to `max_side` on the longer side (Lanczos after a fast integer pre-reduction);
+    the image itself when it is no larger. The one resize every reduced image goes through."""
+    size = reduced_size(image.size, max_side)
+    if size == image.size:
+        return image
+    return image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+
+
+def load_image_set(
+    source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    what: str = "image",
+    warn: Callable[[str], None] = print,
+    *,
+    limit: int | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    max_side: int | None = None,
+    progress: Callable[[Path], None] | None = None,
+) -> list[Image.Image]:
+    """Images (RGB) from a folder (recursive), one file, or a list of files, e.g. good references.
+
+    An unreadable file is skipped with a one-line warning, so one bad file does not block the run;
+    `progress` is called with each path before it is read. Raises `ImageSetError` when the folder or
+    file does not exist or no readable image is left.
+    """
+    if isinstance(source, str | os.PathLike):
+        root = Path(source)
+        if not root.exists():
+            raise ImageSetError(_one_line(f"{what}s folder '{root}' does not exist"))
+        paths = list_images(root, recursive=True) if root.is_dir() else [root]
+    else:
+        paths = [Path(p) for p in source]
+    images = []
+    for p in paths[:limit] if limit else paths:
+        if progress is not None:
+            progress(p)
+        try:
+            images.append(load_image(p, max_pixels=max_pixels, max_side=max_side))
+        except ImageLoadError as err:
+            warn(f"{what} skipped: {err}")
+    if not images:
+        shown = source if isinstance(source, str | os.PathLike) else ", ".join(str(p) for p in paths[:3])
+        raise ImageSetError(_one_line(f"no readable {what} images in '{shown}'"))
+    return images
+
+
+class ImageSetError(ValueError):
+    """A set of images (e.g. the references) cannot be used at all; `str()` is one line."""
 
 
 def load_mask(path: str | os.PathLike[str], size: tuple[int, int] | None = None) -> np.ndarray:
@@ -192,7 +275,8 @@ def _open_checked(p: Path, max_pixels: int | None) -> Image.Image:
     if st.st_size == 0:
         raise ImageLoadError(p, "empty file (0 bytes)")
     try:
-        return Image.open(p)
+        with _pillow_bomb_warning_silenced():
+            return Image.open(p)
     except FileNotFoundError:  # removed between stat and open
         raise ImageLoadError(p, "file not found") from None
     except PermissionError:
@@ -203,6 +287,16 @@ def _open_checked(p: Path, max_pixels: int | None) -> Image.Image:
         raise ImageLoadError(p, "not an image (unrecognized format)") from None
     except Exception as e:  # a recognized format with a broken header
         raise ImageLoadError(p, f"corrupt image header ({_first_line(e)})") from None
+
+
+@contextlib.contextmanager
+def _pillow_bomb_warning_silenced() -> Iterator[None]:
+    """Pillow warns above `Image.MAX_IMAGE_PIXELS`; our own limit decides, so the warning is noise.
+    (`catch_warnings` swaps the process's filter list: a thread racing it can at worst keep or lose this
+    one "ignore" filter, never an error.)"""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        yield
 
 
 def _convert(im: Image.Image, mode: str, background: tuple[int, int, int]) -> Image.Image:
@@ -293,8 +387,13 @@ def _too_large_reason(pixels: int, limit: int, size: tuple[int, int] | None = No
     dims = f"{size[0]}x{size[1]} = " if size else ""
     return (
         f"image too large: {dims}{_count(pixels)} pixels exceeds the limit of {_count(limit)} "
-        "(decompression-bomb guard; raise it with max_pixels=...)"
+        f"(decompression-bomb guard; raise it with --max-megapixels, now {_megapixels(limit)}, "
+        "or max_pixels=... in Python)"
     )
+
+
+def _megapixels(pixels: int) -> str:
+    return f"{pixels / 1e6:g}"
 
 
 def _pillow_bomb_reason(err: Exception, max_pixels: int | None) -> str:
@@ -305,7 +404,7 @@ def _pillow_bomb_reason(err: Exception, max_pixels: int | None) -> str:
     pixels = int(found.group(1))
     if max_pixels is not None and pixels > max_pixels:
         return _too_large_reason(pixels, max_pixels).replace(
-            "max_pixels=...)", "max_pixels=... and PIL.Image.MAX_IMAGE_PIXELS)"
+            "max_pixels=... in Python)", "max_pixels=... and PIL.Image.MAX_IMAGE_PIXELS in Python)"
         )
     pil_limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
     return (

@@ -251,8 +251,8 @@ class Availability:
 
 
 def check_model(kind: str, model_id: str) -> Availability:
-    """Whether `model_id` of `kind` ("open_clip" | "sam") can be loaded without a download."""
-    if kind == "sam":
+    """Whether `model_id` of `kind` ("open_clip" | "sam" | "llava") can be loaded without a download."""
+    if kind in ("sam", "llava"):
         return _check_hf_folder_or_repo(model_id, "config.json")
     if kind == "open_clip":
         return _check_open_clip(model_id)
@@ -338,7 +338,18 @@ def _is_local_path(model_id: str) -> bool:
 
 
 def list_models(config: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
-    """The registry as rows for `looktwice models`: what each name resolves to and whether it is here."""
+    """Every model LookTwice can use, as rows for `looktwice models`: the embedded EfficientNet-Lite
+    backbones, the overridable tool checkpoints (CLIP, SAM; what each name resolves to), LLaVA-OneVision,
+    the Look-Twice expert and SBERT (`tools.model_catalog`); whether each is here, where it was looked
+    for, how to get it."""
+    from tools.model_catalog import llava_rows, packaged_rows
+
+    packaged = packaged_rows()
+    embedded = [r for r in packaged if r["name"].startswith("efficientnet")]
+    return embedded + _tool_rows(config) + llava_rows() + [r for r in packaged if r not in embedded]
+
+
+def _tool_rows(config: Mapping[str, str] | None) -> list[dict[str, Any]]:
     rows = []
     for name, spec in MODELS.items():
         model_id = resolve_model(name, config=config)

@@ -59,7 +59,8 @@ class InspectionRecord:
     answer: str | None = None
     detector: str = ""
     brain: str = ""
-    image_size: tuple[int, int] | None = None  # width, height
+    image_size: tuple[int, int] | None = None  # width, height as analysed (maps, masks, region pixels)
+    source_size: tuple[int, int] | None = None  # width, height of the file when it was analysed reduced
     trace: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -72,6 +73,7 @@ class InspectionRecord:
         out: dict[str, Any] = {
             "image_path": self.image_path,
             "image_size": list(self.image_size) if self.image_size else None,
+            "source_size": list(self.source_size) if self.source_size else None,
             "detector": self.detector,
             "brain": self.brain,
             "pred_score": round(float(self.pred_score), 6),

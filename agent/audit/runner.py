@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from agent.audit.spec import Spec, SpecError, load_spec
+from agent.images import ImageLimits, source_size
 from agent.report.runner import (
     ReportSettings,
     ReportSummary,
@@ -65,6 +66,7 @@ class AuditSettings:
     brain: str = "rule"  # drafting: rule = statistics only; an LLM brain also names parts, proposes pairs
     sam: str | None = None  # SAM model (hub id or folder) for `segmenter: sam`; also drafts with SAM
     clip: str | None = None  # open_clip model for `clip_prompt` finders
+    limits: ImageLimits = field(default_factory=ImageLimits)  # pixel limit, analysis size
 
 
 def model_finders(
@@ -80,9 +82,12 @@ def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def load_reference_images(refs: str, warn: Callable[[str], None]) -> tuple[list, list[str]]:
+def load_reference_images(
+    refs: str, warn: Callable[[str], None], limits: ImageLimits | None = None
+) -> tuple[list, list[str]]:
     from tools.image_io import ImageLoadError, list_images, load_image
 
+    limits = limits or ImageLimits()
     root = Path(refs)
     if not root.exists():
         raise ReportUsageError(f"references folder '{root}' does not exist")
@@ -90,7 +95,7 @@ def load_reference_images(refs: str, warn: Callable[[str], None]) -> tuple[list,
     images, names = [], []
     for p in paths:
         try:
-            images.append(load_image(p))
+            images.append(load_image(p, max_pixels=limits.max_pixels, max_side=limits.max_side))
             names.append(p.name)
         except ImageLoadError as err:
             warn(f"reference skipped: {err}")
@@ -105,6 +110,7 @@ def get_spec(
     warn: Callable[[str], None] = _stderr,
     brain: str = "rule",
     finders: ModelFinders | None = None,
+    limits: ImageLimits | None = None,
 ) -> tuple[Spec, list]:
     """The spec (loaded, or drafted from the references) and the reference images. With an LLM
     `brain` the drafted spec is refined by it (agent.audit.llm_draft); its failures leave a note.
@@ -113,7 +119,7 @@ def get_spec(
     from agent.audit.spec import SamSettings
     from agent.brains.common import BrainError
 
-    images, names = load_reference_images(refs, warn)
+    images, names = load_reference_images(refs, warn, limits)
     if spec_path is not None:
         try:
             return load_spec(spec_path), images
@@ -170,20 +176,19 @@ def _record(path: str, image, result, structural) -> Any:
         detector=structural.detector if structural is not None else NO_DETECTOR,
         brain="audit",
         image_size=image.size,
+        source_size=source_size(image),
         trace=trace,
     )
 
 
 def run_audit(s: AuditSettings, info: Callable[[str], None] = _stderr) -> ReportSummary:
     """Run (or resume) an audit into `s.out`. Raises ReportUsageError / ReportWriteError / StoreError."""
-    from tqdm import tqdm
-
     from agent.audit.check import audit_image
     from agent.outputs import unique_stem
+    from agent.progress import bar_writer, progress_bar
     from agent.report.files import atomic_write_text, clear_staging, outputs_present, write_image_outputs
     from agent.report.inputs import InputError, collect_inputs, file_digest, safe_stem
     from tools.detectors import DETECTORS
-    from tools.image_io import load_image
 
     if s.detector != NO_DETECTOR and s.detector not in DETECTORS:
         raise ReportUsageError(
@@ -199,7 +204,7 @@ def run_audit(s: AuditSettings, info: Callable[[str], None] = _stderr) -> Report
     if spec_path is None and s.resume and (Path(s.out) / SPEC_NAME).is_file():
         spec_path = str(Path(s.out) / SPEC_NAME)  # the spec of the first run, not a new (LLM) draft
     finders = model_finders(s.sam, s.clip, s.detector_options.get("device"), info)
-    spec, ref_images = get_spec(spec_path, s.refs, info, s.brain, finders)
+    spec, ref_images = get_spec(spec_path, s.refs, info, s.brain, finders, s.limits)
     spec_text = spec.to_yaml()
     fingerprint = settings_fingerprint(
         ReportSettings(
@@ -241,7 +246,8 @@ def run_audit(s: AuditSettings, info: Callable[[str], None] = _stderr) -> Report
             except (ValueError, KeyError, TypeError) as err:
                 raise ReportUsageError(str(err)) from None
             summary.setup_seconds = time.perf_counter() - t
-        bar = tqdm(total=len(items), unit="img", desc="audit", disable=not s.progress, file=sys.stderr)
+        bar = progress_bar(len(items), "audit", s.progress)
+        say = bar_writer(bar)
         try:
             for seq, item in enumerate(items):
                 stem = stems[item.key]
@@ -276,7 +282,7 @@ def run_audit(s: AuditSettings, info: Callable[[str], None] = _stderr) -> Report
                     continue
                 t1 = time.perf_counter()
                 try:
-                    image = load_image(item.path)
+                    image = s.limits.load(item.path, note=say)
                     structural = inspector.inspect(item.display_path, image) if inspector else None
                     result = audit_image(
                         image,

@@ -29,10 +29,14 @@ brains:
   (LOOKTWICE_OPENAI_BASE_URL, LOOKTWICE_OPENAI_MODEL, LOOKTWICE_OPENAI_API_KEY fill in what is missing)"""
 
 
-def add_brain_args(p: argparse.ArgumentParser, refs_help: str | None = None) -> None:
-    """--refs, --brain, --sam and the detector arguments (shared by `ask`, `chat` and `serve`;
-    `refs_help` rewords --refs for a command that uses it differently)."""
+def add_brain_args(
+    p: argparse.ArgumentParser, refs_help: str | None = None, max_megapixels: float | None = None
+) -> None:
+    """--refs, --brain, --sam, --max-megapixels and the detector arguments (shared by `ask`, `chat` and
+    `serve`; `refs_help` rewords --refs for a command that uses it differently, `max_megapixels` sets
+    another default pixel limit)."""
     from agent.cli import _add_detector_args
+    from agent.images import add_max_megapixels_arg
 
     p.add_argument(
         "--refs",
@@ -44,16 +48,28 @@ def add_brain_args(p: argparse.ArgumentParser, refs_help: str | None = None) -> 
         help="rule | llava:<id-or-folder> | openai:<base-url>#<model> (default rule)",
     )
     p.add_argument("--sam", help="SAM model id or folder to refine the defect outlines (optional)")
+    if max_megapixels is None:
+        add_max_megapixels_arg(p)
+    else:
+        add_max_megapixels_arg(p, max_megapixels)
     _add_detector_args(p)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Add the `ask` sub-command to `sub` (the object `add_subparsers()` returned)."""
+    from agent.commands import with_examples
+
     p = sub.add_parser(
         "ask",
         help="ask a question about one image: answer, verdict, overlay, trace",
-        description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        **with_examples(
+            DESCRIPTION,
+            [
+                'looktwice ask part_017.png "Is there a defect? Where?" --refs good_parts/',
+                'looktwice ask part_017.png "How big is the defect?" --refs good_parts/ --json',
+                'looktwice ask part_017.png "What could cause it?" --brain llava:/models/anomaly-ov',
+            ],
+        ),
     )
     p.add_argument("image", help="the image to ask about")
     p.add_argument("question", help='the question, e.g. "Is there any defect in this image?"')
@@ -66,14 +82,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def cmd_ask(args: argparse.Namespace) -> int:
     """Run the command from parsed arguments; returns the exit code."""
     from agent.cli import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, _err, _info
-    from tools.image_io import ImageLoadError, load_image
+    from agent.images import limits_from_args, missing_message, missing_paths, source_size
+    from tools.image_io import ImageLoadError
 
     path = Path(args.image)
     if not args.question.strip():
         _err("the question is empty")
         return EXIT_USAGE
+    missing = missing_paths([args.image] + ([args.refs] if args.refs else []))
+    if missing:
+        _err(missing_message(missing, "path"))
+        return EXIT_USAGE
     try:
-        image = load_image(path)
+        limits = limits_from_args(args)
+    except ValueError as err:
+        _err(str(err))
+        return EXIT_USAGE
+    try:
+        image = limits.load(path, note=_info)
     except (ImageLoadError, OSError) as err:
         msg = str(err) if isinstance(err, ImageLoadError) else f"cannot read image '{path}': {err}"
         _err(msg)
@@ -88,6 +114,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
             print(json.dumps({"image_path": str(path), "error": str(err)}), flush=True)
         return EXIT_USAGE
     record = loop.run(str(path), image, question=args.question)
+    record.source_size = source_size(image)
     for line in trace_warnings(record.trace):
         _info(f"looktwice: warning: {line}")
     out = Path(args.out)

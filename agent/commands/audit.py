@@ -31,22 +31,43 @@ components are reported as skipped. --resume continues an interrupted audit. Exi
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Add the `audit` command (with `draft` and `run`) to `sub`."""
     from agent.cli import _add_detector_args
+    from agent.commands import with_examples
+    from agent.images import add_max_megapixels_arg
 
     p = sub.add_parser(
         "audit",
         help="logical-anomaly audit: counts, places, colours, sizes, matching pairs (spec drafted from references)",
-        description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        **with_examples(DESCRIPTION, [DRAFT_EXAMPLE, RUN_EXAMPLE]),
     )
     asub = p.add_subparsers(dest="audit_command", required=True, metavar="{draft,run}")
-    d = asub.add_parser("draft", help="derive a spec from good reference images")
+    d = asub.add_parser(
+        "draft",
+        help="derive a spec from good reference images",
+        **with_examples(
+            "Segment the good references, line up their components and write a YAML spec of counts, "
+            "colours, positions, areas and pair rules, with tolerances from the references' spread.",
+            [
+                DRAFT_EXAMPLE,
+                "looktwice audit draft --refs good_boxes/ --sam facebook/sam-vit-base --out spec.yaml",
+            ],
+        ),
+    )
     d.add_argument("--refs", required=True, help="folder (or file) of good reference images")
     d.add_argument("--out", help="write the spec here (default: standard output)")
     d.add_argument("--brain", default="rule", help=BRAIN_HELP)
     d.add_argument("--sam", metavar="MODEL", help=SAM_HELP)
     d.add_argument("--device", help="cpu, cuda, cuda:1, ... for SAM (default cpu)")
+    add_max_megapixels_arg(d)
     d.set_defaults(func=cmd_draft)
-    r = asub.add_parser("run", help="audit images against a spec and write a report")
+    r = asub.add_parser(
+        "run",
+        help="audit images against a spec and write a report",
+        **with_examples(
+            "Check every image against the spec (drafted from --refs when --spec is not given) and write "
+            "the same report as `looktwice report`, plus the spec used.",
+            [RUN_EXAMPLE, "looktwice audit run line3/boxes/ --refs good_boxes/ --out audit_1127/ --resume"],
+        ),
+    )
     r.add_argument(
         "inputs", nargs="+", metavar="INPUT", help="image files, folders, or list files (@list.txt)"
     )
@@ -64,12 +85,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--sam", metavar="MODEL", help=SAM_HELP)
     r.add_argument("--clip", metavar="MODEL", help=CLIP_HELP)
     r.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_max_megapixels_arg(r)
     r.add_argument(
         "--no-fsync", action="store_true", help="do not flush each image's files before committing it"
     )
     _add_detector_args(r)
     r.set_defaults(func=cmd_run)
 
+
+DRAFT_EXAMPLE = "looktwice audit draft --refs good_boxes/ --out spec.yaml"
+RUN_EXAMPLE = "looktwice audit run line3/boxes/ --refs good_boxes/ --spec spec.yaml --out audit_1127/"
 
 BRAIN_HELP = (
     "drafting brain: rule (segmentation and statistics, default) or an LLM, llava:<id-or-folder> or "
@@ -91,11 +116,17 @@ CLIP_HELP = (
 def cmd_draft(args: argparse.Namespace) -> int:
     from agent.audit.runner import get_spec, model_finders
     from agent.cli import EXIT_OK, EXIT_USAGE, _err, _info
+    from agent.images import limits_from_args
     from agent.report.runner import ReportUsageError
 
+    try:
+        limits = limits_from_args(args)
+    except ValueError as err:
+        _err(str(err))
+        return EXIT_USAGE
     finders = model_finders(args.sam, None, args.device, _info)
     try:
-        spec, _ = get_spec(None, args.refs, warn=_info, brain=args.brain, finders=finders)
+        spec, _ = get_spec(None, args.refs, warn=_info, brain=args.brain, finders=finders, limits=limits)
     except ReportUsageError as err:
         _err(str(err))
         return EXIT_USAGE
@@ -118,10 +149,12 @@ def cmd_draft(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from agent.audit.runner import AuditSettings, run_audit
     from agent.cli import EXIT_USAGE, _err, _info, detector_options
+    from agent.images import limits_from_args
     from agent.report.runner import ReportUsageError, ReportWriteError, StoreError
 
     try:
         options = detector_options(args)
+        limits = limits_from_args(args, options)
     except ValueError as err:
         _err(str(err))
         return EXIT_USAGE
@@ -138,6 +171,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         clip=args.clip,
         progress=not args.quiet,
         durable=not args.no_fsync,
+        limits=limits,
     )
     try:
         summary = run_audit(settings, info=_info)

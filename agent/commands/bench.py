@@ -18,10 +18,7 @@ DESCRIPTION = """\
 Time an inspection set-up: model/detector load and fit, the detector, each step of the trace (with
 --loop: the match-of-thought loop and the brain's answer), generation tokens/s, peak memory and
 images/s. Warm-up runs are excluded. Every run is appended to a JSONL file with the machine
-description; a markdown summary is printed and written next to it (same name, .md).
-
-  looktwice bench --synthetic 40 --set resolution=96
-  looktwice bench --images DIR --refs GOOD_DIR --detector refmatch --loop --out bench.jsonl"""
+description; a markdown summary is printed and written next to it (same name, .md)."""
 
 
 def _positive(text: str) -> int:
@@ -41,12 +38,18 @@ def _non_negative(text: str) -> int:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Add the `bench` sub-command to `sub` (the object `add_subparsers()` returned)."""
     from agent.cli import _add_detector_args
+    from agent.commands import with_examples
 
     p = sub.add_parser(
         "bench",
         help="speed benchmark: per-stage timings, tokens/s, peak memory, images/s (JSONL + markdown)",
-        description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        **with_examples(
+            DESCRIPTION,
+            [
+                "looktwice bench --synthetic 40 --set resolution=96",
+                "looktwice bench --images parts/ --refs good_parts/ --detector refmatch --loop --out bench.jsonl",
+            ],
+        ),
     )
     src = p.add_mutually_exclusive_group()
     src.add_argument("--images", help="folder (or file) of query images to time")
@@ -81,6 +84,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--json", action="store_true", help="print the JSON line instead of the markdown summary")
     p.add_argument("--threads", type=_non_negative, default=0, help="torch threads (0 = torch default)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_detector_args(p)
     p.set_defaults(func=cmd_bench)
 
@@ -90,6 +94,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from agent.brains.common import BrainError
     from agent.cli import EXIT_OK, EXIT_USAGE, _err, _info, detector_options
     from agent.inspector import load_images, load_references
+    from agent.progress import bar_writer, progress_bar
     from evals.bench.runner import (
         DEFAULT_QUESTION,
         markdown_summary,
@@ -134,20 +139,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
             else:
                 references = synthetic_images(args.shots, args.size, seed=0)
             source = f"synthetic {n} brushed plates {args.size}x{args.size}"
-        result = run_bench(
-            images,
-            references,
-            detector=args.detector,
-            detector_options=options,
-            brain=args.brain,
-            device=device,
-            loop=args.loop,
-            warmup=args.warmup,
-            repeat=args.repeat,
-            question=question,
-            source=source,
-            warn=_info,
-        )
+        bar = progress_bar(args.warmup + args.repeat * len(images), "bench", not args.quiet)
+        with bar:
+            result = run_bench(
+                images,
+                references,
+                detector=args.detector,
+                detector_options=options,
+                brain=args.brain,
+                device=device,
+                loop=args.loop,
+                warmup=args.warmup,
+                repeat=args.repeat,
+                question=question,
+                source=source,
+                warn=bar_writer(bar),
+                progress=bar.update,
+            )
     except (BrainError, DetectorError, ValueError, KeyError) as err:
         _err(str(err).strip("'\""))
         return EXIT_USAGE

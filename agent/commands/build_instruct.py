@@ -12,14 +12,23 @@ from pathlib import Path
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Add the `build-instruct` sub-command to `sub`."""
+    from agent.commands import with_examples
+
     p = sub.add_parser(
         "build-instruct",
         help="build Anomaly-Instruct-style conversations (LLaVA JSON) from masked data or synthesis",
-        description="Writes <out>/instruct.json ([{id, image, conversations: [{from: human|gpt, value}]}], "
-        "image paths relative to <out>) and <out>/stats.json (counts per turn type, normal/anomalous balance). "
-        "Turn types: detection (Yes/No), description, cause, suggestion, multi-round. --data reads an "
-        "MVTec-layout data set with masks; --synth-from synthesizes one anomalous copy of every good image "
-        "(saved under <out>/images and <out>/masks). The same --seed gives the same output.",
+        **with_examples(
+            "Writes <out>/instruct.json ([{id, image, conversations: [{from: human|gpt, value}]}], "
+            "image paths relative to <out>) and <out>/stats.json (counts per turn type, normal/anomalous "
+            "balance). Turn types: detection (Yes/No), description, cause, suggestion, multi-round. --data "
+            "reads an MVTec-layout data set with masks; --synth-from synthesizes one anomalous copy of every "
+            "good image (saved under <out>/images and <out>/masks). The same --seed gives the same output.",
+            [
+                "looktwice data instruct --data mvtec_root --out instruct/ --per-image 4",
+                "looktwice data instruct --synth-from good_parts/ --out instruct/",
+                "looktwice data instruct --data mvtec_root --out instruct/ --rewrite openai:http://127.0.0.1:8000/v1#Qwen/Qwen2-7B-Instruct",
+            ],
+        ),
     )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", help="data set root (MVTec layout, with ground-truth masks)")
@@ -42,11 +51,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "must keep the Yes/No, location words and numbers, else the template answer stays",
     )
     p.add_argument("--rewrite-cache", help="JSON-lines cache of rewrites (default <out>/rewrite_cache.jsonl)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_build_instruct)
 
 
 def cmd_build_instruct(args: argparse.Namespace) -> int:
     from agent.cli import EXIT_OK, EXIT_USAGE, _err, _info
+    from agent.progress import progress_bar
     from instruct_data.datasets import DatasetError
     from instruct_data.instruct import InstructBuildError, InstructSettings, build_instruct
 
@@ -61,7 +72,8 @@ def cmd_build_instruct(args: argparse.Namespace) -> int:
         rewrite_cache=args.rewrite_cache,
     )
     try:
-        stats = build_instruct(settings)
+        with progress_bar(None, "instruct", not args.quiet) as bar:
+            stats = build_instruct(settings, progress=bar.update)
     except (DatasetError, InstructBuildError) as err:
         _err(str(err))
         return EXIT_USAGE

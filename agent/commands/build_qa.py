@@ -1,4 +1,4 @@
-"""`looktwice build-qa --data ROOT [--category C] --out DIR [--limit N] [--seed S]`.
+"""`looktwice data qa --data ROOT [--category C] --out DIR [--limit N] [--seed S]`.
 
 Builds a VisA-D&R-style QA set (test_data.json, dr.json, meta.json; see instruct_data/qa/FORMAT.md)
 from an MVTec-layout data set. Exit codes: 0 written, 2 usage errors (missing data, unknown category).
@@ -11,14 +11,22 @@ from pathlib import Path
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    """Add the `build-qa` sub-command to `sub`."""
+    """Add the QA-set builder to `sub` (`looktwice data` registers it as `data qa`)."""
+    from agent.commands import with_examples
+
     p = sub.add_parser(
         "build-qa",
         help="build a VisA-D&R-style QA set (detection + reasoning) from an MVTec-layout data set",
-        description="Writes <out>/test_data.json ([{image, anomaly, class}]), <out>/dr.json ([{image, class, "
-        "defect_type, questions, answers}], anomalous images only, reference answers from the masks and "
-        "defect types) and <out>/meta.json (data_root, counts). Image paths are relative to the data root. "
-        "Evaluate a brain on it with `looktwice eval-dr --qa <out>`.",
+        **with_examples(
+            "Writes <out>/test_data.json ([{image, anomaly, class}]), <out>/dr.json ([{image, class, "
+            "defect_type, questions, answers}], anomalous images only, reference answers from the masks and "
+            "defect types) and <out>/meta.json (data_root, counts). Image paths are relative to the data root. "
+            "Evaluate a brain on it with `looktwice eval-dr --qa <out>`.",
+            [
+                "looktwice data qa --data mvtec_root --out qa/ --limit 120",
+                "looktwice data qa --data mvtec_root --category bottle --out qa_bottle/ --seed 1",
+            ],
+        ),
     )
     p.add_argument("--data", required=True, help="data set root (MVTec layout)")
     p.add_argument("--category", help="one category (default: all categories under the root)")
@@ -27,11 +35,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--limit", type=int, help="at most N test images per category, about half anomalous (default: all)"
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the --limit draw (default 0)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_build_qa)
 
 
 def cmd_build_qa(args: argparse.Namespace) -> int:
     from agent.cli import EXIT_OK, EXIT_USAGE, _err, _info
+    from agent.progress import progress_bar
     from instruct_data.datasets import DatasetError
     from instruct_data.qa import BuildSettings, QABuildError, build_qa_set
 
@@ -39,7 +49,8 @@ def cmd_build_qa(args: argparse.Namespace) -> int:
         data=args.data, out=args.out, category=args.category, limit=args.limit, seed=args.seed
     )
     try:
-        meta = build_qa_set(settings)
+        with progress_bar(None, "qa", not args.quiet) as bar:
+            meta = build_qa_set(settings, progress=bar.update)
     except (DatasetError, QABuildError) as err:
         _err(str(err))
         return EXIT_USAGE

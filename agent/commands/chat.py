@@ -26,16 +26,22 @@ HELP = "commands: /heatmap (overlay path), /image PATH (switch image), /save FIL
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Add the `chat` sub-command to `sub` (the object `add_subparsers()` returned)."""
+    from agent.commands import with_examples
     from agent.commands.ask import DESCRIPTION, add_brain_args
 
     p = sub.add_parser(
         "chat",
         help="talk about one image in the terminal (/heatmap, /image PATH, /save FILE, /quit)",
-        description="A conversation about one image; the history is kept and the image inspected once.\n"
-        + HELP
-        + "\n\n"
-        + DESCRIPTION.split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        **with_examples(
+            "A conversation about one image; the history is kept and the image inspected once.\n"
+            + HELP
+            + "\n\n"
+            + DESCRIPTION.split("\n\n", 1)[1],
+            [
+                "looktwice chat part_017.png --refs good_parts/",
+                "looktwice chat part_017.png --refs good_parts/ --brain openai:http://127.0.0.1:8000/v1#Qwen/Qwen2-VL-2B-Instruct",
+            ],
+        ),
     )
     p.add_argument("image", help="the image to talk about")
     p.add_argument(
@@ -58,14 +64,20 @@ def _read_line(prompt: str) -> str | None:
 def cmd_chat(args: argparse.Namespace) -> int:
     """Run the command from parsed arguments; returns the exit code."""
     from agent.cli import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, _err, _info
+    from agent.images import limits_from_args, missing_message, missing_paths
     from tools.image_io import ImageLoadError
 
+    missing = missing_paths([args.image] + ([args.refs] if args.refs else []))
+    if missing:
+        _err(missing_message(missing, "path"))
+        return EXIT_USAGE
     try:
+        limits = limits_from_args(args)
         loop = build_loop(args)
-    except SetupError as err:
+    except (SetupError, ValueError) as err:
         _err(str(err))
         return EXIT_USAGE
-    session = Conversation(loop, Path(args.out))
+    session = Conversation(loop, Path(args.out), limits)
     try:
         print(session.open(args.image), flush=True)
     except (ImageLoadError, OSError) as err:

@@ -1,7 +1,8 @@
 """`looktwice data synth|instruct|qa|plates ...`: the data-building commands under one word.
 
-`synth`, `instruct` and `qa` are the existing `synth`, `build-instruct` and `build-qa` commands (same
-parsers, same functions, registered a second time under a shorter name; the old names keep working).
+`synth` and `instruct` are the `synth` and `build-instruct` commands (same parsers, same functions,
+registered a second time under a shorter name; the old names keep working). `qa` has this one name
+(the QA-set builder of `agent.commands.build_qa` is not a top-level command any more).
 `plates` is new: a small MVTec-layout set of procedural plates with visible synthesized defects, for
 training smoke runs (`instruct_data.synthesis.plates`).
 """
@@ -33,14 +34,27 @@ class _Renamed:
         return self._sub.add_parser(self._name, **kwargs)
 
 
+PLATES_EXAMPLE = "looktwice data plates --out plates/ --train-good 100 --test-bad 100"
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Add the `data` group (synth, instruct, qa, plates) to `sub`."""
     import importlib
 
+    from agent.commands import with_examples
+
     p = sub.add_parser(
         "data",
         help="build data: synth (anomalies), instruct (LLaVA JSON), qa (D&R set), plates (toy set)",
-        description="Data for training and evaluation. `looktwice data WHAT --help` for each.",
+        **with_examples(
+            "Data for training and evaluation. `looktwice data WHAT --help` for each.",
+            [
+                "looktwice data synth --images good_parts/ --out synth/",
+                "looktwice data instruct --data mvtec_root --out instruct/",
+                "looktwice data qa --data mvtec_root --out qa/ --limit 120",
+                PLATES_EXAMPLE,
+            ],
+        ),
     )
     group = p.add_subparsers(dest="data_command", metavar="WHAT", required=True)
     for module, expected, name in DATA_COMMANDS:
@@ -48,9 +62,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     q = group.add_parser(
         "plates",
         help="a small MVTec-layout set of procedural plates with synthesized defects (training smoke runs)",
-        description="Writes <out>/<category>/train/good, test/good, test/<kind> and ground_truth/<kind>/"
-        "<name>_mask.png. Defects are drawn at --render-size and shrunk with the plate to --size; ones "
-        "that would be invisible at --size are redrawn. The same --seed gives the same files.",
+        **with_examples(
+            "Writes <out>/<category>/train/good, test/good, test/<kind> and ground_truth/<kind>/"
+            "<name>_mask.png. Defects are drawn at --render-size and shrunk with the plate to --size; ones "
+            "that would be invisible at --size are redrawn. The same --seed gives the same files.",
+            [PLATES_EXAMPLE, "looktwice data plates --out plates/ --size 64 --kinds hole,stain --seed 2"],
+        ),
     )
     q.add_argument("--out", required=True, help="output folder")
     q.add_argument("--train-good", type=int, default=100, help="good training plates (default 100)")

@@ -2,7 +2,7 @@
 `looktwice eval-dr --compare A.json B.json`.
 
 The VisA-D&R-style benchmark of a brain (evals/dr/): detection with the strict Yes/No prompt and
-reasoning (ROUGE-L, SBERT) on a QA set written by `looktwice build-qa`. Exit codes: 0 done, 1 some
+reasoning (ROUGE-L, SBERT) on a QA set written by `looktwice data qa`. Exit codes: 0 done, 1 some
 images could not be read (the rest are scored), 2 usage errors.
 """
 
@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 DESCRIPTION = """\
-Benchmark a brain on a VisA-D&R-style QA set (from `looktwice build-qa`).
+Benchmark a brain on a VisA-D&R-style QA set (from `looktwice data qa`).
 
 detection   "Are there any defects for the object in the image? Please reply with 'Yes' or 'No'."
             per image; only a leading Yes/No counts (unparsable = wrong). accuracy, precision, recall,
@@ -28,21 +28,27 @@ fallback    when the brain fails (error, no text) the loop shows the RuleBrain's
             scores such answers as empty (they are not the brain's) unless --score-fallback.
 outputs     <out>/samples.jsonl (one line per image; a rerun skips the images already there),
             <out>/results.json, <out>/results.md
-
-compare     looktwice eval-dr --compare runA/results.json runB/results.json"""
+compare     --compare A.json B.json prints two runs side by side"""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Add the `eval-dr` sub-command to `sub`."""
     from agent.cli import _add_detector_args
+    from agent.commands import with_examples
 
     p = sub.add_parser(
         "eval-dr",
         help="D&R benchmark of a brain: Yes/No detection and reasoning (ROUGE-L, SBERT) on a QA set",
-        description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        **with_examples(
+            DESCRIPTION,
+            [
+                "looktwice eval-dr --qa qa/ --refs-from mvtec_root/bottle --shots 4 --out dr_rule/",
+                "looktwice eval-dr --qa qa/ --brain llava:/models/anomaly-ov --refs-from mvtec_root/bottle --out dr_llava/",
+                "looktwice eval-dr --compare dr_rule/results.json dr_llava/results.json",
+            ],
+        ),
     )
-    p.add_argument("--qa", help="QA folder (test_data.json, dr.json, meta.json) from `looktwice build-qa`")
+    p.add_argument("--qa", help="QA folder (test_data.json, dr.json, meta.json) from `looktwice data qa`")
     p.add_argument("--data-root", help="where the QA set's images are (default: meta.json's data_root)")
     p.add_argument(
         "--brain",

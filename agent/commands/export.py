@@ -14,27 +14,50 @@ import sys
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Add the `export` sub-command (with `mmad` and `lmms-eval`) to `sub`."""
+    from agent.commands import with_examples
+
     p = sub.add_parser(
         "export",
         help="export D&R answers as MMAD results, or a QA set as an lmms-eval task folder",
-        description="mmad: answers of an `eval-dr` run folder (its samples.jsonl) as MMAD's result JSON "
-        "([{image, question, question_type, correct_answer, gpt_answer}]). lmms-eval: a task folder "
-        "(<task>.yaml, utils.py, <task>.jsonl) for a QA set from `looktwice build-qa`; run it with "
-        "`lmms_eval --tasks <task> --include_path <folder>`.",
+        **with_examples(
+            "mmad: answers of an `eval-dr` run folder (its samples.jsonl) as MMAD's result JSON "
+            "([{image, question, question_type, correct_answer, gpt_answer}]). lmms-eval: a task folder "
+            "(<task>.yaml, utils.py, <task>.jsonl) for a QA set from `looktwice data qa`; run it with "
+            "`lmms_eval --tasks <task> --include_path <folder>`.",
+            [MMAD_EXAMPLE, LMMS_EXAMPLE],
+        ),
     )
     fmt = p.add_subparsers(dest="format", metavar="{mmad,lmms-eval}")
-    m = fmt.add_parser("mmad", help="an eval-dr run's answers in MMAD's result format")
+    m = fmt.add_parser(
+        "mmad",
+        help="an eval-dr run's answers in MMAD's result format",
+        **with_examples(
+            "Answers of an `eval-dr` run as [{image, question, question_type, correct_answer, gpt_answer}].",
+            [MMAD_EXAMPLE, "looktwice export mmad --run dr_rule/ --out answers.json --image-prefix MVTec-AD/"],
+        ),
+    )
     m.add_argument("--run", required=True, help="eval-dr output folder (with samples.jsonl)")
     m.add_argument("--out", required=True, help="output JSON file")
     m.add_argument("--image-prefix", default="", help="prefix of every `image` (e.g. 'MVTec-AD/')")
     m.set_defaults(func=cmd_export_mmad)
-    e = fmt.add_parser("lmms-eval", help="an lmms-eval task folder (YAML + utils.py + data) for a QA set")
-    e.add_argument("--qa", required=True, help="QA folder from `looktwice build-qa`")
+    e = fmt.add_parser(
+        "lmms-eval",
+        help="an lmms-eval task folder (YAML + utils.py + data) for a QA set",
+        **with_examples(
+            "A task folder (<task>.yaml, utils.py, <task>.jsonl) for a QA set from `looktwice data qa`.",
+            [LMMS_EXAMPLE, "looktwice export lmms-eval --qa qa/ --out lmms_task/ --task looktwice_bottle"],
+        ),
+    )
+    e.add_argument("--qa", required=True, help="QA folder from `looktwice data qa`")
     e.add_argument("--out", required=True, help="output task folder")
     e.add_argument("--task", default="looktwice_dr", help="task name (default looktwice_dr)")
     e.add_argument("--data-root", help="where the QA set's images are (default: meta.json's data_root)")
     e.set_defaults(func=cmd_export_lmms_eval)
     p.set_defaults(func=lambda args: _no_format(p))
+
+
+MMAD_EXAMPLE = "looktwice export mmad --run dr_rule/ --out answers.json"
+LMMS_EXAMPLE = "looktwice export lmms-eval --qa qa/ --out lmms_task/"
 
 
 def _no_format(p: argparse.ArgumentParser) -> int:

@@ -27,12 +27,20 @@ INPUT is an image file, a folder (searched recursively), or a list file of paths
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Add the `report` sub-command to `sub` (the object `add_subparsers()` returned)."""
     from agent.cli import _add_detector_args
+    from agent.commands import with_examples
+    from agent.images import add_max_megapixels_arg
 
     p = sub.add_parser(
         "report",
         help="batch report: HTML page, JSONL/CSV and overlays for many images; resumable",
-        description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        **with_examples(
+            DESCRIPTION,
+            [
+                "looktwice report line3/2026-11-27/ --refs good_parts/ --out report_1127/",
+                "looktwice report line3/2026-11-27/ --refs good_parts/ --out report_1127/ --resume   # after Ctrl-C",
+                "looktwice report @todo.txt --refs good_parts/ --out report_todo/   # a list of paths, one a line",
+            ],
+        ),
     )
     p.add_argument(
         "inputs", nargs="+", metavar="INPUT", help="image files, folders, or list files (@list.txt)"
@@ -46,6 +54,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--brain", default="rule", help="explanation writer (default rule: templates, no weights)")
     p.add_argument("--resume", action="store_true", help="continue the report in --out: skip what is done")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_max_megapixels_arg(p)
     p.add_argument(
         "--no-fsync",
         action="store_true",
@@ -58,6 +67,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def cmd_report(args: argparse.Namespace) -> int:
     """Run the command from parsed arguments; returns the exit code."""
     from agent.cli import EXIT_USAGE, _err, _info, detector_options
+    from agent.images import limits_from_args
     from agent.report.runner import (
         ReportSettings,
         ReportUsageError,
@@ -68,6 +78,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     try:
         options = detector_options(args)
+        limits = limits_from_args(args, options)
     except ValueError as err:
         _err(str(err))
         return EXIT_USAGE
@@ -81,6 +92,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         resume=args.resume,
         progress=not args.quiet,
         durable=not args.no_fsync,
+        limits=limits,
     )
     try:
         summary = run_report(settings, info=_info)

@@ -27,12 +27,6 @@ is it?", "How big?", "What could cause it?"); each answer comes with the overlay
 and a table of the regions (location, box, area, score, shape). The part is inspected once per image
 and references; follow-up questions reuse the inspection, with the conversation so far (as `chat`).
 
-examples:
-  looktwice serve                                    http://127.0.0.1:7860 (rule brain, refmatch)
-  looktwice serve --refs good_parts/                 default references for users who upload none
-  looktwice serve --brain llava:/models/anomaly-ov   answers from the local LLaVA-OneVision
-  looktwice serve --host 0.0.0.0 --port 8080         reachable from other machines (no login!)
-
 safety:
   Each browser tab is its own session with its own folder <workdir>/session-<random id>/; uploads are
   checked (size, pixels, real image content), decoded and saved there as PNG, and the overlays are
@@ -48,11 +42,20 @@ brains:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Add the `serve` sub-command to `sub` (the object `add_subparsers()` returned)."""
+    from agent.commands import with_examples
+
     p = sub.add_parser(
         "serve",
         help="web chat in the browser: upload an image and good references, ask, see overlay and regions",
-        description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        **with_examples(
+            DESCRIPTION,
+            [
+                "looktwice serve                                    # http://127.0.0.1:7860 (rule brain, refmatch)",
+                "looktwice serve --refs good_parts/                 # default references for users who upload none",
+                "looktwice serve --brain llava:/models/anomaly-ov   # answers from the local LLaVA-OneVision",
+                "looktwice serve --host 0.0.0.0 --port 8080         # reachable from other machines (no login!)",
+            ],
+        ),
     )
     p.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)"
@@ -65,33 +68,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--max-upload-mb", type=float, default=20.0, help="largest uploaded file in MB (default 20)"
     )
-    p.add_argument(
-        "--max-megapixels",
-        type=float,
-        default=40.0,
-        help="largest image in megapixels, checked before decoding (default 40)",
-    )
     p.add_argument("--max-refs", type=int, default=8, help="good references per session (default 8)")
     add_brain_args(
         p,
         refs_help="folder (or file) of good references for users who upload none (default: none, so the "
         "zero-shot fallback runs until a user uploads references)",
+        max_megapixels=40.0,
     )
     p.set_defaults(func=cmd_serve)
 
 
 def limits_from_args(args: argparse.Namespace) -> Any:
-    """`ServeLimits` from the flags; raises `ValueError` for a limit that is not positive."""
+    """`ServeLimits` from the flags; raises `ValueError` for a limit out of range."""
+    from agent.images import limits_from_args as image_limits_from_args
     from agent.serve.session import MB, ServeLimits
 
-    if args.max_upload_mb <= 0 or args.max_megapixels <= 0 or args.max_refs < 1:
-        raise ValueError("--max-upload-mb and --max-megapixels must be above 0, --max-refs at least 1")
+    pixels = image_limits_from_args(args).max_pixels  # --max-megapixels, checked as every command does
+    if args.max_upload_mb <= 0 or args.max_refs < 1:
+        raise ValueError("--max-upload-mb must be above 0, --max-refs at least 1")
     if not 0 < args.port < 65536:
         raise ValueError(f"--port must be 1..65535, got {args.port}")
     return ServeLimits(
-        max_upload_bytes=int(args.max_upload_mb * MB),
-        max_pixels=int(args.max_megapixels * 1_000_000),
-        max_references=int(args.max_refs),
+        max_upload_bytes=int(args.max_upload_mb * MB), max_pixels=pixels, max_references=int(args.max_refs)
     )
 
 
@@ -102,13 +100,13 @@ def build_engine(args: argparse.Namespace) -> Any:
     from agent.brains.spec import build_brain
     from agent.cli import _info
     from agent.conversation import SetupError, build_loop
-    from agent.inspector import load_references
+    from agent.images import limits_from_args as image_limits_from_args
     from agent.serve.session import Engine
     from tools.detectors import DetectorError
 
     try:
         brain = build_brain(args.brain)
-        defaults = load_references(args.refs, warn=_info)
+        defaults = image_limits_from_args(args).references(args.refs, warn=_info)
     except (BrainError, DetectorError, ValueError) as err:
         raise SetupError(str(err)) from None
     sam = None

@@ -22,11 +22,18 @@ results with the masks outlined, to look at. Exit codes: 0 all done, 1 some imag
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Add the `synth` sub-command to `sub` (the object `add_subparsers()` returned)."""
+    from agent.commands import with_examples
+
     p = sub.add_parser(
         "synth",
         help="synthesize anomalies (cutpaste, perlin, scratch, stain, hole, blur, ...) with masks and descriptions",
-        description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        **with_examples(
+            DESCRIPTION,
+            [
+                "looktwice data synth --images good_parts/ --out synth/ --per-image 4 --contact-sheet synth/sheet.png",
+                "looktwice data synth --images good_parts/ --out synth/ --kinds scratch,stain --seed 1",
+            ],
+        ),
     )
     p.add_argument("--images", required=True, help="folder of good images (searched recursively)")
     p.add_argument("--out", required=True, help="output folder")
@@ -40,6 +47,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--contact-sheet", metavar="PNG", help="also write a contact sheet PNG here")
     p.add_argument("--sheet-max-rows", type=int, default=20, help="at most this many images on the sheet")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_synth)
 
 
@@ -57,6 +65,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from agent.cli import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, _err, _info
+    from agent.progress import bar_writer, progress_bar
     from instruct_data.synthesis.anomalies import ANOMALIES, synthesize_random
     from instruct_data.synthesis.contact_sheet import Tile, save_contact_sheet
     from tools.image_io import ImageLoadError, list_images, load_image
@@ -86,12 +95,16 @@ def cmd_synth(args: argparse.Namespace) -> int:
     failed = 0
     written = 0
     sheet_rows: list[list[Tile]] = []
-    with open(out / "descriptions.jsonl", "w", encoding="utf-8") as jf:
+    with open(out / "descriptions.jsonl", "w", encoding="utf-8") as jf, progress_bar(
+        len(paths), "synth", not args.quiet
+    ) as bar:
+        say = bar_writer(bar)
         for index, path in enumerate(paths):
+            bar.update(1)
             try:
                 image = np.asarray(load_image(path, mode="RGB"))
             except ImageLoadError as e:
-                _err(str(e))
+                say(f"looktwice: error: {e}")
                 failed += 1
                 continue
             rel = path.relative_to(root)

@@ -18,6 +18,13 @@ tiny-llm (CPU smoke runs on the tiny test model). Outputs in --out: checkpoints/
 (llm; `looktwice ask --brain llava:<out>/model`)."""
 
 
+EXPERT_EXAMPLE = "looktwice train expert --config expert --data /data/visa_root --out runs/expert"
+LLM_EXAMPLE = (
+    "looktwice train llm --config llm-lora --data instruct/instruct.json "
+    "--expert runs/expert/ltfm_expert.safetensors --out runs/llm"
+)
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="YAML config file, or a shipped config name")
     p.add_argument("--data", action="append", help="training data (repeatable); replaces the config's")
@@ -42,27 +49,37 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Add `train` with its `expert` and `llm` sub-commands to `sub`."""
+    from agent.commands import with_examples
+
     p = sub.add_parser(
         "train",
         help="train the MLLM: stage 1 the anomaly expert, stage 2 projector + LLM (full, LoRA, QLoRA)",
-        description="Two-stage training of LLaVA-OneVision + the Look-Twice expert (Anomaly-OV).",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        **with_examples(
+            "Two-stage training of LLaVA-OneVision + the Look-Twice expert (Anomaly-OV).",
+            [EXPERT_EXAMPLE, LLM_EXAMPLE],
+            epilog=EPILOG,
+        ),
     )
     stages = p.add_subparsers(dest="stage", metavar="STAGE", required=True)
     e = stages.add_parser(
         "expert",
         help="stage 1: the expert alone on labelled images (tower frozen)",
-        description="Balanced BCE on image labels (+ masks with mask_loss_weight > 0); --data: MVTec-layout "
-        "roots or `looktwice data synth` folders. Writes <out>/ltfm_expert.safetensors.",
+        **with_examples(
+            "Balanced BCE on image labels (+ masks with mask_loss_weight > 0); --data: MVTec-layout "
+            "roots or `looktwice data synth` folders. Writes <out>/ltfm_expert.safetensors.",
+            [EXPERT_EXAMPLE, "looktwice train expert --config tiny-expert --data plates/ --out runs/tiny --max-steps 20"],
+        ),
     )
     _add_common(e)
     e.set_defaults(func=cmd_train)
     m = stages.add_parser(
         "llm",
         help="stage 2: projector + LLM on LLaVA-JSON conversations (expert frozen)",
-        description="Full fine-tuning, LoRA or QLoRA (method in the config); --data: LLaVA JSON from "
-        "`looktwice data instruct`. Writes <out>/model/ (load_model reads it) and, with LoRA, <out>/adapter/.",
+        **with_examples(
+            "Full fine-tuning, LoRA or QLoRA (method in the config); --data: LLaVA JSON from "
+            "`looktwice data instruct`. Writes <out>/model/ (load_model reads it) and, with LoRA, <out>/adapter/.",
+            [LLM_EXAMPLE, "looktwice train llm --config llm-qlora --data instruct/instruct.json --out runs/llm --resume"],
+        ),
     )
     _add_common(m)
     m.add_argument("--expert", help="expert weights (stage 1's ltfm_expert.safetensors), auto or none")

@@ -2,8 +2,9 @@
 
 A list file is named `@paths.txt` on the command line, or is any `.txt` file given as an input: one
 path per line, blank lines and lines starting with `#` ignored, relative paths taken relative to the
-list file's folder. Paths that do not exist are kept: they become failed inputs with a clear error,
-so one typo in a list does not stop the batch. Duplicates (same absolute path) are dropped.
+list file's folder. Listed paths that do not exist are kept: they become failed inputs with a clear
+error, so one typo in a list does not stop the batch. A path named on the command line itself that
+does not exist is a usage error, before anything is written. Duplicates (same absolute path) are dropped.
 """
 
 from __future__ import annotations
@@ -65,7 +66,15 @@ def _read_list(item: str) -> list[tuple[Path, str]]:
 
 
 def collect_inputs(items: Sequence[str]) -> list[InputItem]:
-    """Expand command-line inputs into image paths, in order, without duplicates."""
+    """Expand command-line inputs into image paths, in order, without duplicates.
+
+    A command-line input that does not exist is a usage error (`InputError`, one line per missing
+    path), raised before anything is written; a missing path inside a list file is a failed input."""
+    from agent.images import missing_message, missing_paths
+
+    missing = missing_paths(items)
+    if missing:
+        raise InputError(missing_message(missing))
     found: list[InputItem] = []
     seen: set[str] = set()
 

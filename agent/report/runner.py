@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from agent.images import ImageLimits, source_size
 from agent.report.files import STAGING_DIR, clear_staging, outputs_present, write_image_outputs
 from agent.report.inputs import InputError, InputItem, clean_text, collect_inputs, file_digest, safe_stem
 from agent.report.store import DB_NAME, STATUS_DONE, STATUS_FAILED, ResultStore, Row, StoreError
@@ -56,6 +57,7 @@ class ReportSettings:
     durable: bool = True  # fsync files before they are renamed into place
     html_every_s: float = 120.0  # rebuild the page during long runs
     writer_threads: int = 2  # encode and commit finished images while the next ones are inspected
+    limits: ImageLimits = field(default_factory=ImageLimits)  # pixel limit, analysis size
 
 
 @dataclass
@@ -197,12 +199,12 @@ class _LazyInspector:
 
     def get(self):  # -> agent.inspector.Inspector
         if self._inspector is None:
-            from agent.inspector import Inspector, load_references
+            from agent.inspector import Inspector
             from tools.detectors import DetectorError
 
             t0 = time.perf_counter()
             try:
-                refs = load_references(self.s.refs, warn=self.warn)
+                refs = self.s.limits.references(self.s.refs, warn=self.warn)
                 self._inspector = Inspector(
                     self.s.detector, refs, self.s.detector_options, brain=self.s.brain, warn=self.warn
                 )
@@ -268,10 +270,10 @@ def _process(
     inspector: _LazyInspector,
     out: Path,
     durable: bool,
+    limits: ImageLimits,
+    note: Callable[[str], None],
 ) -> Row | _WriteJob | None:
     """Inspect one input. None: already done; a Row: failed (committed); a _WriteJob: to write and commit."""
-    from tools.image_io import load_image
-
     t0 = time.perf_counter()
     old = store.get(item.key)
     try:
@@ -299,8 +301,9 @@ def _process(
         return None
     t1 = time.perf_counter()
     try:
-        image = load_image(item.path)
+        image = limits.load(item.path, note=note)
         record = inspector.get().inspect(item.display_path, image)
+        record.source_size = source_size(image)
     except ReportUsageError:
         raise
     except Exception as err:  # one image breaking the detector must not stop the batch
@@ -381,10 +384,9 @@ def run_report(
     s: ReportSettings, info: Callable[[str], None] = _stderr, progress_file: TextIO | None = None
 ) -> ReportSummary:
     """Run (or resume) a report. Raises ReportUsageError / ReportWriteError / StoreError (exit 2)."""
-    from tqdm import tqdm
-
     from agent.brains import BRAINS
     from agent.outputs import unique_stem
+    from agent.progress import progress_bar
     from tools.detectors import DETECTORS
 
     if s.detector not in DETECTORS:
@@ -415,18 +417,10 @@ def run_report(
             if item.key not in stems:
                 stems[item.key] = unique_stem(safe_stem(item.key) + ".x", taken)
         inspector = _LazyInspector(s, warn=info)
-        bar = tqdm(
-            total=len(items),
-            unit="img",
-            desc="report",
-            disable=not s.progress,
-            file=progress_file or sys.stderr,
-            dynamic_ncols=True,
-            smoothing=0.1,
-        )
+        bar = progress_bar(len(items), "report", s.progress, progress_file or sys.stderr)
 
         def say(msg: str) -> None:
-            if s.progress:
+            if not bar.disable:
                 bar.write(msg, file=progress_file or sys.stderr)
             else:
                 info(msg)
@@ -457,7 +451,9 @@ def run_report(
         try:
             try:
                 for seq, item in enumerate(items):
-                    result = _process(item, stems[item.key], seq, digest, store, inspector, out, s.durable)
+                    result = _process(
+                        item, stems[item.key], seq, digest, store, inspector, out, s.durable, s.limits, say
+                    )
                     if result is None:
                         summary.skipped += 1
                         bar.update(1)

@@ -33,6 +33,7 @@ from PIL import Image
 
 from agent.brains.abilities import SeesImages
 from agent.conversation import Conversation, SetupError, trace_warnings
+from agent.images import ANALYSIS_MAX_SIDE
 from tools.image_io import ImageLoadError, load_image
 
 MB = 1024 * 1024
@@ -51,6 +52,7 @@ class ServeLimits:
 
     max_upload_bytes: int = 20 * MB  # one uploaded file
     max_pixels: int = 40_000_000  # one decoded image (checked on the header, before decoding)
+    max_side: int = ANALYSIS_MAX_SIDE  # longer side an image is decoded and analysed at (reduced above)
     max_references: int = 8  # good references per session
     max_question_chars: int = 2000
     max_turns: int = 100  # questions per image (the history goes into every brain call)
@@ -197,7 +199,7 @@ class ChatSession:
         if size > limit:
             raise UploadError(f"the {what} '{name}' is {size / MB:.1f} MB; the limit is {limit / MB:g} MB")
         try:
-            image = load_image(path, max_pixels=self.limits.max_pixels)
+            image = load_image(path, max_pixels=self.limits.max_pixels, max_side=self.limits.max_side)
         except ImageLoadError as err:
             reason = err.reason.split(" (decompression-bomb guard")[0]
             raise UploadError(f"the {what} '{name}' cannot be used: {reason} (use {IMAGE_KINDS})") from None

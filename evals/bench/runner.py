@@ -128,7 +128,7 @@ def run_bench(
     *,
     detector: str = "refmatch",
     detector_options: dict[str, Any] | None = None,
-    brain: str = "rule",
+    brain: str | Any = "rule",
     device: str | None = None,
     loop: bool = False,
     warmup: int = 2,
@@ -136,9 +136,11 @@ def run_bench(
     question: str = DEFAULT_QUESTION,
     source: str = "",
     warn: Callable[[str], None] = print,
+    progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Time the set-up and `repeat` passes over `images` (after `warmup` untimed runs); one result dict.
 
+    `brain` is a `--brain` spec, or a built brain (e.g. a LlavaBrain on a GPU with 4-bit weights).
     Raises the brain's / detector's set-up errors (`BrainError`, `DetectorError`, ValueError, KeyError).
     """
     import torch
@@ -155,7 +157,7 @@ def run_bench(
 
     t_all = time.perf_counter()
     t = time.perf_counter()
-    the_brain = build_brain(brain)
+    the_brain = build_brain(brain) if isinstance(brain, str) else brain  # or a built one (GPU check)
     brain_load = time.perf_counter() - t
     t = time.perf_counter()
     inspector = Inspector(detector, references, options, brain="rule", warn=warn)
@@ -179,6 +181,8 @@ def run_bench(
 
     for w in range(warmup):
         one(w % len(images))
+        if progress is not None:
+            progress(1)
 
     traces, per_image = [], []
     t_timed = time.perf_counter()
@@ -187,6 +191,8 @@ def run_bench(
             t = time.perf_counter()
             traces.append(one(i))
             per_image.append(time.perf_counter() - t)
+            if progress is not None:
+                progress(1)  # a bar's update costs microseconds, next to milliseconds per image
     timed = time.perf_counter() - t_timed
     if cuda:
         torch.cuda.synchronize()
@@ -200,7 +206,7 @@ def run_bench(
         "detector_requested": detector,
         "detector_options": options,
         "brain": getattr(the_brain, "name", brain),
-        "brain_spec": brain,
+        "brain_spec": brain if isinstance(brain, str) else the_brain.settings(),
         "device": device or "cpu",
         "source": source,
         "images": len(images),

@@ -1,5 +1,5 @@
 """VisA-D&R-style benchmark: detection (strict Yes/No) and reasoning (ROUGE-L, SBERT) of a brain on a
-QA set written by `looktwice build-qa` (format: instruct_data/qa/FORMAT.md). Run it with `looktwice eval-dr`."""
+QA set written by `looktwice data qa` (format: instruct_data/qa/FORMAT.md). Run it with `looktwice eval-dr`."""
 
 from evals.dr.metrics import detection_metrics
 from evals.dr.reader import QAImage, QASet, QASetError, load_qa_set

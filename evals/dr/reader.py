@@ -84,7 +84,7 @@ def load_qa_set(folder: str | Path, data_root: str | Path | None = None) -> QASe
     has_test, has_dr = (qa / TEST_FILE).is_file(), (qa / DR_FILE).is_file()
     if not has_test and not has_dr:
         raise QASetError(
-            f"'{qa}' holds neither {TEST_FILE} nor {DR_FILE}: build one with `looktwice build-qa`"
+            f"'{qa}' holds neither {TEST_FILE} nor {DR_FILE}: build one with `looktwice data qa`"
         )
     by_image: dict[str, QAImage] = {}
     if has_test:

@@ -353,8 +353,7 @@ def run_dr_benchmark(
     Returns (results, failures). Raises QASetError, DatasetError, DetectorError, BrainError,
     SbertUnavailable or ValueError for setup problems (before any image is evaluated).
     """
-    from tqdm import tqdm
-
+    from agent.progress import progress_bar
     from tools.image_io import ImageLoadError
 
     qa = load_qa_set(settings.qa, settings.data_root)
@@ -381,7 +380,7 @@ def run_dr_benchmark(
     t_run = time.perf_counter()
     with (
         samples_path.open("a", encoding="utf-8") as fh,
-        tqdm(total=len(todo), disable=not show_progress, desc="eval-dr", unit="img") as bar,
+        progress_bar(len(todo), "eval-dr", show_progress) as bar,
     ):
         for item in todo:
             loop = loops.get(item.cls)

