@@ -21,46 +21,44 @@ class SetupError(Exception):
     """References, brain or detector could not be set up (a usage error); the message is one line."""
 
 
-def build_loop(
+def build_pipeline(
     args: argparse.Namespace,
     references: Sequence[Any] | None = None,
     brain: Any = None,
     sam: Any = None,
     warn: Callable[[str], None] | None = None,
 ) -> Any:
-    """The `MatchOfThought` loop for parsed `ask`/`chat`/`serve` arguments; raises `SetupError`.
+    """The inspection pipeline (`agent.inspection.Pipeline`) for parsed `ask`/`chat`/`serve`
+    arguments, fitted for one image at a time (references mode); raises `SetupError`.
 
     `references` (PIL images) replace `--refs`, and `brain`/`sam` replace `--brain`/`--sam`: the web
-    chat builds one brain for all sessions and fits a loop per set of uploaded references.
+    chat builds one brain for all sessions and fits a pipeline per set of uploaded references.
     `warn` receives the one-line notes (e.g. the zero-shot fallback); default: stderr.
     """
     from agent.brains.common import BrainError
     from agent.brains.spec import build_brain
-    from agent.cli import _info, detector_options
+    from agent.console import info_line
+    from agent.detector_flags import inspection_settings
     from agent.images import limits_from_args
-    from agent.inspector import Inspector
-    from agent.loop import MatchOfThought
+    from agent.inspection import Pipeline
     from tools.detectors import DetectorError
 
-    say = warn or _info
+    say = warn or info_line
     try:
-        options = detector_options(args)
+        settings = inspection_settings(args)
         if brain is None:
             brain = build_brain(args.brain)
         if references is not None:
             refs = list(references)
         else:
-            refs = limits_from_args(args, options).references(args.refs, warn=say)
-        inspector = Inspector(args.detector, refs, options, brain="rule", warn=say)
+            refs = limits_from_args(args, settings.detector_options).references(args.refs, warn=say)
+        if sam is None and getattr(args, "sam", None):
+            from tools.sam import SamTool
+
+            sam = SamTool(args.sam)
+        return Pipeline(settings, warn=say, brain=brain, sam=sam).fit(refs, n_images=1)
     except (BrainError, DetectorError, ValueError, KeyError) as err:
         raise SetupError(str(err)) from None
-    if sam is None and getattr(args, "sam", None):
-        from tools.sam import SamTool
-
-        sam = SamTool(args.sam)
-    return MatchOfThought.from_inspector(
-        inspector, refs, options, brain=brain, sam=sam, requested_detector=args.detector
-    )
 
 
 def trace_warnings(trace: list[dict[str, Any]]) -> list[str]:
@@ -87,17 +85,17 @@ def save_outputs(record: Any, image: Any, out: Path, taken: set[str]) -> dict[st
 
 
 class Conversation:
-    """The state of one conversation: the loop, the current image and record, history, transcript.
+    """The state of one conversation: the pipeline, the current image and record, history, transcript.
 
     `open` inspects an image once (the match-of-thought loop) and writes its outputs to `out`; `ask`
     answers from that record with the (question, answer) pairs so far, so follow-up questions cost a
     brain call, not another inspection.
     """
 
-    def __init__(self, loop: Any, out: Path, limits: ImageLimits | None = None) -> None:
+    def __init__(self, pipeline: Any, out: Path, limits: ImageLimits | None = None) -> None:
         from agent.images import ImageLimits
 
-        self.loop = loop
+        self.pipeline = pipeline
         self.out = out
         self.limits = limits or ImageLimits()  # pixel limit and analysis size of the images opened
         self.taken: set[str] = set()
@@ -107,15 +105,15 @@ class Conversation:
         self.history: list[tuple[str, str]] = []
         self.transcript: list[dict[str, Any]] = []
 
-    def open(self, path: str | Path, image: Any = None, loop: Any = None) -> str:
-        """Inspect `path` (or the already loaded `image`; `loop` replaces the current loop) and start the
-        history again. Raises `ImageLoadError` for an unreadable file; returns the summary line."""
+    def open(self, path: str | Path, image: Any = None, pipeline: Any = None) -> str:
+        """Inspect `path` (or the already loaded `image`; `pipeline` replaces the current one) and start
+        the history again. Raises `ImageLoadError` for an unreadable file; returns the summary line."""
         from agent.images import source_size
 
-        if loop is not None:
-            self.loop = loop
+        if pipeline is not None:
+            self.pipeline = pipeline
         image = self.limits.load(path) if image is None else image
-        self.record = self.loop.run(str(path), image)
+        self.record = self.pipeline.inspect(str(path), image)
         self.record.source_size = source_size(image)
         self.image = image
         self.files = save_outputs(self.record, image, self.out, self.taken)
@@ -131,7 +129,7 @@ class Conversation:
         """The brain's answer to `question` about the open image; the pair joins the history."""
         if self.record is None:
             raise RuntimeError("no image is open")
-        answer = self.loop.answer(question, self.record, list(self.history))
+        answer = self.pipeline.answer(question, self.record, list(self.history))
         self.history.append((question, answer))
         self.transcript.append({"event": "turn", "question": question, "answer": answer})
         return answer
@@ -158,4 +156,4 @@ class Conversation:
         return path
 
 
-__all__ = ["Conversation", "SetupError", "build_loop", "save_outputs", "trace_warnings"]
+__all__ = ["Conversation", "SetupError", "build_pipeline", "save_outputs", "trace_warnings"]

@@ -1,5 +1,6 @@
-"""The detector flags (`--detector`, `--resolution`, `--config`, `--model`, `--device`, `--object`,
-`--set KEY=VALUE`) and the settings dict they give.
+"""The flags that say how to inspect (`--detector`, `--resolution`, `--config`, `--model`, `--device`,
+`--object`, `--set KEY=VALUE`, `--false-alarm-rate`, `--no-review`, `--calibration`) and the one
+settings object they give (`inspection_settings`).
 
 Why in the agent core: `looktwice` commands and the scripts of `evals` (`python -m evals.bench_ask`)
 take the same flags, and `evals` sits below the applications, so the flags live where both can import
@@ -9,13 +10,22 @@ them.
 from __future__ import annotations
 
 import argparse
+from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from agent.inspection.settings import DecisionSettings, InspectionSettings
 
 
 def add_detector_args(p: argparse.ArgumentParser) -> None:
     """Add the detector flags to `p`."""
-    p.add_argument("--detector", default="refmatch", help="detector name (see `looktwice detectors`); default refmatch")
+    p.add_argument(
+        "--detector",
+        default="auto",
+        help="detector name (see `looktwice detectors`); default auto: the batch detector for 8 or more "
+        "images (with the references when given), else refmatch with references, else selfsim",
+    )
     p.add_argument("--resolution", type=int, help="working resolution of the detector (multiple of 32)")
     p.add_argument("--config", help="YAML/JSON file of detector settings")
     p.add_argument("--model", help="model of model-based detectors: hub id or local folder (see `looktwice models`)")
@@ -26,19 +36,93 @@ def add_detector_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def detector_options(args: argparse.Namespace) -> dict[str, Any]:
-    """Detector settings from --config (YAML/JSON mapping), then --resolution, then --set KEY=VALUE."""
+#: keys of the `--config` file that set the decision or the loop rather than the detector
+DECISION_KEYS = ("false_alarm_rate", "review", "calibration")
+LOOP_KEYS = ("look_twice", "match", "brain_weight", "show_verdict_to_brain", "first_opinion")
+
+
+def add_decision_args(p: argparse.ArgumentParser, calibration: bool = False) -> None:
+    """`--false-alarm-rate`, `--no-review` (and `--calibration` where a command offers both modes)."""
+    p.add_argument(
+        "--false-alarm-rate", type=float, metavar="RATE",
+        help="share of good parts allowed to be called defective (default 0.05); the boundary is set "
+        "from the references (or the batch) to keep it",
+    )
+    p.add_argument("--no-review", action="store_true", help="no 'review' band: every part is good or defective")
+    if calibration:
+        p.add_argument(
+            "--calibration", choices=("references", "batch"),
+            help="where good scores come from: the references (leave-one-out) or the batch itself, "
+            "robustly (default batch)",
+        )
+
+
+def decision_settings(args: argparse.Namespace) -> DecisionSettings:
+    from agent.inspection.settings import DecisionSettings
+
+    """The decision flags, over the `--config` file's `false_alarm_rate` / `review` / `calibration`."""
+    config = _config_file(args)
+    rate = getattr(args, "false_alarm_rate", None)
+    rate = config.get("false_alarm_rate", 0.05) if rate is None else rate
+    if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 < rate < 1:
+        raise ValueError(f"false-alarm rate {rate!r}: expected a number between 0 and 1, e.g. 0.05")
+    review = bool(config.get("review", True)) and not getattr(args, "no_review", False)
+    mode = getattr(args, "calibration", None) or config.get("calibration")
+    if mode not in (None, "references", "batch"):
+        raise ValueError(f"calibration {mode!r}: expected references or batch")
+    return DecisionSettings(float(rate), review, mode)
+
+
+def _config_file(args: argparse.Namespace) -> dict[str, Any]:
     import yaml
 
-    opts: dict[str, Any] = {}
-    if getattr(args, "config", None):
-        path = Path(args.config)
-        if not path.is_file():
-            raise ValueError(f"config file '{path}' does not exist")
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"config file '{path}' must hold a mapping of detector settings")
-        opts.update(data)
+    if not getattr(args, "config", None):
+        return {}
+    path = Path(args.config)
+    if not path.is_file():
+        raise ValueError(f"config file '{path}' does not exist")
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"config file '{path}' must hold a mapping of settings")
+    return data
+
+
+def inspection_settings(args: argparse.Namespace, brain: str | None = None) -> InspectionSettings:
+    """Everything the flags and the `--config` file say about how to inspect, as one settings object.
+    The file may hold detector settings and the sections `look_twice:` and `match:` (their fields, see
+    `agent.inspection.settings`); a `ValueError` names each bad key."""
+    from agent.inspection.settings import InspectionSettings, LookTwiceSettings, MatchSettings
+
+    config = _config_file(args)
+    loop: dict[str, Any] = {}
+    for key, kind in (("look_twice", LookTwiceSettings), ("match", MatchSettings)):
+        section = config.get(key) or {}
+        if not isinstance(section, dict):
+            raise ValueError(f"config key {key}: expected a mapping of its settings")
+        known = {f.name for f in fields(kind)}
+        bad = sorted(set(section) - known)
+        if bad:
+            raise ValueError(f"config key {key}: unknown settings {bad}; known: {sorted(known)}")
+        loop[key] = kind(**section)
+    for key in ("brain_weight", "show_verdict_to_brain", "first_opinion"):
+        if key in config:
+            loop[key] = config[key]
+    return InspectionSettings(
+        detector=getattr(args, "detector", None) or "auto",
+        detector_options=detector_options(args),
+        brain=brain or getattr(args, "brain", None) or "rule",
+        decision=decision_settings(args),
+        **loop,
+    )
+
+
+def detector_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Detector settings from --config (YAML/JSON mapping), then --resolution, then --set KEY=VALUE,
+    checked against what the --detector declares (`tools.settings`): a `ValueError` holds one line per
+    bad setting (name, value given, what is allowed)."""
+    import yaml
+
+    opts: dict[str, Any] = {k: v for k, v in _config_file(args).items() if k not in DECISION_KEYS + LOOP_KEYS}
     if getattr(args, "resolution", None):
         opts["resolution"] = args.resolution
     for flag, key in (("model", "model"), ("device", "device"), ("object", "object_name")):
@@ -49,4 +133,24 @@ def detector_options(args: argparse.Namespace) -> dict[str, Any]:
             raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
         key, value = item.split("=", 1)
         opts[key.strip()] = yaml.safe_load(value)
+    check_settings(getattr(args, "detector", None), opts)
     return opts
+
+
+def check_settings(detector: str | None, opts: dict[str, Any]) -> None:
+    """Raise `ValueError` (one line per problem) when `opts` does not fit what `detector` declares."""
+    from tools.detectors import DETECTORS
+    from tools.settings import setting_problems
+
+    shown = detector
+    if detector == "auto":  # check against the union of what auto may choose: batch takes refmatch's too
+        detector, shown = "batch", "detector"
+    if not detector or detector not in DETECTORS:
+        return  # an unknown name is reported where the detector is built, with the list of names
+    try:
+        factory = DETECTORS.get(detector)
+    except ImportError:
+        return  # its extra is missing: building it says which
+    problems = setting_problems(shown or detector, factory, opts)
+    if problems:
+        raise ValueError("\n".join(problems))

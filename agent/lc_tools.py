@@ -2,8 +2,9 @@
 
 Each tool has a pydantic argument schema and `response_format="content_and_artifact"`: the model reads
 a short text, while maps, regions and crops travel as the artifact (kept in the `ToolMessage`, never
-sent to the model). The tools share one `InspectionSession` (the image, the fitted detector and its
-references, through an `agent.loop.MatchOfThought`), so `regions` and `zoom` work on what `detect` found.
+sent to the model). The tools share one `InspectionSession` (the image and a fitted inspection pipeline,
+`agent.inspection.Pipeline`), so `regions` and `zoom` work on what `detect` found, and `detect` gives
+the same verdict as `looktwice ask`.
 
 Errors are answers, not crashes: a bad argument (validation error) or a tool failure (no detection
 yet, an unreadable image, an index out of range) comes back to the model as a ToolMessage with
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 from PIL import Image
 from pydantic import BaseModel, Field, ValidationError
 
@@ -25,11 +25,10 @@ from agent.brains.abilities import DrivesTools
 from agent.brains.base import Brain
 from agent.brains.common import BrainError
 from agent.brains.spec import build_brain
-from agent.loop import MatchOfThought
-from tools.detectors import DetectorOutput
+from agent.inspection import Pipeline
+from agent.inspection.match import compare
 from tools.image_io import ImageLoadError, load_image
-from tools.record import Region
-from tools.regions import mask_from_map, measure_regions
+from tools.record import InspectionRecord, Region
 
 SYSTEM_PROMPT = (
     "You are LookTwice, an industrial visual-inspection agent. Use the tools: `detect` first, then "
@@ -42,13 +41,16 @@ class InspectionSession:
     """What the tools share: the current image and the last detection on it."""
 
     def __init__(
-        self, loop: MatchOfThought, image: Image.Image | None = None, image_path: str | None = None
+        self, pipeline: Pipeline, image: Image.Image | None = None, image_path: str | None = None
     ) -> None:
-        self.loop = loop
+        self.pipeline = pipeline
         self.image = image
         self.image_path = image_path
-        self.output: DetectorOutput | None = None
-        self.regions: list[Region] = []
+        self.record: InspectionRecord | None = None
+
+    @property
+    def regions(self) -> list[Region]:
+        return self.record.regions if self.record is not None else []
 
     def set_image(self, path: str) -> None:
         from langchain_core.tools import ToolException
@@ -58,7 +60,7 @@ class InspectionSession:
         except (ImageLoadError, OSError) as err:
             raise ToolException(str(err)) from None
         self.image_path = str(path)
-        self.output, self.regions = None, []
+        self.record = None
 
 
 # ---------------------------------------------------------------------------------------------- schemas
@@ -115,35 +117,29 @@ def make_tools(session: InspectionSession) -> list[Any]:
             raise ToolException("no image: call detect with image_path first")
         return session.image
 
-    def need_detection() -> DetectorOutput:
-        if session.output is None:
+    def need_detection() -> InspectionRecord:
+        if session.record is None:
             raise ToolException("nothing detected yet: call detect first")
-        return session.output
+        return session.record
 
     def detect(image_path: str | None = None) -> tuple[str, dict[str, Any]]:
         if image_path:
             session.set_image(image_path)
         img = need_image()
-        d = session.loop.detector
-        out = d.predict([img])[0]
-        label = bool(out.pred_score > d.threshold)
-        mask = (
-            mask_from_map(out.anomaly_map, d.pixel_threshold)
-            if label
-            else np.zeros(out.anomaly_map.shape, bool)
-        )
-        session.output = out
-        session.regions = measure_regions(out.anomaly_map, mask, np.asarray(img))
+        record = session.pipeline.inspect(session.image_path or "image", img)
+        session.record = record
         text = (
-            f"score {out.pred_score:.3f} (threshold {d.threshold:.2f}): "
-            f"{'defective' if label else 'good'}, {len(session.regions)} region(s)"
+            f"score {record.pred_score:.3f} (threshold {record.threshold:.2f}): "
+            f"{record.verdict}, {len(record.regions)} region(s)"
         )
         artifact = {
-            "pred_score": float(out.pred_score),
-            "pred_label": label,
-            "threshold": float(d.threshold),
-            "anomaly_map": out.anomaly_map,
-            "pred_mask": mask,
+            "pred_score": float(record.pred_score),
+            "pred_label": record.pred_label,
+            "verdict": record.verdict,
+            "threshold": float(record.threshold),
+            "anomaly_map": record.anomaly_map,
+            "pred_mask": record.pred_mask,
+            "decision": record.decision,
         }
         return text, artifact
 
@@ -165,27 +161,27 @@ def make_tools(session: InspectionSession) -> list[Any]:
         if region >= len(session.regions):
             raise ToolException(f"no region {region}: there are {len(session.regions)} (indices from 0)")
         r = session.regions[region]
-        look = session.loop.look_again(img, r.bbox, f"region {region}", margin=margin)
-        if "error" in look:
-            raise ToolException(f"zoom failed: {look['error']}")
-        x0, y0, x1, y1 = look["box"]
+        second = session.pipeline.second
+        if second is None:
+            raise ToolException(f"no second look: {session.pipeline.second_reason or 'it is turned off'}")
+        look = second.look_at(img, tuple(r.bbox), f"region {region}", margin)
         text = (
-            f"region {region} zoomed (box {look['box']}): score {look['zoom_score']:.3f}, "
-            f"{'confirmed' if look['confirmed'] else 'not confirmed'} at the closer look"
+            f"region {region} zoomed (box {list(look.box)}): {look.ratio:.2f} times what the references score "
+            f"there, {look.outcome} at the closer look"
         )
-        return text, {**look, "crop": img.crop((x0, y0, x1, y1))}
+        return text, {**look.to_dict(), "crop": img.crop(look.box)}
 
     def compare_with_references(max_extra: int = 5) -> tuple[str, dict[str, Any]]:
         img = need_image()
-        if not session.loop.references:
+        refs = session.pipeline.reference_model()
+        if refs is None:
             raise ToolException("no good references were given, nothing to compare with")
-        result = session.loop.compare(img)
+        result = compare(img, refs, session.pipeline.settings.match)
         text = result["summary"]
-        extra = result["extra_components"][:max_extra]
-        if extra:
-            text += "; unmatched: " + ", ".join(
-                f"colour {c['colour_class']} at ({c['centroid'][0]:.2f}, {c['centroid'][1]:.2f})"
-                for c in extra
+        findings = result["findings"][:max_extra]
+        if findings:
+            text += "; " + ", ".join(
+                f"{f['kind']} part of colour {f['part']['colour_class']} ({f['where']})" for f in findings
             )
         if result["violations"]:
             text += "; broken: " + ", ".join(

@@ -65,9 +65,10 @@ def run(
         }
         inspector = None
         if detector != "none":
-            from agent.inspector import Inspector
+            from agent.inspection import InspectionSettings, MatchSettings, Pipeline
 
-            inspector = Inspector(detector, refs, {}, brain="rule", warn=lambda m: None)
+            settings = InspectionSettings(detector, match=MatchSettings(enabled=False))
+            inspector = Pipeline(settings, warn=lambda m: None).fit(refs, n_images=1)
         for rel, gt in labels.items():
             if gt["scene"] != scene:
                 continue

@@ -19,11 +19,14 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from evals.metrics import binary_scores_at, f1_max, image_auroc, iou, pixel_metrics
+from evals.metrics import decision_scores, f1_max, image_auroc, iou, pixel_metrics
 from instruct_data.datasets import Dataset, Sample, open_dataset
 from tools.detectors import DETECTORS, Detector
+from tools.detectors.calibration import decide_calibration, good_samples
+from tools.detectors.choice import choose_detector
 from tools.image_io import ImageLoadError, load_image
 from tools.lazy_images import LazyImages
+from tools.regions import peak_relative_mask
 
 
 @dataclass
@@ -32,11 +35,14 @@ class DetectionBenchmarkSettings:
     category: str | None = None
     shots: int = 4
     seed: int = 0
-    detector: str = "refmatch"
+    detector: str = "auto"  # see `tools.detectors.choice`: the batch detector (with the references) here
     detector_options: dict[str, Any] = field(default_factory=dict)
     metric_size: int = 256
     batch_size: int = 8
     fpr_limit: float = 0.3
+    calibration: str = "batch"  # "references" (leave-one-out) or "batch" (the test split, unlabeled)
+    false_alarm_rate: float = 0.05
+    review: bool = True  # a review band under the boundary
 
 
 def draw_references(dataset: Dataset, category: str, shots: int, seed: int) -> list[Path]:
@@ -80,24 +86,28 @@ def evaluate_category(
 ) -> dict[str, Any]:
     """Fit on k references of one category, score its test set, compute the metrics."""
     ref_paths = draw_references(dataset, category, settings.shots, settings.seed)
-    options = dict(settings.detector_options)
-    factory = DETECTORS.get(settings.detector)
-    if "category" in inspect.signature(factory).parameters and "category" not in options:
-        options["category"] = category  # text-prompted detectors name the object after the category
-    detector: Detector = DETECTORS.build(settings.detector, **options)
-    t0 = time.perf_counter()
-    detector.fit([load_image(p) for p in ref_paths])
-    fit_seconds = time.perf_counter() - t0
-
     ref_set = {Path(p).resolve() for p in ref_paths}
     samples = [s for s in dataset.test_samples(category) if Path(s.image_path).resolve() not in ref_set]
+    name, why = choose_detector(settings.detector, len(ref_paths), len(samples))
+    if why:
+        warn(why)
+    options = dict(settings.detector_options)
+    factory = DETECTORS.get(name)
+    if "category" in inspect.signature(factory).parameters and "category" not in options:
+        options["category"] = category  # text-prompted detectors name the object after the category
+    detector: Detector = DETECTORS.build(name, **options)
+    t0 = time.perf_counter()
+    references = [load_image(p) for p in ref_paths]
+    detector.fit(references)
+    fit_seconds = time.perf_counter() - t0
+
     batch_seconds = 0.0
     if detector.needs_batch:  # the test split is scored as one unlabeled batch
         t = time.perf_counter()
         detector.fit_batch(LazyImages([s.image_path for s in samples], load_image))
         batch_seconds = time.perf_counter() - t
     kept: list[Sample] = []
-    scores, preds, maps, masks, pred_masks = [], [], [], [], []
+    scores, raws, maps, masks, raw_maps = [], [], [], [], []
     infer_seconds, failed = 0.0, []
     for start in range(0, len(samples), settings.batch_size):
         batch_samples, images = [], []
@@ -115,19 +125,31 @@ def evaluate_category(
             for s, im, out in zip(batch_samples, images, outputs, strict=True):
                 kept.append(s)
                 scores.append(out.pred_score)
-                preds.append(out.pred_score > detector.threshold)
+                raws.append(out.raw_score)
                 gt = s.load_mask(im.size)
                 if gt is None:
                     gt = np.full((im.size[1], im.size[0]), bool(s.gt_label))
                 maps.append(_resize_for_metrics(out.anomaly_map, settings.metric_size, nearest=False))
                 masks.append(_resize_for_metrics(gt, settings.metric_size, nearest=True))
-                predicted = out.predicted_mask(detector.pixel_threshold)
-                pred_masks.append(_resize_for_metrics(predicted, settings.metric_size, nearest=True))
+                raw_map = out.extras.get("raw_map")
+                raw_maps.append(None if raw_map is None else _resize_for_metrics(raw_map, settings.metric_size, nearest=False))
         if progress:
             progress(len(samples[start : start + settings.batch_size]))
 
     labels = np.array([s.gt_label for s in kept], dtype=bool)
     score_arr = np.array(scores, dtype=np.float64)
+    raw_arr = np.array(raws, dtype=np.float64)
+    good = good_samples(detector, references)
+    cal = decide_calibration(
+        settings.calibration, good, raw_arr, settings.false_alarm_rate, 2.0 if settings.review else None,
+        exchangeable_good=not detector.learns_from_references,
+    )
+    if cal is not None:
+        verdicts = [cal.verdict(float(r)) for r in raw_arr]
+        pred_masks = [_decided_mask(m, cal.boundary, maps[i], v) for i, (m, v) in enumerate(zip(raw_maps, verdicts, strict=True))]
+    else:  # the detector's own boundary (no good samples to calibrate from)
+        verdicts = ["defective" if p > detector.threshold else "good" for p in score_arr]
+        pred_masks = [(maps[i] > detector.pixel_threshold) & (v == "defective") for i, v in enumerate(verdicts)]
     f1, _ = f1_max(labels, score_arr)
     px = pixel_metrics(masks, maps, fpr_limit=settings.fpr_limit)
     defective = [i for i, s in enumerate(kept) if s.gt_label]
@@ -138,7 +160,7 @@ def evaluate_category(
         "pixel_AUPRO": px["pixel_aupro"],
         "image_F1Max": f1,
         "pixel_F1Max": px["pixel_f1_max"],
-        "at_threshold": binary_scores_at(labels, np.array(preds, dtype=bool)),
+        "at_threshold": decision_scores(labels, verdicts, cal.false_alarm_rate if cal is not None else float("nan")),
         "defect_IoU_at_threshold": iou([pred_masks[i] for i in defective], [masks[i] for i in defective]),
         "per_defect_image_AUROC": _auroc_by_defect(kept, score_arr),
         "throughput_ips": len(kept) / (infer_seconds + batch_seconds) if infer_seconds > 0 else float("nan"),
@@ -147,9 +169,19 @@ def evaluate_category(
         "n_failed": len(failed),
         "failed": failed,
         "references": [str(p) for p in ref_paths],
+        "detector": name,
         "detector_settings": detector.settings(),
-        "calibration": detector.calibration(),
+        "calibration": cal.to_dict() if cal is not None else {"method": "the detector's own", **detector.calibration()},
     }
+
+
+def _decided_mask(raw_map: np.ndarray | None, boundary: float, calibrated: np.ndarray, verdict: str) -> np.ndarray:
+    """The predicted defect mask at metric size: empty unless the verdict is `defective`."""
+    if verdict != "defective":
+        return np.zeros(calibrated.shape, dtype=bool)
+    if raw_map is None:
+        return calibrated > 0.5
+    return peak_relative_mask(raw_map, boundary)
 
 
 def run_detection_benchmark(settings: DetectionBenchmarkSettings, show_progress: bool = True) -> dict[str, Any]:

@@ -46,9 +46,9 @@ def write_llava_folder(folder: Path, tiny: bool, device: str = "cpu", dtype: str
     0.5B weights are initialised on `device` (seconds on a GPU, minutes on a CPU)."""
     import torch
 
-    from agent.mllm.expert import AnomalyExpert, ExpertConfig
-    from agent.mllm.expert_io import save_expert
-    from agent.mllm.loading import EXPERT_FILENAME
+    from tools.ltfm.checkpoints import EXPERT_FILENAME
+    from tools.ltfm.expert import AnomalyExpert, ExpertConfig
+    from tools.ltfm.expert_io import save_expert
 
     torch.manual_seed(0)
     if tiny:
@@ -195,8 +195,8 @@ def run_expert(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
         return best
 
     with torch.no_grad():
-        feats = model.vision_features([image])  # warm-up
-        tower_s = timed(lambda: model.vision_features([image]))
+        feats = model.vision.features([image])  # warm-up
+        tower_s = timed(lambda: model.vision.features([image]))
         levels = feats.levels(expert.config.layer_indices)
         expert_s = timed(lambda: expert(feats.final, levels, feats.split_sizes))
     return {

@@ -332,6 +332,23 @@ def binary_scores_at(labels: ArrayLike, preds: ArrayLike) -> dict[str, float]:
     }
 
 
+def decision_scores(labels: ArrayLike, verdicts: Sequence[str], estimated_false_alarm_rate: float) -> dict[str, float]:
+    """Scores of three-way decisions: `defective` counts as flagged, `good` and `review` as not.
+
+    Adds to `binary_scores_at`: `false_alarm_rate` (measured on the good images, the same as
+    `overkill_rate`), the `estimated_false_alarm_rate` the tool promised without labels,
+    `balanced_accuracy` (mean of recall and specificity) and `review_rate` (share of all images sent
+    to review).
+    """
+    v = list(verdicts)
+    out = binary_scores_at(labels, np.array([x == "defective" for x in v], dtype=bool))
+    out["false_alarm_rate"] = out["overkill_rate"]
+    out["estimated_false_alarm_rate"] = float(estimated_false_alarm_rate)
+    out["balanced_accuracy"] = (out["recall"] + (1.0 - out["overkill_rate"])) / 2.0
+    out["review_rate"] = sum(x == "review" for x in v) / len(v) if v else math.nan
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------
 # Pixel-level metrics
 

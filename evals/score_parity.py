@@ -8,8 +8,8 @@ same command with each environment's Python on the same data and compare:
     /venv-light/bin/python -m evals.score_parity run --data DATA --out light.json
     python -m evals.score_parity compare full.json light.json --tol 1e-4
 
-`run` inspects every test image of an MVTec-layout data set (`--data`, never copied anywhere) the
-way `looktwice inspect` does (refmatch, RuleBrain, the same image limits), against `--shots` good
+`run` scores every test image of an MVTec-layout data set (`--data`, never copied anywhere) with the
+embedded detector (refmatch, under the image limits `looktwice inspect` uses), against `--shots` good
 references drawn from train/good with `--seed` (as `looktwice eval` draws them), and writes each
 image's `pred_score` with the environment (torch version and build). `compare` prints the largest
 absolute difference and exits 1 when it is not below the tolerance, 2 when the files do not cover the
@@ -32,9 +32,9 @@ def score_dataset(data: str, shots: int = 4, seed: int = 0, category: str | None
     import torch
 
     from agent.images import ImageLimits
-    from agent.inspector import Inspector
     from evals.detection import draw_references
     from instruct_data.datasets import open_dataset
+    from tools.detectors import DETECTORS
 
     dataset = open_dataset(data)
     root = Path(data).resolve()
@@ -45,11 +45,12 @@ def score_dataset(data: str, shots: int = 4, seed: int = 0, category: str | None
     for cat in [category] if category else dataset.categories():
         ref_paths = draw_references(dataset, cat, shots, seed)
         references[cat] = [str(Path(p).resolve().relative_to(root)) for p in ref_paths]
-        inspector = Inspector("refmatch", limits.references(ref_paths, warn=print), brain="rule", warn=print)
+        detector = DETECTORS.build("refmatch")
+        detector.fit(limits.references(ref_paths, warn=print))
         for sample in dataset.test_samples(cat):
             path = Path(sample.image_path)
-            record = inspector.inspect(path, limits.load(path))
-            scores[str(path.resolve().relative_to(root))] = float(record.pred_score)
+            out = detector.predict([limits.load(path)])[0]
+            scores[str(path.resolve().relative_to(root))] = float(out.pred_score)
     return {
         "data": str(root),
         "shots": shots,

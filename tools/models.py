@@ -171,7 +171,7 @@ def resolve_model(name: str, override: str | None = None, config: Mapping[str, s
 # Availability
 
 
-def _hf_snapshot_file(repo_id: str, filename: str) -> Path | None:
+def hf_snapshot_file(repo_id: str, filename: str) -> Path | None:
     """A cached file of a hub repo, without importing huggingface_hub."""
     repo_dir = hf_cache_dir() / ("models--" + repo_id.replace("/", "--"))
     snapshots = repo_dir / "snapshots"
@@ -189,7 +189,7 @@ def _hf_snapshot_file(repo_id: str, filename: str) -> Path | None:
     return None
 
 
-def _hf_repo_dir(repo_id: str) -> Path:
+def hf_repo_dir(repo_id: str) -> Path:
     return hf_cache_dir() / ("models--" + repo_id.replace("/", "--"))
 
 
@@ -265,9 +265,9 @@ def _check_hf_folder_or_repo(model_id: str, marker: str) -> Availability:
         ok = (p / marker).is_file() and _has_weights(p)
         fetch = f"save the model with save_pretrained('{p}') or check the path"
         return Availability(ok, str(p) if ok else "", [str(p)], fetch)
-    cached = _hf_snapshot_file(model_id, marker)
+    cached = hf_snapshot_file(model_id, marker)
     fetch = f"huggingface-cli download {model_id}"
-    looked = [str(_hf_repo_dir(model_id))]
+    looked = [str(hf_repo_dir(model_id))]
     ok = cached is not None and _has_weights(cached.parent)  # a config without weights = broken download
     return Availability(ok, str(cached.parent) if ok and cached else "", looked, fetch)
 
@@ -289,8 +289,8 @@ def _check_open_clip(model_id: str) -> Availability:
         return Availability(True, str(Path(arch).expanduser()), [arch], "")
     if arch.startswith("hf-hub:"):
         repo = arch.removeprefix("hf-hub:")
-        found = _hf_snapshot_file(repo, "open_clip_config.json")
-        looked = [str(_hf_repo_dir(repo))]
+        found = hf_snapshot_file(repo, "open_clip_config.json")
+        looked = [str(hf_repo_dir(repo))]
         return Availability(
             found is not None, str(found.parent) if found else "", looked, f"huggingface-cli download {repo}"
         )
@@ -303,10 +303,10 @@ def _check_open_clip(model_id: str) -> Availability:
     repo, filename, url_file = _open_clip_hub_for_tag(arch, tag)
     looked: list[str] = []
     if repo:
-        looked.append(str(_hf_repo_dir(repo)))
+        looked.append(str(hf_repo_dir(repo)))
         names = [filename] if filename else list(_OPEN_CLIP_WEIGHT_FILES)
         for name in names:
-            found = _hf_snapshot_file(repo, name)
+            found = hf_snapshot_file(repo, name)
             if found is not None:
                 return Availability(True, str(found), looked, "")
     if url_file:
@@ -335,43 +335,6 @@ def require_model(kind: str, model_id: str, display: str | None = None) -> Avail
 
 def _is_local_path(model_id: str) -> bool:
     return model_id.startswith(("/", ".", "~", "local-dir:")) or Path(model_id).expanduser().exists()
-
-
-def list_models(config: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
-    """Every model LookTwice can use, as rows for `looktwice models`: the embedded EfficientNet-Lite
-    backbones, the overridable tool checkpoints (CLIP, SAM; what each name resolves to), LLaVA-OneVision,
-    the Look-Twice expert and SBERT (`tools.model_catalog`); whether each is here, where it was looked
-    for, how to get it."""
-    from tools.model_catalog import llava_rows, packaged_rows
-
-    packaged = packaged_rows()
-    embedded = [r for r in packaged if r["name"].startswith("efficientnet")]
-    return embedded + _tool_rows(config) + llava_rows() + [r for r in packaged if r not in embedded]
-
-
-def _tool_rows(config: Mapping[str, str] | None) -> list[dict[str, Any]]:
-    rows = []
-    for name, spec in MODELS.items():
-        model_id = resolve_model(name, config=config)
-        try:
-            avail = check_model(spec.kind, model_id)
-            available, where, fetch = avail.available, avail.location or ", ".join(avail.looked), avail.fetch
-        except Exception as e:  # a broken override must not break the listing
-            available, where, fetch = False, f"error: {e}", ""
-        rows.append(
-            {
-                "name": name,
-                "kind": spec.kind,
-                "id": model_id,
-                "default": spec.default,
-                "available": available,
-                "where": where,
-                "fetch": fetch,
-                "description": spec.description,
-                "size": spec.size,
-            }
-        )
-    return rows
 
 
 # --------------------------------------------------------------------------------------------------

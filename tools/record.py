@@ -42,6 +42,10 @@ class Region:
         return cls(**d)
 
 
+#: the three outcomes of an inspection: `pred_label` is True only for "defective"
+VERDICTS = ("good", "review", "defective")
+
+
 @dataclass
 class InspectionRecord:
     """What one inspection of one image produced."""
@@ -62,10 +66,14 @@ class InspectionRecord:
     image_size: tuple[int, int] | None = None  # width, height as analysed (maps, masks, region pixels)
     source_size: tuple[int, int] | None = None  # width, height of the file when it was analysed reduced
     trace: list[dict[str, Any]] = field(default_factory=list)
+    verdict: str = ""  # "defective", "review" or "good"; from pred_label when not given
+    decision: dict[str, Any] = field(default_factory=dict)  # the promise behind the verdict (false-alarm rate, ...)
 
-    @property
-    def verdict(self) -> str:
-        return "defective" if self.pred_label else "good"
+    def __post_init__(self) -> None:
+        if not self.verdict:
+            self.verdict = "defective" if self.pred_label else "good"
+        if self.verdict not in VERDICTS:
+            raise ValueError(f"verdict must be one of {', '.join(VERDICTS)}, got {self.verdict!r}")
 
     def to_json_dict(self, files: dict[str, str] | None = None) -> dict[str, Any]:
         """JSON-ready dict; arrays are replaced by the file names in `files` (e.g. anomaly_map PNG)."""
@@ -80,6 +88,7 @@ class InspectionRecord:
             "pred_label": bool(self.pred_label),
             "verdict": self.verdict,
             "threshold": round(float(self.threshold), 6),
+            "decision": self.decision,
             "gt_label": None if self.gt_label is None else bool(self.gt_label),
             "regions": [r.to_dict() for r in self.regions],
             "explanation": self.explanation,

@@ -39,18 +39,15 @@ def declared_settings(factory: Callable[..., Any]) -> tuple[dict[str, Setting], 
     init = factory.__init__ if inspect.isclass(factory) else factory
     try:
         params = inspect.signature(init).parameters
-        hints = typing.get_type_hints(init)
-    except (TypeError, ValueError, NameError):
+    except (TypeError, ValueError):
         return {}, True
+    hints = _hints(init)
     config = _config_dataclass(hints.get("config"))
     if config is not None and any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        field_hints = typing.get_type_hints(config)
         out = {}
-        for f in dataclasses.fields(config):
-            default = f.default if f.default is not dataclasses.MISSING else _MISSING
-            if f.default_factory is not dataclasses.MISSING:
-                default = f.default_factory()
-            out[f.name] = Setting(f.name, field_hints.get(f.name, Any), default)
+        # A detector may pass settings on to a part (`delegated_settings`): those count as declared.
+        for cfg in (*getattr(factory, "delegated_settings", ()), config):
+            out.update(_dataclass_settings(cfg))
         return out, False
     out, open_ended = {}, False
     for name, p in params.items():
@@ -148,6 +145,34 @@ def show(value: Any) -> str:
         return json.dumps(value)
     except (TypeError, ValueError):
         return repr(value)
+
+
+def _hints(func: Callable[..., Any]) -> dict[str, Any]:
+    """Type hints of `func`'s parameters; one that names a type imported only for type checkers
+    (a `TYPE_CHECKING` import) counts as `Any` instead of hiding every other hint."""
+    try:
+        return typing.get_type_hints(func)
+    except NameError:
+        pass
+    out: dict[str, Any] = {}
+    namespace = getattr(func, "__globals__", {})
+    for name, hint in getattr(func, "__annotations__", {}).items():
+        try:
+            out[name] = eval(hint, namespace) if isinstance(hint, str) else hint  # noqa: S307 - annotations only
+        except Exception:  # noqa: BLE001 - an unresolvable annotation
+            out[name] = Any
+    return out
+
+
+def _dataclass_settings(config: type) -> dict[str, Setting]:
+    field_hints = typing.get_type_hints(config)
+    out = {}
+    for f in dataclasses.fields(config):
+        default = f.default if f.default is not dataclasses.MISSING else _MISSING
+        if f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        out[f.name] = Setting(f.name, field_hints.get(f.name, Any), default)
+    return out
 
 
 def _config_dataclass(hint: Any) -> type | None:

@@ -1,7 +1,7 @@
 """Checking one image against an audit spec: components found, every rule measured, explained and scored.
 
 Steps: colours white-balanced against the background (the image border); foreground = pixels away from the background colour; blobs = 8-connected pieces of one main
-foreground colour (larger than `min_area`; agent.audit.blobs), or with `segmenter: sam` the pieces of SAM's automatic masks
+foreground colour (larger than `min_area`; tools.components), or with `segmenter: sam` the pieces of SAM's automatic masks
 (agent.audit.segment); each blob is claimed by the component whose colour finder it fits best (then
 CLIP prompt finders, agent.audit.clip_finder, then region finders take what is left in their box, then a
 bare `sam: true` finder the rest); then per component count, position (Hungarian matching of
@@ -25,10 +25,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
-from scipy.optimize import linear_sum_assignment
 
-from agent.audit.blobs import Blob, find_blobs, white_balance, work_pixels
 from agent.audit.spec import ComponentSpec, Spec
+from tools.components import Part, find_parts, hungarian, white_balance, work_pixels
 from tools.regions import location_words
 
 if TYPE_CHECKING:
@@ -64,7 +63,7 @@ class RuleResult:
 @dataclass
 class AuditResult:
     rules: list[RuleResult]
-    blobs: list[Blob]
+    blobs: list[Part]
     logical_score: float
     structural_score: float | None
     score: float
@@ -110,7 +109,7 @@ def hue_distance(a: float, b: float) -> float:
     return min(d, 1.0 - d)
 
 
-def _fits_hsv(blob: Blob, comp: ComponentSpec) -> bool:
+def _fits_hsv(blob: Part, comp: ComponentSpec) -> bool:
     rng = comp.find.hsv
     h, s, v = blob.hsv
     hl, hh = rng.h
@@ -122,7 +121,7 @@ PromptClaims = Callable[[list[int]], dict[int, str]]  # unclaimed blob indices -
 
 
 def assign(
-    blobs: list[Blob], spec: Spec, by_prompt: PromptClaims | None = None, sam_segments: bool = False
+    blobs: list[Part], spec: Spec, by_prompt: PromptClaims | None = None, sam_segments: bool = False
 ) -> None:
     """Set each blob's owner: best colour finder, else a CLIP prompt that claims it (`by_prompt`), else
     a region finder whose box holds its centre, else (on SAM segments) the first bare `sam` finder."""
@@ -184,27 +183,25 @@ def _radius(comp: ComponentSpec) -> float:
     return max(0.02, math.sqrt(each / math.pi) * 1.3)
 
 
-def _match_slots(inst: list[int], blobs: list[Blob], slots: list[tuple[float, float]], tol: float):
+def _match_slots(inst: list[int], blobs: list[Part], slots: list[tuple[float, float]], tol: float):
     """(matched {slot: (blob, dist)}, empty slots, stray blob indices)."""
     matched: dict[int, tuple[int, float]] = {}
     if inst and slots:
         cost = np.array([[math.dist(blobs[i].centroid, s) for s in slots] for i in inst])
-        rows, cols = linear_sum_assignment(cost)
-        for r, c in zip(rows, cols, strict=True):
-            if cost[r, c] <= tol:
-                matched[int(c)] = (inst[int(r)], float(cost[r, c]))
+        for r, c, d in hungarian(cost, tol).pairs:
+            matched[c] = (inst[r], d)
     used = {b for b, _ in matched.values()}
     empty = [j for j in range(len(slots)) if j not in matched]
     stray = [i for i in inst if i not in used]
     return matched, empty, stray
 
 
-def _where(blob: Blob) -> str:
+def _where(blob: Part) -> str:
     return location_words(blob.centroid[0] * 1000 - 0.5, blob.centroid[1] * 1000 - 0.5, 1000, 1000)
 
 
 def check_components(
-    spec: Spec, blobs: list[Blob], unavailable: dict[str, str] | None = None
+    spec: Spec, blobs: list[Part], unavailable: dict[str, str] | None = None
 ) -> list[RuleResult]:
     """Every rule of the spec measured on the claimed blobs; components in `unavailable` (name -> why)
     get one skipped `<name>.find` rule instead, and the unexpected-objects rule is skipped with them."""
@@ -497,7 +494,7 @@ def normalized_structural(score: float, threshold: float) -> float:
     return 0.5 + 0.5 * min(1.0, (score - thr) / (1 - thr))
 
 
-def candidate_blobs(px: np.ndarray, spec: Spec, finders: Finders) -> tuple[list[Blob], str | None]:
+def candidate_blobs(px: np.ndarray, spec: Spec, finders: Finders) -> tuple[list[Part], str | None]:
     """(blobs of the work image, why SAM was not used or None): SAM's segments when the spec uses SAM
     and a mask generator is there, else colour segmentation."""
     if spec.uses_sam:
@@ -514,11 +511,11 @@ def candidate_blobs(px: np.ndarray, spec: Spec, finders: Finders) -> tuple[list[
         why: str | None = finders.sam_problem
     else:
         why = None
-    return find_blobs(px, spec.background.rgb, spec.background.tolerance, spec.min_area), why
+    return find_parts(px, spec.background.rgb, spec.background.tolerance, spec.min_area), why
 
 
 def _prompt_claims(
-    image: Image.Image, spec: Spec, blobs: list[Blob], finders: Finders
+    image: Image.Image, spec: Spec, blobs: list[Part], finders: Finders
 ) -> tuple[PromptClaims | None, str | None]:
     """(claims callable or None, why CLIP is not available or None) for the spec's prompt finders."""
     if not any(c.find.clip_prompt for c in spec.components):

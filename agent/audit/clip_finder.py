@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from agent.audit.blobs import Blob
 from agent.audit.spec import ClipSettings, Spec
+from tools.components import Part
 
 ClipScorer = Callable[[Sequence[Image.Image], Sequence[str]], np.ndarray]  # -> (crops, texts) logits
 MIN_CROP = 8  # pixels: smaller crops are grown to this
@@ -76,7 +76,7 @@ def decide(logits: np.ndarray, owners: Sequence[str], margin: float) -> list[str
 
 
 def claim_by_prompt(
-    blobs: Sequence[Blob],
+    blobs: Sequence[Part],
     indices: Sequence[int],
     image: Image.Image,
     spec: Spec,

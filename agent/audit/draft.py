@@ -3,7 +3,7 @@ statistics, no model).
 
 1. Background: the median colour of the references' outer border (each reference white-balanced to
    it); its tolerance from the spread there.
-2. Blobs per reference (see `agent.audit.blobs.find_blobs`); the first reference's blobs seed *places*,
+2. Blobs per reference (see `tools.components.find_parts`); the first reference's blobs seed *places*,
    the others are matched to them by position (Hungarian); places found on every reference are kept.
 3. Places of one steady colour and similar size form one component (found by colour, `rgb` with a
    tolerance kept below half the distance to every other colour seen); a place whose colour varies
@@ -28,9 +28,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from PIL import Image
-from scipy.optimize import linear_sum_assignment
 
-from agent.audit.blobs import Blob, border_colour, white_balance, work_pixels
 from agent.audit.check import _colour_word, audit_image, candidate_blobs, hue_distance
 from agent.audit.spec import (
     Area,
@@ -44,6 +42,7 @@ from agent.audit.spec import (
     SamSettings,
     Spec,
 )
+from tools.components import Part, border_colour, hungarian, white_balance, work_pixels
 from tools.regions import location_words
 
 if TYPE_CHECKING:
@@ -61,7 +60,7 @@ class DraftError(ValueError):
 
 @dataclass
 class _Place:
-    blobs: list[Blob] = field(default_factory=list)
+    blobs: list[Part] = field(default_factory=list)
 
     @property
     def centre(self) -> tuple[float, float]:
@@ -107,18 +106,17 @@ def _background(pixels: Sequence[np.ndarray]) -> tuple[tuple[float, float, float
     return (float(bg[0]), float(bg[1]), float(bg[2])), round(tol, 4)
 
 
-def _places(per_ref: list[list[Blob]]) -> tuple[list[_Place], list[str]]:
+def _places(per_ref: list[list[Part]]) -> tuple[list[_Place], list[str]]:
     notes: list[str] = []
     places = [_Place([b]) for b in per_ref[0]]
     for k, blobs in enumerate(per_ref[1:], start=2):
         if not blobs or not places:
             continue
         cost = np.array([[math.dist(p.centre, b.centroid) for b in blobs] for p in places])
-        rows, cols = linear_sum_assignment(cost)
-        for r, c in zip(rows, cols, strict=True):
-            if cost[r, c] <= PLACE_MATCH:
-                places[r].blobs.append(blobs[c])
-        unmatched = len(blobs) - int((cost[rows, cols] <= PLACE_MATCH).sum())
+        assignment = hungarian(cost, PLACE_MATCH)
+        for r, c, _ in assignment.pairs:
+            places[r].blobs.append(blobs[c])
+        unmatched = len(blobs) - len(assignment.pairs)
         if unmatched:
             notes.append(f"reference {k}: {unmatched} object(s) not on the first reference were ignored")
     full = [p for p in places if len(p.blobs) == len(per_ref)]

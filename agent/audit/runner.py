@@ -2,7 +2,7 @@
 resume, exports, index.html) with the audit in place of the plain inspection.
 
 Per image: the spec's rules (agent.audit.check) and, unless `--detector none`, the structural detector
-(agent.inspector.Inspector); the record's `pred_score` fuses both, `pred_mask` marks the offending
+(the `agent.inspection` pipeline, its part matching left to the spec); the record's `pred_score` fuses both, `pred_mask` marks the offending
 components (and the empty places of missing ones), `explanation` is the audit's, and `audit` in the
 stored record holds every rule with measured vs expected. The spec used is written to `spec.yaml` in
 the output folder (drafted from the references when none is given); its content is part of the
@@ -28,6 +28,7 @@ import numpy as np
 
 from agent.audit.spec import Spec, SpecError, load_spec
 from agent.images import ImageLimits, source_size
+from agent.inspection.settings import InspectionSettings
 from agent.report.runner import (
     ReportSettings,
     ReportSummary,
@@ -58,7 +59,7 @@ class AuditSettings:
     out: Path
     refs: str
     spec: str | None = None
-    detector: str = "refmatch"
+    detector: str = "auto"
     detector_options: dict[str, Any] = field(default_factory=dict)
     resume: bool = False
     progress: bool = True
@@ -189,10 +190,11 @@ def run_audit(s: AuditSettings, info: Callable[[str], None] = _stderr) -> Report
     from agent.report.files import atomic_write_text, clear_staging, outputs_present, write_image_outputs
     from agent.report.inputs import InputError, collect_inputs, file_digest, safe_stem
     from tools.detectors import DETECTORS
+    from tools.detectors.choice import AUTO
 
-    if s.detector != NO_DETECTOR and s.detector not in DETECTORS:
+    if s.detector not in (NO_DETECTOR, AUTO) and s.detector not in DETECTORS:
         raise ReportUsageError(
-            f"unknown detector '{s.detector}'; choose one of: {NO_DETECTOR}, {', '.join(DETECTORS.names())}"
+            f"unknown detector '{s.detector}'; choose one of: {NO_DETECTOR}, {AUTO}, {', '.join(DETECTORS.names())}"
         )
     try:
         items = collect_inputs(s.inputs)
@@ -211,9 +213,7 @@ def run_audit(s: AuditSettings, info: Callable[[str], None] = _stderr) -> Report
             inputs=s.inputs,
             out=s.out,
             refs=s.refs,
-            detector=s.detector,
-            detector_options=s.detector_options,
-            brain="audit",
+            inspection=InspectionSettings(s.detector, s.detector_options, "audit"),
         )
     )
     fingerprint["spec_sha256"] = hashlib.sha256(spec_text.encode("utf-8")).hexdigest()[:16]
@@ -238,12 +238,15 @@ def run_audit(s: AuditSettings, info: Callable[[str], None] = _stderr) -> Report
                 stems[item.key] = unique_stem(safe_stem(item.key) + ".x", taken)
         inspector = None
         if s.detector != NO_DETECTOR:
-            from agent.inspector import Inspector
+            from agent.inspection import MatchSettings, Pipeline
+            from tools.detectors import DetectorError
 
             t = time.perf_counter()
             try:
-                inspector = Inspector(s.detector, ref_images, s.detector_options, brain="rule", warn=info)
-            except (ValueError, KeyError, TypeError) as err:
+                # the spec's rules are the match step here: the pipeline's own part matching is off
+                settings = InspectionSettings(s.detector, s.detector_options, match=MatchSettings(enabled=False))
+                inspector = Pipeline(settings, warn=info).fit(ref_images, n_images=1)
+            except (DetectorError, ValueError, KeyError, TypeError) as err:
                 raise ReportUsageError(str(err)) from None
             summary.setup_seconds = time.perf_counter() - t
         bar = progress_bar(len(items), "audit", s.progress)

@@ -5,7 +5,7 @@ the audit counts and measures disjoint parts, as colour segmentation gives them.
 out smallest first: each pixel belongs to the smallest mask that covers it (the label keeps its pixels,
 the bottle keeps the rest), background pixels are dropped from every mask, and what is left of each mask
 is split into 8-connected pieces. A mask that is mostly background (the table, a shadow) is dropped
-before that. The blobs carry the same fields as `agent.audit.blobs.find_blobs` gives, so every rule
+before that. The blobs carry the same fields as `tools.components.find_parts` gives, so every rule
 works on them unchanged.
 
 `masks_to_blobs` is pure numpy; `SamMaskGenerator` adapts `tools.sam.SamTool.automatic_masks` (torch
@@ -21,8 +21,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from agent.audit.blobs import EIGHT, Blob, foreground
 from agent.audit.spec import SamSettings
+from tools.components import EIGHT, Part, foreground
 
 MaskGenerator = Callable[[Image.Image], Sequence[np.ndarray]]  # image -> HxW bool masks, best first
 
@@ -36,12 +36,12 @@ def _at_size(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.asarray(img) > 0
 
 
-def blob_from_mask(mask: np.ndarray, px: np.ndarray) -> Blob:
-    """A Blob (area fraction, normalized centroid, mean colour) of one HxW bool mask of `px`."""
+def blob_from_mask(mask: np.ndarray, px: np.ndarray) -> Part:
+    """A Part (area fraction, normalized centroid, mean colour) of one HxW bool mask of `px`."""
     h, w = mask.shape
     ys, xs = np.nonzero(mask)
     rgb = px[mask].mean(0)
-    return Blob(
+    return Part(
         mask,
         float(len(ys) / (h * w)),
         (float((xs.mean() + 0.5) / w), float((ys.mean() + 0.5) / h)),
@@ -56,7 +56,7 @@ def masks_to_blobs(
     tolerance: float,
     min_area: float,
     max_background: float = 0.5,
-) -> list[Blob]:
+) -> list[Part]:
     """Disjoint foreground blobs (largest first) from overlapping SAM masks of the work image `px`.
 
     A mask with more than `max_background` of its pixels within `tolerance` of the background colour is
@@ -73,7 +73,7 @@ def masks_to_blobs(
             kept.append(m)
     kept.sort(key=lambda m: int(m.sum()))
     taken = ~fg
-    blobs: list[Blob] = []
+    blobs: list[Part] = []
     for m in kept:
         piece = m & ~taken
         taken |= m

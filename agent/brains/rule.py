@@ -47,6 +47,8 @@ class RuleBrain(Brain):
             if words:
                 alternatives = "|".join(re.escape(str(w).lower()).replace(r"\ ", r"\s+") for w in words)
                 self._intent_patterns.append((intent, re.compile(rf"\b(?:{alternatives})")))
+        openers = "|".join(re.escape(str(w).lower()) for w in self.t.get("yes_no_openers", []))
+        self._yes_no = re.compile(rf"^(?:{openers})\b|\byes or no\b|(?:^|[.?!]\s*)(?:{openers})\b") if openers else re.compile(r"\byes or no\b")
 
     def settings(self) -> dict[str, Any]:
         return {"brain": self.name, "prompts": self.prompt_name}
@@ -55,14 +57,19 @@ class RuleBrain(Brain):
     # the interface
 
     def explain(self, record: InspectionRecord) -> str:
-        """The verdict with the score, and for a defective part the most salient regions."""
+        """The verdict with the score, and for a defective (or uncertain) part the most salient regions."""
         nums = self._numbers(record)
-        if not record.pred_label:
-            return self._fill(self.t["verdict"]["good"], **nums)
+        t = self.t["verdict"]
+        if record.verdict == "good":
+            return self._fill(t["good"], **nums)
         regions = self._salient(record)
+        if record.verdict == "review":
+            if not regions:
+                return self._fill(t["review_spread"], **nums)
+            return self._fill(t["review"], regions=self._regions_phrase(regions), **nums)
         if not regions:
-            return self._fill(self.t["verdict"]["defective_spread"], **nums)
-        return self._fill(self.t["verdict"]["defective"], regions=self._regions_phrase(regions), **nums)
+            return self._fill(t["defective_spread"], **nums)
+        return self._fill(t["defective"], regions=self._regions_phrase(regions), **nums)
 
     def answer(
         self, question: str, record: InspectionRecord, history: list[tuple[str, str]] | None = None
@@ -75,7 +82,9 @@ class RuleBrain(Brain):
         intents = self.intents(question)
         if not intents:
             return self._fill(self.t["answers"]["fallback"], explanation=self.explain(record))
-        if not (record.pred_label and record.regions):
+        if self.asks_yes_no(question) and "verdict" not in intents:
+            intents = ["verdict", *intents]  # "Is there a defect? Where?": Yes or No first, then the place
+        if record.verdict == "good" or not record.regions:
             intents = intents[:1]  # nothing to describe: one "no defect" / "spread out" sentence is enough
         parts: list[str] = []
         for intent in intents:
@@ -83,6 +92,11 @@ class RuleBrain(Brain):
             if text not in parts:  # a good part answers several intents with the same sentence
                 parts.append(text)
         return " ".join(parts)
+
+    def asks_yes_no(self, question: str) -> bool:
+        """Whether the question wants a Yes or No (it opens with an auxiliary verb, or says so)."""
+        q = " ".join(question.lower().split())
+        return bool(self._yes_no.search(q))
 
     def intents(self, question: str) -> list[str]:
         """The intents a question asks for, in the order the question asks them ("verdict" only alone)."""
@@ -103,9 +117,13 @@ class RuleBrain(Brain):
     def _answer_verdict(self, record: InspectionRecord) -> str:
         a = self.t["answers"]["verdict"]
         nums = self._numbers(record)
-        if not record.pred_label:
+        if record.verdict == "good":
             return self._fill(a["good"], **nums)
         regions = self._salient(record)
+        if record.verdict == "review":
+            if not regions:
+                return self._fill(a["review_spread"], **nums)
+            return self._fill(a["review"], regions=self._regions_phrase(regions), **nums)
         if not regions:
             return self._fill(a["defective_spread"], **nums)
         return self._fill(a["defective"], regions=self._regions_phrase(regions), **nums)

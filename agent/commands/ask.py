@@ -1,6 +1,6 @@
 """`looktwice ask IMAGE "question" [--refs DIR] [--brain ...] [--json] [--out DIR]`.
 
-One inspection through the match-of-thought loop (`agent.loop`), then the brain's answer. Writes
+One inspection through the match-of-thought loop (`agent.inspection`), then the brain's answer. Writes
 `<out>/<stem>.json` (the record, with the answer and the trace), the overlay and maps, and
 `<stem>_trace.json` (the loop's steps alone). With `--json`, stdout is exactly one JSON object: the
 record with `answer`, `pred_score`, `pred_label`, `regions`, `explanation`, `trace` (and the file
@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 # shared with `chat` and `serve`; re-exported here, where they lived first
-from agent.conversation import SetupError, build_loop, save_outputs, trace_warnings
+from agent.conversation import SetupError, build_pipeline, save_outputs, trace_warnings
 
 DESCRIPTION = """\
 Ask a question about one image. The image is inspected (look, look twice at the suspicious regions,
@@ -32,10 +32,10 @@ brains:
 def add_brain_args(
     p: argparse.ArgumentParser, refs_help: str | None = None, max_megapixels: float | None = None
 ) -> None:
-    """--refs, --brain, --sam, --max-megapixels and the detector arguments (shared by `ask`, `chat` and
+    """--refs, --brain, --sam, --max-megapixels, the detector and decision arguments (shared by `ask`, `chat` and
     `serve`; `refs_help` rewords --refs for a command that uses it differently, `max_megapixels` sets
     another default pixel limit)."""
-    from agent.cli import _add_detector_args
+    from agent.detector_flags import add_decision_args, add_detector_args
     from agent.images import add_max_megapixels_arg
 
     p.add_argument(
@@ -52,7 +52,8 @@ def add_brain_args(
         add_max_megapixels_arg(p)
     else:
         add_max_megapixels_arg(p, max_megapixels)
-    _add_detector_args(p)
+    add_detector_args(p)
+    add_decision_args(p)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -81,42 +82,42 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def cmd_ask(args: argparse.Namespace) -> int:
     """Run the command from parsed arguments; returns the exit code."""
-    from agent.cli import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, _err, _info
+    from agent.console import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, error_line, info_line
     from agent.images import limits_from_args, missing_message, missing_paths, source_size
     from tools.image_io import ImageLoadError
 
     path = Path(args.image)
     if not args.question.strip():
-        _err("the question is empty")
+        error_line("the question is empty")
         return EXIT_USAGE
     missing = missing_paths([args.image] + ([args.refs] if args.refs else []))
     if missing:
-        _err(missing_message(missing, "path"))
+        error_line(missing_message(missing, "path"))
         return EXIT_USAGE
     try:
         limits = limits_from_args(args)
     except ValueError as err:
-        _err(str(err))
+        error_line(str(err))
         return EXIT_USAGE
     try:
-        image = limits.load(path, note=_info)
+        image = limits.load(path, note=info_line)
     except (ImageLoadError, OSError) as err:
         msg = str(err) if isinstance(err, ImageLoadError) else f"cannot read image '{path}': {err}"
-        _err(msg)
+        error_line(msg)
         if args.json:
             print(json.dumps({"image_path": str(path), "error": msg}), flush=True)
         return EXIT_SOME_FAILED
     try:
-        loop = build_loop(args)
+        pipeline = build_pipeline(args)
     except SetupError as err:
-        _err(str(err))
+        error_line(str(err))
         if args.json:
             print(json.dumps({"image_path": str(path), "error": str(err)}), flush=True)
         return EXIT_USAGE
-    record = loop.run(str(path), image, question=args.question)
+    record = pipeline.inspect(str(path), image, question=args.question)
     record.source_size = source_size(image)
     for line in trace_warnings(record.trace):
-        _info(f"looktwice: warning: {line}")
+        info_line(f"looktwice: warning: {line}")
     out = Path(args.out)
     files = save_outputs(record, image, out, set())
     if args.json:

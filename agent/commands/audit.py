@@ -30,8 +30,8 @@ components are reported as skipped. --resume continues an interrupted audit. Exi
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Add the `audit` command (with `draft` and `run`) to `sub`."""
-    from agent.cli import _add_detector_args
     from agent.commands import with_examples
+    from agent.detector_flags import add_detector_args
     from agent.images import add_max_megapixels_arg
 
     p = sub.add_parser(
@@ -89,7 +89,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     r.add_argument(
         "--no-fsync", action="store_true", help="do not flush each image's files before committing it"
     )
-    _add_detector_args(r)
+    add_detector_args(r)
     r.set_defaults(func=cmd_run)
 
 
@@ -115,29 +115,29 @@ CLIP_HELP = (
 
 def cmd_draft(args: argparse.Namespace) -> int:
     from agent.audit.runner import get_spec, model_finders
-    from agent.cli import EXIT_OK, EXIT_USAGE, _err, _info
+    from agent.console import EXIT_OK, EXIT_USAGE, error_line, info_line
     from agent.images import limits_from_args
     from agent.report.runner import ReportUsageError
 
     try:
         limits = limits_from_args(args)
     except ValueError as err:
-        _err(str(err))
+        error_line(str(err))
         return EXIT_USAGE
-    finders = model_finders(args.sam, None, args.device, _info)
+    finders = model_finders(args.sam, None, args.device, info_line)
     try:
-        spec, _ = get_spec(None, args.refs, warn=_info, brain=args.brain, finders=finders, limits=limits)
+        spec, _ = get_spec(None, args.refs, warn=info_line, brain=args.brain, finders=finders, limits=limits)
     except ReportUsageError as err:
-        _err(str(err))
+        error_line(str(err))
         return EXIT_USAGE
     text = spec.to_yaml()
     if args.out:
         try:
             Path(args.out).write_text(text, encoding="utf-8")
         except OSError as err:
-            _err(f"cannot write spec file '{args.out}': {err.strerror or err}")
+            error_line(f"cannot write spec file '{args.out}': {err.strerror or err}")
             return EXIT_USAGE
-        _info(
+        info_line(
             f"spec drafted: {len(spec.components)} component(s), {len(spec.pairs)} pair rule(s), "
             f"{len(spec.dropped)} rule(s) dropped; written to {args.out}"
         )
@@ -148,7 +148,8 @@ def cmd_draft(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from agent.audit.runner import AuditSettings, run_audit
-    from agent.cli import EXIT_USAGE, _err, _info, detector_options
+    from agent.console import EXIT_USAGE, error_line, info_line
+    from agent.detector_flags import detector_options
     from agent.images import limits_from_args
     from agent.report.runner import ReportUsageError, ReportWriteError, StoreError
 
@@ -156,7 +157,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         options = detector_options(args)
         limits = limits_from_args(args, options)
     except ValueError as err:
-        _err(str(err))
+        error_line(str(err))
         return EXIT_USAGE
     settings = AuditSettings(
         inputs=list(args.inputs),
@@ -174,13 +175,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         limits=limits,
     )
     try:
-        summary = run_audit(settings, info=_info)
+        summary = run_audit(settings, info=info_line)
     except (ReportUsageError, ReportWriteError, StoreError) as err:
-        _err(str(err))
+        error_line(str(err))
         return EXIT_USAGE
-    _info(summary.line().replace("report", "audit", 1).replace("defective", "anomalous"))
+    info_line(summary.line().replace("report", "audit", 1).replace("defective", "anomalous"))
     if summary.interrupted:
-        _info(f"interrupted; run the same command with --resume to finish the audit in '{settings.out}'")
+        info_line(f"interrupted; run the same command with --resume to finish the audit in '{settings.out}'")
     return summary.exit_code
 
 

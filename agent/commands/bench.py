@@ -37,8 +37,8 @@ def _non_negative(text: str) -> int:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Add the `bench` sub-command to `sub` (the object `add_subparsers()` returned)."""
-    from agent.cli import _add_detector_args
     from agent.commands import with_examples
+    from agent.detector_flags import add_detector_args
 
     p = sub.add_parser(
         "bench",
@@ -85,15 +85,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the JSON line instead of the markdown summary")
     p.add_argument("--threads", type=_non_negative, default=0, help="torch threads (0 = torch default)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_detector_args(p)
+    add_detector_args(p)
     p.set_defaults(func=cmd_bench)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """Run the command from parsed arguments; returns the exit code."""
     from agent.brains.common import BrainError
-    from agent.cli import EXIT_OK, EXIT_USAGE, _err, _info, detector_options
-    from agent.inspector import load_images, load_references
+    from agent.console import EXIT_OK, EXIT_USAGE, error_line, info_line
+    from agent.detector_flags import detector_options
     from agent.progress import bar_writer, progress_bar
     from evals.bench.runner import (
         DEFAULT_QUESTION,
@@ -103,20 +103,21 @@ def cmd_bench(args: argparse.Namespace) -> int:
         synthetic_images,
     )
     from tools.detectors import DetectorError
+    from tools.image_io import load_image_set
 
     device = args.device
     if device is not None and device != "cpu" and not device.startswith("cuda"):
-        _err(f"--device must be cpu or cuda[:N], got {device!r}")
+        error_line(f"--device must be cpu or cuda[:N], got {device!r}")
         return EXIT_USAGE
     if device and device.startswith("cuda"):
         import torch
 
         if not torch.cuda.is_available():
-            _err("--device cuda: no CUDA device is available")
+            error_line("--device cuda: no CUDA device is available")
             return EXIT_USAGE
     question = args.question if args.question is not None else DEFAULT_QUESTION
     if args.loop and not question.strip():
-        _err("the question is empty")
+        error_line("the question is empty")
         return EXIT_USAGE
     if args.threads:
         import torch
@@ -126,16 +127,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
         options = detector_options(args)
         if args.images:
             folder = Path(args.images)
-            images = load_images(
-                folder, "image", warn=lambda m: _info(f"looktwice: warning: {m}"), limit=args.limit
+            images = load_image_set(
+                folder, "image", warn=lambda m: info_line(f"looktwice: warning: {m}"), limit=args.limit
             )
-            references = load_references(args.refs, warn=_info) if args.refs else []
+            references = load_image_set(args.refs, "reference", info_line) if args.refs else []
             source = str(folder)
         else:
             n = args.synthetic or 20
             images = synthetic_images(n, args.size, seed=1, scratch_every=5)
             if args.refs:
-                references = load_references(args.refs, warn=_info)
+                references = load_image_set(args.refs, "reference", info_line)
             else:
                 references = synthetic_images(args.shots, args.size, seed=0)
             source = f"synthetic {n} brushed plates {args.size}x{args.size}"
@@ -157,7 +158,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 progress=bar.update,
             )
     except (BrainError, DetectorError, ValueError, KeyError) as err:
-        _err(str(err).strip("'\""))
+        error_line(str(err).strip("'\""))
         return EXIT_USAGE
     path, md = save_result(result, args.out)
     if args.json:

@@ -56,7 +56,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_build_instruct(args: argparse.Namespace) -> int:
-    from agent.cli import EXIT_OK, EXIT_USAGE, _err, _info
+    from agent.console import EXIT_OK, EXIT_USAGE, error_line, info_line
     from agent.progress import progress_bar
     from instruct_data.datasets import DatasetError
     from instruct_data.instruct import InstructBuildError, InstructSettings, build_instruct
@@ -75,22 +75,22 @@ def cmd_build_instruct(args: argparse.Namespace) -> int:
         with progress_bar(None, "instruct", not args.quiet) as bar:
             stats = build_instruct(settings, progress=bar.update)
     except (DatasetError, InstructBuildError) as err:
-        _err(str(err))
+        error_line(str(err))
         return EXIT_USAGE
     im = stats["images"]
     print(
         f"instruction data in {Path(args.out)}: {stats['conversations']} conversations, {stats['turns']} turns "
         f"on {im['normal'] + im['anomalous']} images ({im['anomalous']} anomalous, {im['normal']} normal)"
     )
-    _info("turn types: " + ", ".join(f"{k} {v}" for k, v in stats["turn_types"].items()))
+    info_line("turn types: " + ", ".join(f"{k} {v}" for k, v in stats["turn_types"].items()))
     rw = stats.get("rewrite")
     if rw:
-        _info(
+        info_line(
             f"rewrites: {rw['rewritten']} new, {rw['from_cache']} from the cache, {rw['rejected']} rejected, "
             f"{rw['failed']} failed (template answers kept), {rw['kept_detection']} Yes/No answers kept"
         )
         if rw.get("endpoint_error"):
-            _info(f"rewriting stopped: {rw['endpoint_error']}")
+            info_line(f"rewriting stopped: {rw['endpoint_error']}")
     return EXIT_OK
 
 

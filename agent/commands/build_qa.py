@@ -40,7 +40,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_build_qa(args: argparse.Namespace) -> int:
-    from agent.cli import EXIT_OK, EXIT_USAGE, _err, _info
+    from agent.console import EXIT_OK, EXIT_USAGE, error_line, info_line
     from agent.progress import progress_bar
     from instruct_data.datasets import DatasetError
     from instruct_data.qa import BuildSettings, QABuildError, build_qa_set
@@ -52,7 +52,7 @@ def cmd_build_qa(args: argparse.Namespace) -> int:
         with progress_bar(None, "qa", not args.quiet) as bar:
             meta = build_qa_set(settings, progress=bar.update)
     except (DatasetError, QABuildError) as err:
-        _err(str(err))
+        error_line(str(err))
         return EXIT_USAGE
     c = meta["counts"]
     out = Path(args.out)
@@ -60,7 +60,7 @@ def cmd_build_qa(args: argparse.Namespace) -> int:
         f"QA set in {out}: {c['images']} images ({c['anomalous']} anomalous, {c['good']} good) in test_data.json, "
         f"{c['dr_items']} items / {c['questions']} questions in dr.json"
     )
-    _info(f"categories: {', '.join(meta['categories'])}; data root {meta['data_root']}")
+    info_line(f"categories: {', '.join(meta['categories'])}; data root {meta['data_root']}")
     return EXIT_OK
 
 

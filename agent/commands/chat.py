@@ -19,7 +19,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from agent.conversation import Conversation, SetupError, build_loop, trace_warnings
+from agent.conversation import Conversation, SetupError, build_pipeline, trace_warnings
 
 HELP = "commands: /heatmap (overlay path), /image PATH (switch image), /save FILE (transcript), /quit"
 
@@ -63,25 +63,25 @@ def _read_line(prompt: str) -> str | None:
 
 def cmd_chat(args: argparse.Namespace) -> int:
     """Run the command from parsed arguments; returns the exit code."""
-    from agent.cli import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, _err, _info
+    from agent.console import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, error_line, info_line
     from agent.images import limits_from_args, missing_message, missing_paths
     from tools.image_io import ImageLoadError
 
     missing = missing_paths([args.image] + ([args.refs] if args.refs else []))
     if missing:
-        _err(missing_message(missing, "path"))
+        error_line(missing_message(missing, "path"))
         return EXIT_USAGE
     try:
         limits = limits_from_args(args)
-        loop = build_loop(args)
+        pipeline = build_pipeline(args)
     except (SetupError, ValueError) as err:
-        _err(str(err))
+        error_line(str(err))
         return EXIT_USAGE
-    session = Conversation(loop, Path(args.out), limits)
+    session = Conversation(pipeline, Path(args.out), limits)
     try:
         print(session.open(args.image), flush=True)
     except (ImageLoadError, OSError) as err:
-        _err(str(err))
+        error_line(str(err))
         return EXIT_SOME_FAILED
     print(HELP, flush=True)
     while True:
@@ -107,7 +107,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
                 try:
                     print(session.open(rest), flush=True)
                 except (ImageLoadError, OSError) as err:
-                    _err(str(err))
+                    error_line(str(err))
                     print(f"still talking about {session.record.image_path}", flush=True)
             elif command == "/save":
                 if not rest:
@@ -116,14 +116,14 @@ def cmd_chat(args: argparse.Namespace) -> int:
                 try:
                     print(f"transcript saved to {session.save(rest)}", flush=True)
                 except OSError as err:
-                    _err(f"cannot write '{rest}': {err}")
+                    error_line(f"cannot write '{rest}': {err}")
             else:
                 print(f"unknown command {command}; {HELP}", flush=True)
             continue
         n_before = len(session.record.trace)
         answer = session.ask(text)
         for msg in trace_warnings(session.record.trace[n_before:]):
-            _info(f"looktwice: warning: {msg}")
+            info_line(f"looktwice: warning: {msg}")
         print(f"looktwice> {answer}", flush=True)
     return EXIT_OK
 

@@ -86,7 +86,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def cmd_plates(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from agent.cli import EXIT_OK, EXIT_USAGE, _err
+    from agent.console import EXIT_OK, EXIT_USAGE, error_line
     from instruct_data.synthesis.plates import VISIBLE_KINDS, make_plate_dataset
 
     kinds = [k.strip() for v in (args.kinds or []) for k in v.split(",") if k.strip()] or list(VISIBLE_KINDS)
@@ -106,7 +106,7 @@ def cmd_plates(args: argparse.Namespace) -> int:
                 progress=bar.update,
             )
     except ValueError as err:
-        _err(str(err))
+        error_line(str(err))
         return EXIT_USAGE
     bad = ", ".join(f"{k} {n}" for k, n in sorted(counts.test_bad.items()))
     print(

@@ -33,8 +33,8 @@ compare     --compare A.json B.json prints two runs side by side"""
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Add the `eval-dr` sub-command to `sub`."""
-    from agent.cli import _add_detector_args
     from agent.commands import with_examples
+    from agent.detector_flags import add_detector_args
 
     p = sub.add_parser(
         "eval-dr",
@@ -75,12 +75,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="looktwice-dr", help="output folder (default looktwice-dr)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"), help="print two results side by side")
-    _add_detector_args(p)
+    add_detector_args(p)
     p.set_defaults(func=cmd_eval_dr)
 
 
 def cmd_compare(a: str, b: str) -> int:
-    from agent.cli import EXIT_OK, EXIT_USAGE, _err
+    from agent.console import EXIT_OK, EXIT_USAGE, error_line
     from evals.dr.runner import compare_table
 
     data = []
@@ -91,7 +91,7 @@ def cmd_compare(a: str, b: str) -> int:
         try:
             data.append(json.loads(p.read_text(encoding="utf-8")))
         except (OSError, json.JSONDecodeError) as err:
-            _err(f"cannot read results '{p}': {err}")
+            error_line(f"cannot read results '{p}': {err}")
             return EXIT_USAGE
     print(compare_table(data[0], data[1], (Path(a).parent.name or a, Path(b).parent.name or b)), end="")
     return EXIT_OK
@@ -99,7 +99,8 @@ def cmd_compare(a: str, b: str) -> int:
 
 def cmd_eval_dr(args: argparse.Namespace) -> int:
     from agent.brains.common import BrainError
-    from agent.cli import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, _err, _info, detector_options
+    from agent.console import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, error_line, info_line
+    from agent.detector_flags import detector_options
     from evals.dr.reader import QASetError
     from evals.dr.text import SbertUnavailable
     from instruct_data.datasets import DatasetError
@@ -108,10 +109,10 @@ def cmd_eval_dr(args: argparse.Namespace) -> int:
     if args.compare:
         return cmd_compare(*args.compare)
     if not args.qa:
-        _err("--qa DIR is required (or --compare A.json B.json)")
+        error_line("--qa DIR is required (or --compare A.json B.json)")
         return EXIT_USAGE
     if args.shots <= 0:
-        _err(f"--shots must be positive, got {args.shots}")
+        error_line(f"--shots must be positive, got {args.shots}")
         return EXIT_USAGE
     from evals.dr.runner import TABLE_FILE, DRSettings, markdown_table, run_dr_benchmark
 
@@ -131,7 +132,7 @@ def cmd_eval_dr(args: argparse.Namespace) -> int:
             judge=args.judge,
             score_fallback=args.score_fallback,
         )
-        result, failures = run_dr_benchmark(settings, show_progress=not args.quiet, warn=_info)
+        result, failures = run_dr_benchmark(settings, show_progress=not args.quiet, warn=info_line)
     except (
         QASetError,
         DatasetError,
@@ -141,10 +142,10 @@ def cmd_eval_dr(args: argparse.Namespace) -> int:
         ValueError,
         KeyError,
     ) as err:
-        _err(str(err))
+        error_line(str(err))
         return EXIT_USAGE
     print(markdown_table(result, f"D&R benchmark: brain {args.brain}"), end="")
-    _info(
+    info_line(
         f"wrote {Path(args.out) / 'samples.jsonl'}, {Path(args.out) / 'results.json'}, {Path(args.out) / TABLE_FILE}"
     )
     return EXIT_SOME_FAILED if failures else EXIT_OK

@@ -61,43 +61,43 @@ LMMS_EXAMPLE = "looktwice export lmms-eval --qa qa/ --out lmms_task/"
 
 
 def _no_format(p: argparse.ArgumentParser) -> int:
-    from agent.cli import EXIT_USAGE, _err
+    from agent.console import EXIT_USAGE, error_line
 
-    _err("export needs a format: mmad or lmms-eval")
+    error_line("export needs a format: mmad or lmms-eval")
     p.print_usage(sys.stderr)
     return EXIT_USAGE
 
 
 def cmd_export_mmad(args: argparse.Namespace) -> int:
-    from agent.cli import EXIT_OK, EXIT_USAGE, _err, _info
+    from agent.console import EXIT_OK, EXIT_USAGE, error_line, info_line
     from evals.export.mmad import ExportError, export_mmad
 
     try:
         records = export_mmad(args.run, args.out, args.image_prefix)
     except (ExportError, OSError) as err:
-        _err(str(err))
+        error_line(str(err))
         return EXIT_USAGE
     n_det = sum(1 for r in records if r["question_type"] == "Anomaly Detection")
     print(f"wrote {args.out}: {len(records)} records ({n_det} detection, {len(records) - n_det} reasoning)")
-    _info("MMAD result format: [{image, question, question_type, correct_answer, gpt_answer}]")
+    info_line("MMAD result format: [{image, question, question_type, correct_answer, gpt_answer}]")
     return EXIT_OK
 
 
 def cmd_export_lmms_eval(args: argparse.Namespace) -> int:
-    from agent.cli import EXIT_OK, EXIT_USAGE, _err, _info
+    from agent.console import EXIT_OK, EXIT_USAGE, error_line, info_line
     from evals.dr.reader import QASetError
     from evals.export.lmms_eval import LmmsExportError, write_lmms_eval_task
 
     try:
         info = write_lmms_eval_task(args.qa, args.out, args.task, args.data_root)
     except (QASetError, LmmsExportError, OSError) as err:
-        _err(str(err))
+        error_line(str(err))
         return EXIT_USAGE
     print(
         f"wrote {info['yaml']}, {info['utils']}, {info['data']}: {info['documents']} documents "
         f"({info['detection']} detection, {info['reasoning']} reasoning)"
     )
-    _info(f"run: lmms_eval --model <model> --tasks {args.task} --include_path {info['yaml'].parent}")
+    info_line(f"run: lmms_eval --model <model> --tasks {args.task} --include_path {info['yaml'].parent}")
     return EXIT_OK
 
 

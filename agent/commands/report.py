@@ -26,8 +26,8 @@ INPUT is an image file, a folder (searched recursively), or a list file of paths
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Add the `report` sub-command to `sub` (the object `add_subparsers()` returned)."""
-    from agent.cli import _add_detector_args
     from agent.commands import with_examples
+    from agent.detector_flags import add_decision_args, add_detector_args
     from agent.images import add_max_megapixels_arg
 
     p = sub.add_parser(
@@ -60,13 +60,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="do not flush each image's files to disk before committing it (faster; a power loss may cost files)",
     )
-    _add_detector_args(p)
+    add_detector_args(p)
+    add_decision_args(p, calibration=True)
     p.set_defaults(func=cmd_report)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Run the command from parsed arguments; returns the exit code."""
-    from agent.cli import EXIT_USAGE, _err, _info, detector_options
+    from agent.console import EXIT_USAGE, error_line, info_line
+    from agent.detector_flags import inspection_settings
     from agent.images import limits_from_args
     from agent.report.runner import (
         ReportSettings,
@@ -77,31 +79,29 @@ def cmd_report(args: argparse.Namespace) -> int:
     )
 
     try:
-        options = detector_options(args)
-        limits = limits_from_args(args, options)
+        inspection = inspection_settings(args)
+        limits = limits_from_args(args, inspection.detector_options)
     except ValueError as err:
-        _err(str(err))
+        error_line(str(err))
         return EXIT_USAGE
     settings = ReportSettings(
         inputs=list(args.inputs),
         out=Path(args.out),
         refs=args.refs,
-        detector=args.detector,
-        detector_options=options,
-        brain=args.brain,
+        inspection=inspection,
         resume=args.resume,
         progress=not args.quiet,
         durable=not args.no_fsync,
         limits=limits,
     )
     try:
-        summary = run_report(settings, info=_info)
+        summary = run_report(settings, info=info_line)
     except (ReportUsageError, ReportWriteError, StoreError) as err:
-        _err(str(err))
+        error_line(str(err))
         return EXIT_USAGE
-    _info(summary.line())
+    info_line(summary.line())
     if summary.interrupted:
-        _info(f"interrupted; run the same command with --resume to finish the report in '{settings.out}'")
+        info_line(f"interrupted; run the same command with --resume to finish the report in '{settings.out}'")
     return summary.exit_code
 
 

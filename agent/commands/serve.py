@@ -95,18 +95,18 @@ def limits_from_args(args: argparse.Namespace) -> Any:
 
 def build_engine(args: argparse.Namespace) -> Any:
     """The shared `Engine`: one brain (and SAM) for all sessions, the default references from --refs,
-    and a loop per set of references built like `ask` does (`build_loop`). Raises `SetupError`."""
+    and a loop per set of references built like `ask` does (`build_pipeline`). Raises `SetupError`."""
     from agent.brains.common import BrainError
     from agent.brains.spec import build_brain
-    from agent.cli import _info
-    from agent.conversation import SetupError, build_loop
+    from agent.console import info_line
+    from agent.conversation import SetupError, build_pipeline
     from agent.images import limits_from_args as image_limits_from_args
     from agent.serve.session import Engine
     from tools.detectors import DetectorError
 
     try:
         brain = build_brain(args.brain)
-        defaults = image_limits_from_args(args).references(args.refs, warn=_info)
+        defaults = image_limits_from_args(args).references(args.refs, warn=info_line)
     except (BrainError, DetectorError, ValueError) as err:
         raise SetupError(str(err)) from None
     sam = None
@@ -116,7 +116,7 @@ def build_engine(args: argparse.Namespace) -> Any:
         sam = SamTool(args.sam)
 
     def make_loop(references: list[Any], warn: Any) -> Any:
-        return build_loop(args, references=references, brain=brain, sam=sam, warn=warn)
+        return build_pipeline(args, references=references, brain=brain, sam=sam, warn=warn)
 
     return Engine(make_loop, defaults)
 
@@ -132,19 +132,19 @@ def _is_loopback(host: str) -> bool:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the command from parsed arguments; returns the exit code."""
-    from agent.cli import EXIT_USAGE, _err
+    from agent.console import EXIT_USAGE, error_line
 
     try:
         limits = limits_from_args(args)
     except ValueError as err:
-        _err(str(err))
+        error_line(str(err))
         return EXIT_USAGE
     own_workdir = not args.workdir
     workdir = Path(tempfile.mkdtemp(prefix="looktwice-serve-")) if own_workdir else Path(args.workdir)
     try:
         workdir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        _err(f"cannot create the work folder '{workdir}': {err.strerror or err}")
+        error_line(f"cannot create the work folder '{workdir}': {err.strerror or err}")
         return EXIT_USAGE
     previous = _stop_on_sigterm()
     try:
@@ -171,7 +171,7 @@ def _stop_on_sigterm() -> Any:
 
 def _serve(args: argparse.Namespace, workdir: Path, limits: Any) -> int:
     """Check gradio, build the engine (weights load now), serve until Ctrl-C; the exit code."""
-    from agent.cli import EXIT_OK, EXIT_USAGE, _err, _info
+    from agent.console import EXIT_OK, EXIT_USAGE, error_line, info_line
     from agent.conversation import SetupError
     from agent.serve.session import SessionError
 
@@ -180,26 +180,26 @@ def _serve(args: argparse.Namespace, workdir: Path, limits: Any) -> int:
 
         import_gradio(workdir)  # before anything else imports gradio: it reads its cache folder then
     except ServeDependencyError as err:
-        _err(str(err))
+        error_line(str(err))
         return EXIT_USAGE
     try:
         engine = build_engine(args)
-        _info("looktwice serve: loading the detector and the brain ...")
+        info_line("looktwice serve: loading the detector and the brain ...")
         for note in engine.warm_up():
-            _info(f"looktwice serve: {note}")
+            info_line(f"looktwice serve: {note}")
     except (SetupError, SessionError) as err:
-        _err(str(err))
+        error_line(str(err))
         return EXIT_USAGE
     if not _is_loopback(args.host):
-        _info(
+        info_line(
             f"looktwice serve: warning: listening on {args.host}: anyone who can reach it can use it (no login)"
         )
-    _info(f"looktwice serve: session files in {workdir}")
-    _info(f"looktwice serve: open http://{args.host}:{args.port}/ in a browser; Ctrl-C stops")
+    info_line(f"looktwice serve: session files in {workdir}")
+    info_line(f"looktwice serve: open http://{args.host}:{args.port}/ in a browser; Ctrl-C stops")
     try:
         launch(build_app(engine, workdir, limits), args.host, args.port, limits, block=True, quiet=True)
     except OSError as err:  # e.g. the port is taken
-        _err(f"cannot serve on {args.host}:{args.port}: {err}")
+        error_line(f"cannot serve on {args.host}:{args.port}: {err}")
         return EXIT_USAGE
     return EXIT_OK
 

@@ -64,7 +64,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
     import numpy as np
     from PIL import Image
 
-    from agent.cli import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, _err, _info
+    from agent.console import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, error_line, info_line
     from agent.progress import bar_writer, progress_bar
     from instruct_data.synthesis.anomalies import ANOMALIES, synthesize_random
     from instruct_data.synthesis.contact_sheet import Tile, save_contact_sheet
@@ -74,18 +74,18 @@ def cmd_synth(args: argparse.Namespace) -> int:
     kinds = _parse_kinds(args.kinds)
     unknown = [k for k in kinds if k not in ANOMALIES]
     if unknown:
-        _err(f"unknown anomaly kind(s) {', '.join(unknown)}; available: {', '.join(ANOMALIES.names())}")
+        error_line(f"unknown anomaly kind(s) {', '.join(unknown)}; available: {', '.join(ANOMALIES.names())}")
         return EXIT_USAGE
     if args.per_image < 1:
-        _err("--per-image must be at least 1")
+        error_line("--per-image must be at least 1")
         return EXIT_USAGE
     try:
         paths = list_images(args.images, recursive=True)
     except (FileNotFoundError, NotADirectoryError) as e:
-        _err(str(e))
+        error_line(str(e))
         return EXIT_USAGE
     if not paths:
-        _err(f"no images found in '{args.images}'")
+        error_line(f"no images found in '{args.images}'")
         return EXIT_USAGE
 
     out = Path(args.out)
@@ -132,8 +132,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
             if args.contact_sheet and len(sheet_rows) < args.sheet_max_rows:
                 sheet_rows.append(row)
     if args.contact_sheet and sheet_rows:
-        _info(f"contact sheet: {save_contact_sheet(args.contact_sheet, sheet_rows)}")
-    _info(f"synthesized {written} anomalies from {len(paths) - failed} images into '{out}'")
+        info_line(f"contact sheet: {save_contact_sheet(args.contact_sheet, sheet_rows)}")
+    info_line(f"synthesized {written} anomalies from {len(paths) - failed} images into '{out}'")
     return EXIT_OK if failed == 0 else EXIT_SOME_FAILED
 
 

@@ -91,11 +91,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from agent.cli import EXIT_OK, EXIT_USAGE, _err, _info
+    from agent.console import EXIT_OK, EXIT_USAGE, error_line, info_line
 
     try:
-        from agent.mllm.expert_io import ExpertWeightsError
-        from agent.mllm.loading import ModelNotFoundError
         from agent.mllm.train import (
             CheckpointError,
             TrainConfigError,
@@ -104,8 +102,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             load_config,
             train_stage,
         )
+        from tools.ltfm.checkpoints import ModelNotFoundError
+        from tools.ltfm.expert_io import ExpertWeightsError
     except ImportError as err:  # pragma: no cover - torch / transformers missing
-        _err(str(err))
+        error_line(str(err))
         return EXIT_USAGE
     flags = {
         "data": args.data,
@@ -123,7 +123,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args.config, overrides=args.set, stage=args.stage)
         cfg = apply_overrides(cfg, flags)
-        result = train_stage(cfg, resume=args.resume, log=_info)
+        result = train_stage(cfg, resume=args.resume, log=info_line)
     except (
         TrainConfigError,
         TrainDataError,
@@ -132,10 +132,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         ModelNotFoundError,
         ImportError,
     ) as err:
-        _err(str(err))
+        error_line(str(err))
         return EXIT_USAGE
     except (RuntimeError, ValueError) as err:
-        _err(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
+        error_line(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
         return EXIT_USAGE
     summary = result.to_json()
     what = ", ".join(f"{k} {v}" for k, v in result.artifacts.items())

@@ -16,7 +16,6 @@ from agent.mllm.model import LookTwiceModel
 from tools.ltfm.checkpoints import (
     DEFAULT_MODEL_ID,
     ExpertSource,
-    ModelNotFoundError,
     load_llava,
     model_not_found,
 )
@@ -55,6 +54,4 @@ def load_model(
     return LookTwiceModel(ckpt.llava, ckpt.image_processor, tokenizer, expert=ckpt.expert, cache_size=cache_size)
 
 
-#: `ModelNotFoundError` stays importable from here for `agent.commands.train` until it imports it from
-#: `tools.ltfm.checkpoints`, its home.
-__all__ = ["ModelNotFoundError", "load_model"]
+__all__ = ["load_model"]

@@ -57,12 +57,17 @@ def json_for_script(data: Any) -> str:
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
+#: sort order of the verdicts, worst last (failed inputs below good)
+SEVERITY = {"good": 0, "review": 1, "defective": 2}
+
+
 # ---------------------------------------------------------------------------------------------- summary
 def summarize(rows: Sequence[Row]) -> dict[str, Any]:
     """Counts, defect rate, score histogram and breakdowns by region shape and defect words."""
     done = [r for r in rows if r.ok and r.record is not None]
     failed = [r for r in rows if not r.ok]
     defective = [r for r in done if r.record and r.record.get("pred_label")]
+    review = [r for r in done if r.record and r.record.get("verdict") == "review"]
     bins_good, bins_bad = [0] * HIST_BINS, [0] * HIST_BINS
     for r in done:
         score = float(r.record.get("pred_score", 0.0))
@@ -83,7 +88,8 @@ def summarize(rows: Sequence[Row]) -> dict[str, Any]:
         "inputs": len(rows),
         "inspected": len(done),
         "defective": len(defective),
-        "good": len(done) - len(defective),
+        "review": len(review),
+        "good": len(done) - len(defective) - len(review),
         "failed": len(failed),
         "defect_rate": (len(defective) / len(done)) if done else None,
         "hist_good": bins_good,
@@ -139,6 +145,7 @@ def _row_data(i: int, r: Row) -> dict[str, Any]:
         "i": i,
         "p": r.display_path,
         "v": rec.get("verdict", "good") if r.ok else "failed",
+        "w": SEVERITY.get(rec.get("verdict", "good"), 0) if r.ok else -1,
         "s": rec.get("pred_score") if r.ok else None,
         "n": len(regions) if r.ok else None,
         "sh": sorted({str(g.get("shape") or "") for g in regions} - {""}),
@@ -187,6 +194,7 @@ def render_html(rows: Sequence[Row], meta: dict[str, Any]) -> str:
         inputs=s["inputs"],
         inspected=s["inspected"],
         defective=s["defective"],
+        review=s["review"],
         good=s["good"],
         failed=s["failed"],
         rate=_e(rate),
@@ -228,7 +236,7 @@ table.small td{{padding:.1em .6em}}
 .cards{{display:grid;grid-template-columns:repeat(auto-fill,minmax(260px,1fr));gap:.8em}}
 .card{{border:1px solid #ddd;border-radius:6px;padding:.5em;overflow-wrap:anywhere}}
 .card img{{width:192px;height:auto;display:block;background:#eee}}
-.v-defective{{color:#cc4125;font-weight:600}} .v-good{{color:#38761d;font-weight:600}} .v-failed{{color:#999;font-weight:600}}
+.v-defective{{color:#cc4125;font-weight:600}} .v-review{{color:#b45f06;font-weight:600}} .v-good{{color:#38761d;font-weight:600}} .v-failed{{color:#999;font-weight:600}}
 details pre{{white-space:pre-wrap;font-size:.85em}}
 </style>
 </head>
@@ -241,6 +249,7 @@ details pre{{white-space:pre-wrap;font-size:.85em}}
 <div class=tile>inputs<b>{inputs}</b></div>
 <div class=tile>inspected<b>{inspected}</b></div>
 <div class=tile>defective<b>{defective}</b></div>
+<div class=tile>review<b>{review}</b></div>
 <div class=tile>good<b>{good}</b></div>
 <div class=tile>failed<b>{failed}</b></div>
 <div class=tile>defect rate<b>{rate}</b></div>
@@ -255,11 +264,11 @@ details pre{{white-space:pre-wrap;font-size:.85em}}
 results.jsonl, overlays in images/.</p></noscript>
 <div class=controls>
 <input id=q type=search placeholder="filter: path, explanation, error" size=36>
-<select id=verdict><option value="">all verdicts</option><option>defective</option><option>good</option>
+<select id=verdict><option value="">all verdicts</option><option>defective</option><option>review</option><option>good</option>
 <option>failed</option></select>
 <select id=shape><option value="">any region shape</option><option>elongated</option><option>compact</option>
 <option>diffuse</option></select>
-<select id=sort><option value="i">input order</option><option value="s-">score, high first</option>
+<select id=sort><option value="i">input order</option><option value="w-">verdict, defective first</option><option value="s-">score, high first</option>
 <option value="s+">score, low first</option><option value="p">path</option><option value="n-">regions</option></select>
 <select id=view><option value="cards">cards</option><option value="table">table</option></select>
 <select id=psize><option>24</option><option selected>48</option><option>100</option><option>500</option></select>

@@ -24,13 +24,17 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from agent.images import ImageLimits, source_size
+from agent.inspection.settings import InspectionSettings
 from agent.report.files import STAGING_DIR, clear_staging, outputs_present, write_image_outputs
 from agent.report.inputs import InputError, InputItem, clean_text, collect_inputs, file_digest, safe_stem
 from agent.report.store import DB_NAME, STATUS_DONE, STATUS_FAILED, ResultStore, Row, StoreError
 from tools.image_io import ImageLoadError
+
+if TYPE_CHECKING:
+    from agent.inspection import Pipeline
 
 LOCK_NAME = ".lock"
 _OWN_ENTRIES = {LOCK_NAME, STAGING_DIR}  # what a run leaves before it has written anything else
@@ -49,9 +53,7 @@ class ReportSettings:
     inputs: list[str]
     out: Path
     refs: str | None = None
-    detector: str = "refmatch"
-    detector_options: dict[str, Any] = field(default_factory=dict)
-    brain: str = "rule"
+    inspection: InspectionSettings = field(default_factory=InspectionSettings)
     resume: bool = False
     progress: bool = True
     durable: bool = True  # fsync files before they are renamed into place
@@ -67,6 +69,7 @@ class ReportSummary:
     processed: int = 0  # inspected or failed in this run
     skipped: int = 0  # already done, unchanged
     defective: int = 0  # over all current inputs (final state)
+    review: int = 0
     good: int = 0
     failed: int = 0
     seconds: float = 0.0  # of the loop, including setup_seconds (not the final page and exports)
@@ -80,13 +83,13 @@ class ReportSummary:
         return 1 if self.failed else 0
 
     def line(self) -> str:
-        done = self.defective + self.good
+        done = self.defective + self.review + self.good
         rate = f"{100 * self.defective / done:.1f}%" if done else "n/a"
         work = self.seconds - self.setup_seconds
         speed = f"{self.processed / work:.2f} images/s" if work > 0 and self.processed else "-"
         head = "report interrupted" if self.interrupted else "report done"
         return (
-            f"{head}: {self.inputs} input(s): {done} inspected ({self.defective} defective, {self.good} good, "
+            f"{head}: {self.inputs} input(s): {done} inspected ({self.defective} defective, {self.review} to review, {self.good} good, "
             f"defect rate {rate}), {self.failed} failed; this run {self.processed} processed, {self.skipped} "
             f"skipped as already done, {self.seconds:.1f} s ({self.setup_seconds:.1f} s setup), {speed}; report: {self.out / 'index.html'}"
         )
@@ -162,12 +165,7 @@ def settings_fingerprint(s: ReportSettings) -> dict[str, Any]:
             except OSError:
                 digest = "unreadable"
             refs.append([str(p.relative_to(root)) if root.is_dir() else p.name, digest])
-    return {
-        "detector": s.detector,
-        "detector_options": s.detector_options,
-        "brain": s.brain,
-        "references": refs,
-    }
+    return {**s.inspection.fingerprint(), "references": refs}
 
 
 def settings_hash(fingerprint: dict[str, Any]) -> str:
@@ -187,31 +185,38 @@ def check_settings(store: ResultStore, fingerprint: dict[str, Any], digest: str)
         changed = sorted(k for k in set(before) | set(fingerprint) if before.get(k) != fingerprint.get(k))
         raise ReportUsageError(
             f"the report in '{store.path.parent}' was made with other settings (changed: {', '.join(changed)}); "
-            "resume it with the same --detector/--brain/--refs/detector settings, or give a new --out"
+            "resume it with the same --detector/--brain/--refs/--false-alarm-rate/detector settings, or give a new --out"
         )
 
 
 # ---------------------------------------------------------------------------------------------- loop
-class _LazyInspector:
-    def __init__(self, s: ReportSettings, warn: Callable[[str], None]) -> None:
-        self.s, self.warn, self._inspector = s, warn, None
+class _LazyPipeline:
+    """The inspection pipeline, built on first use: fitted on the references and, for a batch, on the
+    batch itself (a seeded sample of the inputs, read lazily), once per run."""
+
+    def __init__(self, s: ReportSettings, items: list[InputItem], warn: Callable[[str], None]) -> None:
+        self.s, self.items, self.warn, self._pipeline = s, items, warn, None
         self.seconds = 0.0
 
-    def get(self):  # -> agent.inspector.Inspector
-        if self._inspector is None:
-            from agent.inspector import Inspector
+    def get(self) -> Pipeline:
+        if self._pipeline is None:
+            from agent.inspection import Pipeline
             from tools.detectors import DetectorError
+            from tools.lazy_images import LazyImages
 
             t0 = time.perf_counter()
             try:
                 refs = self.s.limits.references(self.s.refs, warn=self.warn)
-                self._inspector = Inspector(
-                    self.s.detector, refs, self.s.detector_options, brain=self.s.brain, warn=self.warn
-                )
+                pipeline = Pipeline(self.s.inspection, warn=self.warn).fit(refs, n_images=len(self.items))
+                batch = pipeline.detector.needs_batch or self.s.inspection.decision.calibration == "batch"
+                if batch and len(self.items) > 1:
+                    paths = [item.path for item in self.items]
+                    pipeline.fit_batch(LazyImages(paths, self.s.limits.load), [i.display_path for i in self.items])
             except (DetectorError, ValueError, KeyError, TypeError) as err:
                 raise ReportUsageError(str(err)) from None
+            self._pipeline = pipeline
             self.seconds = time.perf_counter() - t0
-        return self._inspector
+        return self._pipeline
 
 
 def failed_row(item: InputItem, stem: str, seq: int, digest: str, error: str, **kw: Any) -> Row:
@@ -267,7 +272,7 @@ def _process(
     seq: int,
     digest: str,
     store: ResultStore,
-    inspector: _LazyInspector,
+    pipeline: _LazyPipeline,
     out: Path,
     durable: bool,
     limits: ImageLimits,
@@ -302,7 +307,7 @@ def _process(
     t1 = time.perf_counter()
     try:
         image = limits.load(item.path, note=note)
-        record = inspector.get().inspect(item.display_path, image)
+        record = pipeline.get().inspect(item.display_path, image)
         record.source_size = source_size(image)
     except ReportUsageError:
         raise
@@ -349,7 +354,7 @@ def finalize(store: ResultStore, out: Path, title: str = "LookTwice report") -> 
 
 
 def count_outcomes(rows: Iterable[Row], wanted: set[str], summary: ReportSummary) -> None:
-    """Add this run's inputs (`wanted` keys) to the summary's failed / defective / good counts."""
+    """Add this run's inputs (`wanted` keys) to the summary's failed / defective / review / good counts."""
     for row in rows:
         if row.path not in wanted:
             continue
@@ -357,6 +362,8 @@ def count_outcomes(rows: Iterable[Row], wanted: set[str], summary: ReportSummary
             summary.failed += 1
         elif row.record and row.record.get("pred_label"):
             summary.defective += 1
+        elif row.record and row.record.get("verdict") == "review":
+            summary.review += 1
         else:
             summary.good += 1
 
@@ -389,12 +396,12 @@ def run_report(
     from agent.progress import progress_bar
     from tools.detectors import DETECTORS
 
-    if s.detector not in DETECTORS:
+    if s.inspection.detector != "auto" and s.inspection.detector not in DETECTORS:
         raise ReportUsageError(
-            f"unknown detector '{s.detector}'; choose one of: {', '.join(DETECTORS.names())}"
+            f"unknown detector '{s.inspection.detector}'; choose one of: auto, {', '.join(DETECTORS.names())}"
         )
-    if s.brain not in BRAINS:
-        raise ReportUsageError(f"unknown brain '{s.brain}'; choose one of: {', '.join(BRAINS.names())}")
+    if s.inspection.brain.split(":", 1)[0] not in BRAINS:
+        raise ReportUsageError(f"unknown brain '{s.inspection.brain}'; choose one of: {', '.join(BRAINS.names())}")
     try:
         items = collect_inputs(s.inputs)
     except (InputError, OSError) as err:
@@ -416,7 +423,7 @@ def run_report(
         for item in items:
             if item.key not in stems:
                 stems[item.key] = unique_stem(safe_stem(item.key) + ".x", taken)
-        inspector = _LazyInspector(s, warn=info)
+        pipeline = _LazyPipeline(s, items, warn=info)
         bar = progress_bar(len(items), "report", s.progress, progress_file or sys.stderr)
 
         def say(msg: str) -> None:
@@ -425,7 +432,7 @@ def run_report(
             else:
                 info(msg)
 
-        inspector.warn = say
+        pipeline.warn = say
         last_html = time.monotonic()
         failed_now = 0
         # writer threads: finished images' files are encoded and committed while the next images are
@@ -452,7 +459,7 @@ def run_report(
             try:
                 for seq, item in enumerate(items):
                     result = _process(
-                        item, stems[item.key], seq, digest, store, inspector, out, s.durable, s.limits, say
+                        item, stems[item.key], seq, digest, store, pipeline, out, s.durable, s.limits, say
                     )
                     if result is None:
                         summary.skipped += 1
@@ -474,7 +481,7 @@ def run_report(
             writer.shutdown(wait=True)
             bar.close()
         summary.seconds = time.perf_counter() - t_start
-        summary.setup_seconds = inspector.seconds
+        summary.setup_seconds = pipeline.seconds
         clear_staging(out)
         rows = finalize(store, out)
         count_outcomes(rows, {item.key for item in items}, summary)

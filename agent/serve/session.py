@@ -282,11 +282,11 @@ class ChatSession:
                     loop, notes = self.engine.loop_for(self.references)
                     notes = list(notes)
                     self._drop_outputs()
-                    conv.open(self.image_path, self.image, loop=loop)
+                    conv.open(self.image_path, self.image, pipeline=loop)
                     self._inspected = self._version
                     notes += trace_warnings(conv.record.trace)
                 else:  # the brain may be shared: hand it this session's image again
-                    brain = conv.loop.brain
+                    brain = conv.pipeline.brain
                     if isinstance(brain, SeesImages):
                         brain.use_image(str(self.image_path), self.image)
                 n_before = len(conv.record.trace)
@@ -296,7 +296,7 @@ class ChatSession:
             r = conv.record
             verdict = (
                 f"{r.verdict} (score {r.pred_score:.2f}, threshold {r.threshold:.2f}), "
-                f"{len(r.regions)} region(s); detector {r.detector}, brain {conv.loop.brain.name}"
+                f"{len(r.regions)} region(s); detector {r.detector}, brain {conv.pipeline.brain.name}"
             )
             return Reply(answer, conv.overlay, region_rows(r), verdict, [one_line(n) for n in notes])
 

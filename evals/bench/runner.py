@@ -3,8 +3,8 @@
 Measures, in one process:
 - load: the brain (`brain_load_seconds`) and the detector's build + fit on the references
   (`detector_load_seconds`, of which `detector_fit_seconds`);
-- per image: every step of the trace (the inspector's load/look/regions/conclude, or with the loop its
-  load/look/look_twice/match/conclude/answer steps), the detector's `predict` (the "look" step) and the
+
+
   end-to-end seconds; `images_per_second` over the timed runs;
 - generation tokens/s when the brain reports the tokens it generated (`last_call`), else omitted;
 - peak resident memory of the process (`resource`), and the CUDA peak when run on a GPU.
@@ -146,7 +146,7 @@ def run_bench(
     import torch
 
     from agent.brains.spec import build_brain
-    from agent.inspector import Inspector
+    from agent.inspection import InspectionSettings, LookTwiceSettings, MatchSettings, Pipeline
 
     if not images:
         raise ValueError("no images to time")
@@ -160,22 +160,14 @@ def run_bench(
     the_brain = build_brain(brain) if isinstance(brain, str) else brain  # or a built one (GPU check)
     brain_load = time.perf_counter() - t
     t = time.perf_counter()
-    inspector = Inspector(detector, references, options, brain="rule", warn=warn)
+    settings = InspectionSettings(
+        detector, options, look_twice=LookTwiceSettings(enabled=loop), match=MatchSettings(enabled=loop)
+    )
+    pipeline = Pipeline(settings, warn=warn, brain=the_brain).fit(references, n_images=1)
     detector_load = time.perf_counter() - t
-    if loop:
-        from agent.loop import MatchOfThought
 
-        runner = MatchOfThought.from_inspector(
-            inspector, references, options, brain=the_brain, requested_detector=detector
-        )
-
-        def one(i: int) -> list[dict[str, Any]]:
-            return runner.run(f"image_{i:05d}", images[i], question=question).trace
-    else:
-        inspector.brain = the_brain
-
-        def one(i: int) -> list[dict[str, Any]]:
-            return inspector.inspect(f"image_{i:05d}", images[i]).trace
+    def one(i: int) -> list[dict[str, Any]]:
+        return pipeline.inspect(f"image_{i:05d}", images[i], question=question if loop else None).trace
 
     load_seconds = time.perf_counter() - t_all
 
@@ -202,7 +194,7 @@ def run_bench(
     result: dict[str, Any] = {
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "mode": "loop" if loop else "inspect",
-        "detector": inspector.detector.name,
+        "detector": pipeline.detector.name,
         "detector_requested": detector,
         "detector_options": options,
         "brain": getattr(the_brain, "name", brain),
@@ -217,7 +209,7 @@ def run_bench(
         "load_seconds": round(load_seconds, 4),
         "brain_load_seconds": round(brain_load, 4),
         "detector_load_seconds": round(detector_load, 4),
-        "detector_fit_seconds": round(float(inspector.fit_seconds), 4),
+        "detector_fit_seconds": round(float(pipeline.fit_seconds), 4),
         "detector_predict_mean_seconds": round(float(np.mean(look)), 5),
         "end_to_end_mean_seconds": round(float(np.mean(per_image)), 5),
         "end_to_end_p95_seconds": round(float(np.percentile(per_image, 95)), 5),

@@ -1,6 +1,6 @@
 """Run the D&R benchmark: every image through the match-of-thought loop and the brain.
 
-Per image (one `MatchOfThought.run`, the loop `ask` uses):
+Per image (one `agent.inspection.Pipeline.inspect`, the loop `ask` uses):
 - detection, for images of test_data.json: the VisA-D&R prompt; the answer is parsed strictly
   (`parse_yes_no`) and an unparsable answer counts as wrong (a miss on an anomalous image, an
   overkill on a good one); `pred_score` of the record feeds image AUROC;
@@ -58,7 +58,7 @@ class DRSettings:
     qa: str
     out: str
     brain: str = "rule"
-    detector: str = "refmatch"
+    detector: str = "auto"
     detector_options: dict[str, Any] = field(default_factory=dict)
     refs_from: str | None = None  # MVTec-layout root; references drawn from <class>/train/good
     shots: int = 4
@@ -226,9 +226,9 @@ class _Loops:
     def get(self, cls: str) -> Any:
         if cls in self._loops:
             return self._loops[cls]
-        from agent.inspector import Inspector, load_references
-        from agent.loop import MatchOfThought
+        from agent.inspection import InspectionSettings, Pipeline
         from evals.detection import draw_references
+        from tools.image_io import load_image_set
 
         s = self.settings
         refs = []
@@ -241,13 +241,12 @@ class _Loops:
                 )
             paths = draw_references(self.dataset, category, s.shots, s.seed)
             self.references[cls] = [str(p) for p in paths]
-            refs = load_references([str(p) for p in paths], warn=self.warn)
-        inspector = Inspector(s.detector, refs, s.detector_options, brain="rule", warn=self.warn)
-        loop = MatchOfThought.from_inspector(
-            inspector, refs, s.detector_options, brain=self.brain, requested_detector=s.detector
-        )
-        self._loops[cls] = loop
-        return loop
+            refs = load_image_set([str(p) for p in paths], "reference", warn=self.warn)
+        # evaluation: the brain is not told the detector's verdict (it would only repeat it)
+        settings = InspectionSettings(s.detector, s.detector_options, s.brain, show_verdict_to_brain=False)
+        pipeline = Pipeline(settings, warn=self.warn, brain=self.brain).fit(refs, n_images=1)
+        self._loops[cls] = pipeline
+        return pipeline
 
 
 def _scored(answer: str, fell_back: bool, score_fallback: bool) -> str:
@@ -280,7 +279,7 @@ def evaluate_image(
     t_start = time.perf_counter()
     image = load_image(item.path)
     t0 = time.perf_counter()
-    record = loop.run(str(item.path), image, question=question)
+    record = loop.inspect(str(item.path), image, question=question)
     row: dict[str, Any] = {
         "image": item.image,
         "class": item.cls,

@@ -8,6 +8,7 @@ import numpy as np
 from PIL import Image
 
 from instruct_data.synthesis.demo_case import brushed_plate, draw_scratch
+from tools.detectors import Detector
 
 SIZE = 96
 DETECTOR_OPTIONS = {"resolution": 96}
@@ -49,14 +50,12 @@ def write_case(root: Path) -> dict[str, Path]:
     }
 
 
-class MeanDiffDetector:
+class MeanDiffDetector(Detector):
     """A fast stand-in detector for tests of the agent plumbing: |image - mean reference| in grey,
     smoothed, scaled so a clear mark is well above 0.5. Real code paths of the loop and tools run."""
 
     name = "meandiff"
     requires_references = False
-    threshold = 0.5
-    pixel_threshold = 0.5
 
     def __init__(self, gain: float = 3.5) -> None:
         self.gain = gain
@@ -80,3 +79,15 @@ class MeanDiffDetector:
             amap = np.clip(amap, 0, 1).astype(np.float32)
             outs.append(DetectorOutput(amap, float(amap.max()), float(amap.max())))
         return outs
+
+
+def pipeline(detector=None, refs=None, brain=None, **settings):
+    """An inspection pipeline fitted on `refs` (default: the two references) with `detector` (default:
+    refmatch at 96 px) and `brain` (default: the rule brain); `settings` are `InspectionSettings` fields."""
+    from agent.inspection import InspectionSettings, LookTwiceSettings, Pipeline
+
+    if detector is not None and "look_twice" not in settings:
+        settings["look_twice"] = LookTwiceSettings(enabled=False)  # a stand-in detector has no zoom
+    s = InspectionSettings("refmatch", dict(DETECTOR_OPTIONS), **settings)
+    refs = references() if refs is None else refs
+    return Pipeline(s, warn=lambda m: None, brain=brain, detector=detector).fit(refs)

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import yaml
 
-from agent.audit.blobs import border_colour, find_blobs, work_pixels
 from agent.audit.check import audit_image
 from agent.audit.clip_finder import claim_by_prompt, crop_box, decide, texts_for
 from agent.audit.draft import draft_spec
@@ -20,6 +19,7 @@ from agent.audit.segment import SamMaskGenerator, masks_to_blobs
 from agent.audit.spec import ClipSettings, SamSettings, SpecError, parse_spec
 from agent.cli import main
 from instruct_data.synthesis.scenes import make_scene, write_scene_set
+from tools.components import border_colour, find_parts, work_pixels
 
 BG = (0.9, 0.9, 0.8)
 RED, BLUE = (0.8, 0.1, 0.1), (0.1, 0.2, 0.8)
@@ -45,7 +45,7 @@ def oracle_masks(image) -> list[np.ndarray]:
     """A stand-in for SAM that segments perfectly, SAM-style: the parts, a union of two parts (a
     mask over another), the whole image (mostly background), each part grown by a rim of background."""
     px = np.asarray(image.convert("RGB"), dtype=np.float64) / 255.0
-    parts = [b.mask for b in find_blobs(px, border_colour(px), 0.15, 0.0005)]
+    parts = [b.mask for b in find_parts(px, border_colour(px), 0.15, 0.0005)]
     from scipy import ndimage
 
     grown = [ndimage.binary_dilation(m, iterations=1) for m in parts]
@@ -89,7 +89,7 @@ def test_sam_masks_become_disjoint_blobs_like_colour_segmentation() -> None:
     assert small.area == pytest.approx(label.sum() / 64**2) and small.rgb == pytest.approx(BLUE)
     assert small.centroid == pytest.approx((20 / 64, 25 / 64))
     # the same geometry as the colour segmentation of this image
-    ref = find_blobs(px, BG, 0.2, 0.002)
+    ref = find_parts(px, BG, 0.2, 0.002)
     for a, b in zip(blobs, ref, strict=True):
         np.testing.assert_array_equal(a.mask, b.mask)
         assert (a.area, *a.centroid, *a.rgb) == pytest.approx((b.area, *b.centroid, *b.rgb))
@@ -259,7 +259,7 @@ def test_open_clip_scorer_runs_on_a_tiny_model(tiny_clip) -> None:
     np.testing.assert_allclose(scorer(crops[:1], texts), logits[:1], rtol=1e-4, atol=1e-4)
     assert scorer([], texts).shape == (0, 4)
     px = work_pixels(image)
-    blobs = find_blobs(px, border_colour(px), 0.15, 0.002)
+    blobs = find_parts(px, border_colour(px), 0.15, 0.002)
     spec = parse_spec(
         {
             "background": {"rgb": [0.886, 0.871, 0.824]},

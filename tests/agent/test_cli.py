@@ -74,7 +74,7 @@ def test_inspect_mixed_bad_inputs(tmp_path, demo, capsys):
         assert len(lines) == 1, f"one error line for {p.name}: {captured.err}"
     for name in ("ok_a", "ok_scratch", "ok_16bit", "ok_cmyk", "ok_rgba", "ok_tiny"):
         rec = json.loads((out / f"{name}.json").read_text())
-        assert rec["verdict"] in ("good", "defective") and 0.0 <= rec["pred_score"] <= 1.0
+        assert rec["verdict"] in ("good", "review", "defective") and 0.0 <= rec["pred_score"] <= 1.0
         assert (out / f"{name}_overlay.png").is_file()
     assert "Traceback" not in captured.err
 
@@ -132,7 +132,7 @@ def test_no_references_falls_back_to_zero_shot(tmp_path, demo, capsys):
 def test_bad_detector_setting_is_a_usage_error(tmp_path, demo, capsys):
     img = str(demo / "queries" / "plate_good.png")
     assert main(["inspect", img, "--refs", str(demo / "references"), "--set", "nonsense=1"]) == 2
-    assert "unknown refmatch settings" in capsys.readouterr().err
+    assert "unknown detector settings" in capsys.readouterr().err
     assert main(["inspect", img, "--detector", "nope"]) == 2
     assert "available" in capsys.readouterr().err
 

@@ -202,12 +202,13 @@ def test_bad_settings_get_one_line_each(case, tmp_path, capsys):
     query = str(case / "queries" / "plate_good.png")
     out = tmp_path / "o"
     code = main(["inspect", query, "--refs", str(case / "references"), "--out", str(out),
-                 "--set", "sigmas=abc", "--set", "augment=hflip"])
+                 "--set", "blur_sigma=abc", "--set", "augment=hflip"])
     lines = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and not out.exists()
     assert lines == [
-        "looktwice: error: refmatch setting sigmas='abc': expected a number; default 1.0",
-        "looktwice: error: refmatch setting augment='hflip': expected a list of text, e.g. [a, b]; default []",
+        "looktwice: error: detector setting blur_sigma='abc': expected a number; default 4.0",
+        "looktwice: error: detector setting augment='hflip': expected one of 'auto' or a list of text, e.g. [a, b]; "
+        "default 'auto'",
     ]
     config = tmp_path / "settings.yaml"
     config.write_text("neighbours: 2.5\n")

@@ -11,17 +11,16 @@ from agent.detector_flags import add_detector_args, detector_options
 
 def test_flags_give_the_detector_settings(tmp_path):
     config = tmp_path / "settings.yaml"
-    config.write_text("sigmas: 2\nresolution: 320\n", encoding="utf-8")
+    config.write_text("blur_sigma: 2\nresolution: 320\nfalse_alarm_rate: 0.1\n", encoding="utf-8")
     p = argparse.ArgumentParser()
     add_detector_args(p)
     args = p.parse_args(
-        ["--config", str(config), "--resolution", "96", "--object", "metal plate", "--set", "augment=[hflip]"]
+        ["--config", str(config), "--resolution", "96", "--set", "augment=[hflip]"]
     )
-    assert args.detector == "refmatch"
+    assert args.detector == "auto"
     assert detector_options(args) == {
-        "sigmas": 2,
+        "blur_sigma": 2,
         "resolution": 96,  # the flag wins over the file
-        "object_name": "metal plate",
         "augment": ["hflip"],
     }
     with pytest.raises(ValueError, match="KEY=VALUE"):

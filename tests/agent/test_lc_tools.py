@@ -21,7 +21,6 @@ from agent.brains.openai import OpenAIBrain  # noqa: E402
 from agent.brains.rule import RuleBrain  # noqa: E402
 from agent.lc_models import openai_chat_model  # noqa: E402
 from agent.lc_tools import InspectionSession, build_agent, chat_model_for, make_tools  # noqa: E402
-from agent.loop import MatchOfThought  # noqa: E402
 from tests.agent import agent_case as case  # noqa: E402
 from tests.openai_server import ScriptedServer, completion  # noqa: E402
 
@@ -39,10 +38,7 @@ def _call(name: str, args: dict, i: int) -> dict:
 
 @pytest.fixture
 def session():
-    detector = case.MeanDiffDetector()
-    detector.fit(case.references())
-    loop = MatchOfThought(detector, case.references())
-    return InspectionSession(loop, case.scratched(), "scratch.png")
+    return InspectionSession(case.pipeline(), case.scratched(), "scratch.png")
 
 
 def test_tool_schemas_and_artifacts(session):
@@ -59,9 +55,9 @@ def test_tool_schemas_and_artifacts(session):
     assert msg.content.startswith("0: ") and msg.artifact[0]["bbox"]
     msg = tools["zoom"].invoke(_call("zoom", {"region": 0, "margin": 0.25}, 2))
     assert "zoomed" in msg.content and isinstance(msg.artifact["crop"], Image.Image)
-    assert msg.artifact["zoom_score"] >= 0
+    assert msg.artifact["ratio"] > 0 and msg.artifact["outcome"] in ("confirmed", "dismissed")
     msg = tools["compare_with_references"].invoke(_call("compare_with_references", {}, 3))
-    assert "component(s)" in msg.content and "matching" in msg.artifact
+    assert "part(s)" in msg.content and "matching" in msg.artifact
 
 
 def test_agent_picks_tools_and_recovers_from_errors(session, tmp_path):
@@ -108,9 +104,7 @@ def test_agent_picks_tools_and_recovers_from_errors(session, tmp_path):
 
 
 def test_tools_without_image_or_references():
-    detector = case.MeanDiffDetector()
-    detector.fit([])
-    empty = InspectionSession(MatchOfThought(detector, []))
+    empty = InspectionSession(case.pipeline(case.MeanDiffDetector(), refs=[]))
     tools = {t.name: t for t in make_tools(empty)}
     assert "no image" in tools["detect"].invoke(_call("detect", {}, 0)).content
     empty.image = case.good()
@@ -177,7 +171,7 @@ def test_agent_over_openai_compatible_server(session, how, monkeypatch):
     tool_msgs = {m.tool_call_id: m for m in result["messages"] if isinstance(m, ToolMessage)}
     assert tool_msgs["call_0"].status == "success" and "defective" in tool_msgs["call_0"].content
     assert tool_msgs["call_1"].status == "success" and tool_msgs["call_1"].content.startswith("0: ")
-    assert session.output is not None and tool_msgs["call_0"].artifact["pred_label"] is True
+    assert session.record is not None and tool_msgs["call_0"].artifact["pred_label"] is True
 
     first, second, third = server.requests
     assert first["path"] == "/v1/chat/completions" and first["body"]["model"] == "tiny"

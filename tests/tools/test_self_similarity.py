@@ -31,4 +31,4 @@ def test_references_move_the_boundary():
     det = SelfSimilarityDetector(resolution=128)
     det.fit(refs)
     cal = det.calibration()
-    assert cal["good_images"] == 3 and cal["method"].startswith("self-similarity")
+    assert cal["good_samples"] == 3 and cal["method"].startswith("references")

@@ -14,7 +14,7 @@ def test_refmatch_settings_come_from_its_config_dataclass():
 
     declared, open_ended = declared_settings(ReferenceMatchingDetector)
     assert not open_ended and set(declared) == {f.name for f in fields(ReferenceMatchingConfig)}
-    assert declared["sigmas"].default == 1.0 and declared["blocks"].default == (4, 10)
+    assert declared["blur_sigma"].default == 4.0 and declared["blocks"].default == (4, 10)
 
 
 def test_every_registered_detector_declares_typed_settings():
@@ -29,16 +29,17 @@ def test_bad_values_get_one_line_each_with_name_value_and_what_is_allowed():
     problems = setting_problems(
         "refmatch",
         factory,
-        {"sigmas": "abc", "blocks": 4, "augment": "hflip", "standardize": "maybe", "resolution": 1.5,
-         "blur_sigma": 3, "nonsense": 1},
+        {"score_margin": "abc", "blocks": 4, "augment": "hflip", "standardize": "maybe", "resolution": 1.5,
+         "blur_sigma": 3, "align": "sideways", "nonsense": 1},
     )
     assert problems == [
         "unknown refmatch settings ['nonsense']; known: " + str(sorted(declared_settings(factory)[0])),
-        "refmatch setting sigmas='abc': expected a number; default 1.0",
+        "refmatch setting score_margin='abc': expected a number; default 0.1",
         "refmatch setting blocks=4: expected a list of whole numbers, e.g. [4, 10]; default [4, 10]",
-        "refmatch setting augment='hflip': expected a list of text, e.g. [a, b]; default []",
+        "refmatch setting augment='hflip': expected one of 'auto' or a list of text, e.g. [a, b]; default 'auto'",
         "refmatch setting standardize='maybe': expected true or false; default true",
         "refmatch setting resolution=1.5: expected a whole number; default 192",
+        "refmatch setting align='sideways': expected one of 'auto', 'on', 'off' or true or false; default 'auto'",
     ]  # blur_sigma=3: an integer is a fine number
 
 

@@ -10,10 +10,13 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from PIL import Image
+
+if TYPE_CHECKING:
+    from tools.detectors.calibration import Calibration
 
 
 class DetectorError(RuntimeError):
@@ -55,6 +58,9 @@ class Detector(ABC):
 
     threshold: float = 0.5  # image-level: pred_score > threshold -> defective
     pixel_threshold: float = 0.5  # pixel-level: anomaly_map > pixel_threshold -> pred_mask
+    #: True when `fit` learns from the references, so scoring a reference is not a fair good sample
+    #: (`good_scores` must then hold leave-one-out scores).
+    learns_from_references: ClassVar[bool] = True
 
     @abstractmethod
     def fit(self, references: Sequence[Image.Image]) -> None:
@@ -69,6 +75,26 @@ class Detector(ABC):
     def predict(self, images: Sequence[Image.Image]) -> list[DetectorOutput]:
         """Score a batch of RGB PIL images; one output per image, in order."""
 
+    def good_scores(self) -> np.ndarray:
+        """Raw scores of good samples the detector did not learn from (references held out of the
+        bank, their accepted views): what references-mode calibration rests on. Empty when unknown."""
+        return np.empty(0)
+
+    def held_out_outputs(self) -> list[DetectorOutput]:
+        """Each reference scored as a query, by a detector that has not learnt from it (leave-one-out);
+        [] when the detector cannot give that. Loops that add evidence to a detector's score use these
+        to calibrate their final score on the references."""
+        return []
+
+    def batch_scores(self) -> np.ndarray:
+        """Raw scores of the batch seen by `fit_batch` (batch detectors): what batch-mode calibration
+        rests on when the whole batch is not scored first. Empty otherwise."""
+        return np.empty(0)
+
+    def set_calibration(self, calibration: Calibration) -> None:
+        """Use `calibration` for `pred_score` and the map from now on (detectors that support it)."""
+        raise DetectorError(f"{self.name}: this detector keeps its own calibration")
+
     def settings(self) -> dict[str, Any]:
         """The settings that shaped the results, recorded in outputs and benchmark JSON."""
         return {"detector": self.name}
@@ -76,3 +102,42 @@ class Detector(ABC):
     def calibration(self) -> dict[str, Any]:
         """What the threshold was derived from, in words and numbers a user can check."""
         return {}
+
+
+class CalibratedDetector(Detector):
+    """A detector whose `pred_score` and map come from a `Calibration` of its raw scores: its own by
+    default (set in `fit`), or the one a caller sets (batch mode, the loop's final score)."""
+
+    _calibration: Calibration | None = None
+    mask_peak_fraction: float = 0.5
+
+    def set_calibration(self, calibration: Calibration) -> None:
+        self._calibration = calibration
+
+    @property
+    def decision(self) -> Calibration | None:
+        """The calibration in use (None before `fit`)."""
+        return self._calibration
+
+    def calibration(self) -> dict[str, Any]:
+        return {} if self._calibration is None else self._calibration.to_dict()
+
+    def calibrated_output(self, size: tuple[int, int], raw: float, raw_map: Any) -> DetectorOutput:
+        """The output for an image of `size` (width, height) from its raw score and raw map (a 2-D
+        torch tensor at working resolution, resized here)."""
+        import torch.nn.functional as F
+
+        from tools.regions import peak_relative_mask
+
+        cal = self._calibration
+        if cal is None:
+            raise DetectorError(f"{self.name}: call fit() before predict()")
+        width, height = size
+        m = F.interpolate(raw_map[None, None], size=(height, width), mode="bilinear", align_corners=False)
+        full = m[0, 0].numpy()
+        return DetectorOutput(
+            anomaly_map=cal.apply(full),
+            pred_score=float(cal.apply(raw)),
+            raw_score=float(raw),
+            extras={"pred_mask": peak_relative_mask(full, cal.boundary, self.mask_peak_fraction), "raw_map": full},
+        )

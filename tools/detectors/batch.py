@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from tools.detectors import DETECTORS
-from tools.detectors.base import Detector, DetectorError, DetectorOutput
-from tools.detectors.calibration import ScoreCalibration
+from tools.detectors.base import CalibratedDetector, DetectorError, DetectorOutput
+from tools.detectors.calibration import Calibration
 from tools.detectors.map_scoring import image_scores
 from tools.detectors.mutual_scoring import (
     choose_partners,
@@ -37,8 +37,9 @@ from tools.detectors.mutual_scoring import (
     per_partner_distances,
 )
 from tools.detectors.patch_features import GRID, PatchFeatureExtractor, typical_side, working_size
+from tools.detectors.reference_matching import ReferenceMatchingConfig, ReferenceMatchingDetector
+from tools.image_io import ImageLoadError
 from tools.preprocess import gaussian_blur
-from tools.regions import peak_relative_mask
 
 #: Fewer images than this make a poor batch: `inspect` and `report` use `selfsim` below it.
 MIN_BATCH = 8
@@ -63,7 +64,6 @@ class BatchConfig:
     score_top_fraction: float = 0.01  # image score = mean of the top 1 % of the inner map
     score_margin: float = 0.1
     mask_peak_fraction: float = 0.5
-    sigmas: float = 3.0  # boundary = median + sigmas * robust spread of the pool's scores
     reference_options: dict[str, Any] | None = None  # settings of the reference part (refmatch)
     seed: int = 0
     batch_size: int = 8
@@ -71,11 +71,18 @@ class BatchConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> BatchConfig:
+        """Settings of the reference part (refmatch's) may be given directly: they go to it."""
         known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
+        reference_known = {f.name for f in fields(ReferenceMatchingConfig)}
+        unknown = set(d) - known - reference_known
         if unknown:
-            raise DetectorError(f"unknown batch settings {sorted(unknown)}; known: {sorted(known)}")
+            raise DetectorError(
+                f"unknown batch settings {sorted(unknown)}; known: {sorted(known)} and refmatch's {sorted(reference_known - known)}"
+            )
         d = dict(d)
+        routed = {k: d.pop(k) for k in list(d) if k not in known}
+        if routed:
+            d["reference_options"] = {**(d.get("reference_options") or {}), **routed}
         for key in ("blocks", "pools", "refine_neighbours"):
             if key in d:
                 d[key] = tuple(int(v) for v in (d[key] if isinstance(d[key], (list, tuple)) else [d[key]]))
@@ -100,12 +107,14 @@ class _Scored:
 
 
 @DETECTORS.register("batch")
-class BatchDetector(Detector):
+class BatchDetector(CalibratedDetector):
     """Zero-shot batch detector: images of one batch score each other (MuSc); references optional."""
 
     name: ClassVar[str] = "batch"
     requires_references: ClassVar[bool] = False
     needs_batch: ClassVar[bool] = True
+    #: settings of the reference part may be given directly (see `BatchConfig.from_dict`)
+    delegated_settings: ClassVar[tuple[type, ...]] = (ReferenceMatchingConfig,)
 
     def __init__(self, config: BatchConfig | None = None, **overrides: Any) -> None:
         base = asdict(config) if config is not None else {}
@@ -123,7 +132,7 @@ class BatchDetector(Detector):
         self.pool_scores = np.empty(0)
         self._cache: dict[str, _Scored] = {}
         self._norms = (1.0, 1.0)  # typical batch-map and reference-map values, for fusing
-        self._calibration: ScoreCalibration | None = None
+        self.mask_peak_fraction = self.config.mask_peak_fraction
         self.fit_seconds = 0.0
 
     # ------------------------------------------------------------------ fit
@@ -131,8 +140,6 @@ class BatchDetector(Detector):
         """Optional good references: they join the batch evidence (see the module docstring)."""
         self.reference_part = None
         if references:
-            from tools.detectors.reference_matching import ReferenceMatchingDetector
-
             opts = {"resolution": self.config.resolution, "device": self.config.device, **(self.config.reference_options or {})}
             self.reference_part = ReferenceMatchingDetector(**opts)
             self.reference_part.fit(references)
@@ -147,7 +154,14 @@ class BatchDetector(Detector):
         t0 = time.perf_counter()
         n = len(images)
         order = np.random.default_rng(cfg.seed).permutation(n)[: min(n, cfg.max_pool)]
-        pool = [_rgb(images[int(i)]) for i in sorted(order)]
+        pool = []
+        for i in sorted(order):
+            try:
+                pool.append(_rgb(images[int(i)]))
+            except ImageLoadError:  # an unreadable file is reported where it is inspected; the pool goes on
+                continue
+        if len(pool) < 2:
+            raise DetectorError(f"the batch detector needs at least 2 readable images in the batch, got {len(pool)}")
         if self.reference_part is not None:
             self.scale = self.reference_part.scale
         else:
@@ -175,7 +189,7 @@ class BatchDetector(Detector):
                 for k, r in zip(self.pool_keys, raw, strict=True):
                     self._cache[k].raw = float(r)
             self.pool_scores = raw
-        self._calibration = _robust_calibration(self.pool_scores, cfg.sigmas)
+        self._calibration = Calibration.from_batch(self.pool_scores, method="batch pool")
         self.fit_seconds = time.perf_counter() - t0
 
     # ------------------------------------------------------------------ scoring
@@ -236,19 +250,10 @@ class BatchDetector(Detector):
                                                 np.stack(new_desc), cfg.refine_neighbours)
                     for i, r in zip(todo, refined, strict=True):
                         scored[i].raw = float(r)
-        return [self._output(imgs[i], scored[i]) for i in range(len(imgs))]
+        return [self.calibrated_output(imgs[i].size, scored[i].raw, scored[i].smooth) for i in range(len(imgs))]
 
-    def _output(self, image: Image.Image, s: _Scored) -> DetectorOutput:
-        assert self._calibration is not None
-        cal = self._calibration
-        width, height = image.size
-        raw_map = F.interpolate(s.smooth[None, None], size=(height, width), mode="bilinear", align_corners=False)[0, 0].numpy()
-        return DetectorOutput(
-            anomaly_map=cal.apply(raw_map),
-            pred_score=float(cal.apply(s.raw)),
-            raw_score=s.raw,
-            extras={"pred_mask": peak_relative_mask(raw_map, cal.boundary, self.config.mask_peak_fraction)},
-        )
+    def batch_scores(self) -> np.ndarray:
+        return self.pool_scores
 
     def settings(self) -> dict[str, Any]:
         d = asdict(self.config)
@@ -257,22 +262,9 @@ class BatchDetector(Detector):
         d["references"] = self.reference_part.settings() if self.reference_part is not None else None
         return d
 
-    def calibration(self) -> dict[str, Any]:
-        return {} if self._calibration is None else self._calibration.to_dict()
-
 
 def _rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
-
-
-def _robust_calibration(scores: np.ndarray, sigmas: float) -> ScoreCalibration:
-    """Median and MAD of the pool's scores: most batch images are good, so the bulk is what good
-    scores look like even when a quarter or more are defective."""
-    s = np.asarray(scores, dtype=np.float64)
-    med = float(np.median(s))
-    mad = float(np.median(np.abs(s - med))) * 1.4826
-    spread = max(mad, 0.05 * abs(med), 1e-6)
-    return ScoreCalibration(mean=med, spread=spread, sigmas=float(sigmas), n=int(s.size), method="batch (median and MAD of the pool)")
 
 
 __all__ = ["MIN_BATCH", "BatchConfig", "BatchDetector"]

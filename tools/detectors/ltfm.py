@@ -34,6 +34,7 @@ class LTFMDetector(Detector):
 
     name: ClassVar[str] = "ltfm"
     requires_references: ClassVar[bool] = False
+    learns_from_references: ClassVar[bool] = False
 
     def __init__(
         self,

@@ -16,14 +16,17 @@ validation sets in BENCHMARKS.md):
 - `global_weight`: a global score for changes no single patch shows (the image's pooled feature
   statistics against the references'), added on the references' scale.
 - `reweight`: PatchCore's reweighting of the image score by how isolated the nearest bank patch is.
+- `head_weight`: a small head trained per product on the references and synthetic defects
+  (`learned_head.py`), its map added on the references' scale. Image-space defects need a
+  `synthesizer` passed in by the caller (perception tools do not draw defects themselves).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -33,8 +36,9 @@ from PIL import Image
 from tools.detectors import DETECTORS
 from tools.detectors.alignment import grey_small, is_aligned, phase_shift, shift_features, windowed_nearest
 from tools.detectors.augmentation_rule import FLIP_VIEWS, TURN_VIEWS, AugmentationDecision, decide_views
-from tools.detectors.base import Detector, DetectorError, DetectorOutput
-from tools.detectors.calibration import ScoreCalibration
+from tools.detectors.base import CalibratedDetector, DetectorError, DetectorOutput
+from tools.detectors.calibration import Calibration
+from tools.detectors.learned_head import AnomalyHead, HeadSettings, train_head
 from tools.detectors.map_scoring import image_scores
 from tools.detectors.memory_bank import greedy_coreset, nearest_distance
 from tools.detectors.patch_features import (
@@ -48,7 +52,6 @@ from tools.detectors.patch_features import (
     working_size,
 )
 from tools.preprocess import gaussian_blur
-from tools.regions import peak_relative_mask
 
 AUGMENTATIONS = VIEWS
 RESIZE_MODES = ("squash", "reference_scale")
@@ -65,20 +68,24 @@ class ReferenceMatchingConfig:
     blocks: tuple[int, ...] = (4, 10)  # stride-8 and stride-16 block outputs of EfficientNet-Lite0
     resolution: int = 192  # working size: side of the square ("squash") or of a typical reference
     extra_resolution: int = 0  # a second working size fused with the first; 0 = off
-    resize: str = "reference_scale"  # "squash" to R x R, or keep aspect at the references' pixel scale
+    resize: Literal["squash", "reference_scale"] = "reference_scale"  # keep aspect at the references' scale, or squash
     pools: tuple[int, ...] = (1,)  # neighbourhood sizes (k x k feature averages), maps averaged
     reflect_pad: int = 32  # mirror this many pixels around the image before the backbone (multiple of 32)
-    feature_norm: str = "channel"  # "channel": divide by the bank's per-channel spread
+    feature_norm: Literal["channel", "none"] = "channel"  # "channel": divide by the bank's per-channel spread
     illumination_sigma: float = 0.0  # high-pass removing slow light gradients (fraction of the side); 0 = off
     standardize: bool = True  # same global mean/std for every image
-    augment: Any = "auto"  # views of the references in the bank: "auto" (the rule decides), [] or names
+    augment: Literal["auto"] | tuple[str, ...] = "auto"  # views in the bank: "auto" (the rule decides), [] or names
     augment_tolerance: float = 0.1  # the rule accepts a view whose held-out score ratio is <= 1 + this
     test_views: bool = False  # also score the accepted views of the query and average the maps
-    align: str = "auto"  # "auto" | "on" | "off": position-aware matching after registration
+    align: Literal["auto", "on", "off"] | bool = "auto"  # position-aware matching after registration
     align_radius: int = 1  # feature cells of tolerance around the registered position
     align_tolerance: float = 0.05  # "auto": aligned if matching near the same place costs at most this much more
     global_weight: float = 0.0  # weight of the pooled-statistics score; 0 = off
     reweight: bool = False  # PatchCore reweighting of the image score
+    head_weight: float = 0.0  # weight of the learned head's map (`learned_head.py`); 0 = off
+    head_noise: float = 2.0  # its feature-space anomalies: noise spread in standardized units
+    head_synthetic: int = 0  # its image-space anomalies: synthetic defects per reference (needs a synthesizer)
+    head_steps: int = 300
     max_bank: int = 16384  # coreset subsampling above this many reference patches (per channel)
     coreset_ratio: float = 1.0  # fraction of the bank kept even below max_bank
     neighbours: int = 1  # patch score = mean distance to this many nearest reference patches
@@ -86,7 +93,6 @@ class ReferenceMatchingConfig:
     score_top_fraction: float = 0.0  # image score = mean of this top fraction of the map (0 = max)
     score_margin: float = 0.1  # border band (fraction of the side) left out of the image score
     mask_peak_fraction: float = 0.5  # predicted mask: pixels at least this far from the boundary to their peak
-    sigmas: float = 1.0  # boundary = mean + sigmas * spread of the references' leave-one-out scores
     batch_size: int = 8
     device: str = "cpu"
     seed: int = 0
@@ -101,6 +107,8 @@ class ReferenceMatchingConfig:
         for key in ("blocks", "pools"):
             if key in d:
                 d[key] = tuple(int(v) for v in (d[key] if isinstance(d[key], (list, tuple)) else [d[key]]))
+        if isinstance(d.get("align"), bool):  # YAML reads a bare on/off as a boolean
+            d["align"] = "on" if d["align"] else "off"
         if "augment" in d and not isinstance(d["augment"], str):
             d["augment"] = tuple(d["augment"] or ())
         return cls(**d)
@@ -129,6 +137,10 @@ class ReferenceMatchingConfig:
                 raise DetectorError(f"unknown augmentation(s) {bad}; available: {', '.join(AUGMENTATIONS)}")
 
 
+#: (RGB uint8 HxWx3 image, generator) -> (edited image, bool HxW mask of the defect)
+Synthesizer = Callable[[np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]]
+
+
 @dataclass
 class _Channel:
     """One description of patches: a working size and a neighbourhood size, with its own bank."""
@@ -153,13 +165,20 @@ def _to_anchor(grid: torch.Tensor, dy: float, dx: float, grey_shape: tuple[int, 
 
 
 @DETECTORS.register("refmatch")
-class ReferenceMatchingDetector(Detector):
+class ReferenceMatchingDetector(CalibratedDetector):
     """Few-shot reference matching on EfficientNet-Lite features (embedded default, no downloads)."""
 
     name = "refmatch"
     requires_references = True
 
-    def __init__(self, config: ReferenceMatchingConfig | None = None, **overrides: Any) -> None:
+    def __init__(
+        self,
+        config: ReferenceMatchingConfig | None = None,
+        synthesizer: Synthesizer | None = None,
+        **overrides: Any,
+    ) -> None:
+        """`synthesizer(rgb_uint8, rng) -> (image, mask)` draws the head's image-space defects."""
+        self.synthesizer = synthesizer
         base = asdict(config) if config is not None else {}
         base.update(overrides)
         self.config = ReferenceMatchingConfig.from_dict(base)
@@ -178,8 +197,11 @@ class ReferenceMatchingDetector(Detector):
         self._anchor: torch.Tensor | None = None  # small grey image of the reference all others align to
         self._ref_descriptors: torch.Tensor | None = None
         self._global_norm = 1.0
-        self._calibration: ScoreCalibration | None = None
+        self.head: AnomalyHead | None = None
+        self._head_unit = (0.0, 1.0)  # median and spread of the references' own head maps
+        self.mask_peak_fraction = self.config.mask_peak_fraction
         self.loo_scores: np.ndarray = np.empty(0)
+        self._held_out: list[tuple[tuple[int, int], float, torch.Tensor]] = []
         self.fit_seconds = 0.0
 
     # ------------------------------------------------------------------ sizes and features
@@ -241,9 +263,10 @@ class ReferenceMatchingDetector(Detector):
             self._decide_views(refs)
             self._add_views_to_banks(refs)
             self._fit_global(refs)
+            self._fit_head(refs)
             self.loo_scores = self._held_out_scores(refs)
-        method = "leave-one-out" if len(refs) >= 2 else "split-halves (1 reference)"
-        self._calibration = ScoreCalibration.from_good_scores(self.loo_scores, sigmas=cfg.sigmas, method=method)
+        method = "references (leave-one-out)" if len(refs) >= 2 else "reference (split halves, 1 reference)"
+        self._calibration = Calibration.from_good_scores(self.loo_scores, method=method)
         self.fit_seconds = time.perf_counter() - t0
 
     def _reference_grids(self, refs: Sequence[Image.Image]) -> list[list[torch.Tensor]]:
@@ -285,8 +308,8 @@ class ReferenceMatchingDetector(Detector):
         self.aligned = True if cfg.align == "on" else decided
         self.alignment_evidence = {
             "aligned": self.aligned,
-            "near_over_anywhere": round(float(np.median(np.array(near) / np.array(anywhere))), 3),
-            "far_over_near": round(float(np.median(np.array(far) / np.array(near))), 3),
+            "near_over_anywhere": round(float(np.median(np.array(near) / np.maximum(anywhere, 1e-9))), 3),
+            "far_over_near": round(float(np.median(np.array(far) / np.maximum(near, 1e-9))), 3),
             "reason": "forced on" if cfg.align == "on" else ("aligned product" if decided else "free texture or loose pose"),
         }
 
@@ -336,6 +359,42 @@ class ReferenceMatchingDetector(Detector):
             if n_keep < ch.bank.shape[0]:
                 idx = greedy_coreset(ch.bank, n_keep, seed=cfg.seed)
                 ch.bank, ch.owner = ch.bank[idx].contiguous(), ch.owner[idx]
+
+    # ------------------------------------------------------------------ learned head
+    def _fit_head(self, refs: Sequence[Image.Image]) -> None:
+        cfg = self.config
+        self.head = None
+        if cfg.head_weight <= 0:
+            return
+        ch = self.channels[0]
+        anomalous = self._synthetic_patches(refs) if cfg.head_synthetic > 0 else None
+        settings = HeadSettings(steps=cfg.head_steps, noise=cfg.head_noise, seed=cfg.seed)
+        self.head = train_head(ch.bank, anomalous, settings)
+        own = torch.cat([self.head(g).flatten() for g in ch.grids])
+        med = float(own.median())
+        self._head_unit = (med, max(float((own - med).abs().median()) * 1.4826, 1e-6))
+
+    def _synthetic_patches(self, refs: Sequence[Image.Image]) -> torch.Tensor | None:
+        """Primary-channel features of patches covered by synthetic defects pasted into the references."""
+        if self.synthesizer is None:
+            raise DetectorError("refmatch: head_synthetic > 0 needs a synthesizer (image-space defects)")
+        rng = np.random.default_rng(self.config.seed)
+        rows = []
+        for im in refs:
+            base = np.asarray(im)
+            for _ in range(self.config.head_synthetic):
+                edited, mask = self.synthesizer(base, rng)
+                f = self._channel_features([Image.fromarray(edited)])[0][0]
+                cover = F.interpolate(torch.from_numpy(mask.astype(np.float32))[None, None], size=f.shape[:2], mode="area")[0, 0]
+                rows.append(f[cover > 0.3])
+        out = torch.cat(rows) if rows else None
+        return out if out is not None and out.shape[0] else None
+
+    def _head_map(self, feats0: torch.Tensor) -> torch.Tensor:
+        """(h, w, C) primary-channel features -> (h, w) head logits in units of the references' spread."""
+        assert self.head is not None
+        med, spread = self._head_unit
+        return (self.head(feats0) - med) / spread
 
     # ------------------------------------------------------------------ global statistics
     @staticmethod
@@ -411,7 +470,13 @@ class ReferenceMatchingDetector(Detector):
                     maps.append(undo_view(self._patch_distances(vf[c][0], ch, exclude), name))
             d = torch.stack(maps).mean(0) / ch.norm
             total += F.interpolate(d[None, None], size=target, mode="bilinear", align_corners=False)[0, 0]
-        return total / len(feats)
+        total /= len(feats)
+        if self.head is not None:
+            h = self._head_map(primary[0])
+            if shifts is not None:
+                h = shift_features(h[..., None], -shifts[0][0], -shifts[0][1])[..., 0]
+            total += self.config.head_weight * F.interpolate(h[None, None], size=target, mode="bilinear", align_corners=False)[0, 0]
+        return total
 
     def _raw_from_map(self, dist: torch.Tensor, global_score: float = 0.0) -> tuple[float, torch.Tensor]:
         """(H, W) fused distances -> raw image score and the smoothed (H, W) map."""
@@ -421,16 +486,29 @@ class ReferenceMatchingDetector(Detector):
         return raw + cfg.global_weight * global_score, smooth
 
     def _held_out_scores(self, refs: Sequence[Image.Image]) -> np.ndarray:
-        """Raw scores of every reference (and its accepted views) against the bank without it."""
+        """Raw scores of every reference (and its accepted views) against the bank without it; the
+        maps of the references as they are are kept for `held_out_outputs`."""
         scores = []
         names: list[str | None] = [None] + list(self.views)
+        self._held_out = []
         for i, im in enumerate(refs):
             for name in names:
                 feats = self._channel_features([im], name)
                 dist = self._fused_distances(feats, exclude=i, with_views=False)
                 g = float(self._global_scores(feats[0], exclude=i)[0]) if self.config.global_weight else 0.0
-                scores.append(self._raw_from_map(dist, g)[0])
+                raw, smooth = self._raw_from_map(dist, g)
+                scores.append(raw)
+                if name is None:
+                    self._held_out.append((im.size, raw, smooth))
         return np.array(scores, dtype=np.float64)
+
+    def held_out_outputs(self) -> list[DetectorOutput]:
+        """Each reference scored against the bank without it (as a query would be), in order."""
+        return [self.calibrated_output(size, raw, smooth) for size, raw, smooth in self._held_out]
+
+    def views_per_reference(self) -> int:
+        """How many good scores each reference contributes to `good_scores` (itself and its views)."""
+        return 1 + len(self.views)
 
     def _reweight(self, feats0: torch.Tensor, dist: torch.Tensor) -> float:
         """PatchCore's factor in [1 - 1/b, 1): how isolated the bank patch nearest to the worst patch is."""
@@ -447,13 +525,11 @@ class ReferenceMatchingDetector(Detector):
     def predict(self, images: Sequence[Image.Image]) -> list[DetectorOutput]:
         if not self.channels or self._calibration is None:
             raise DetectorError("refmatch: call fit(references) before predict()")
-        outputs: list[DetectorOutput | None] = [None] * len(images)
-        for i, (raw, smooth) in enumerate(self.raw_maps(images)):
-            outputs[i] = self._output(images[i], raw, smooth)
-        return [o for o in outputs if o is not None]
+        return [self.calibrated_output(im.size, raw, smooth) for im, (raw, smooth) in zip(images, self.raw_maps(images), strict=True)]
 
-    def raw_maps(self, images: Sequence[Image.Image]) -> list[tuple[float, torch.Tensor]]:
-        """Raw image score and smoothed raw map (at working pixels) of each image, uncalibrated."""
+    def raw_maps(self, images: Sequence[Image.Image], exclude: int | None = None) -> list[tuple[float, torch.Tensor]]:
+        """Raw image score and smoothed raw map (at working pixels) of each image, uncalibrated;
+        `exclude`: score against the bank without that reference (a held-out reference's own crops)."""
         cfg = self.config
         imgs = [im.convert("RGB") if im.mode != "RGB" else im for im in images]
         out: list[tuple[float, torch.Tensor] | None] = [None] * len(imgs)
@@ -472,25 +548,15 @@ class ReferenceMatchingDetector(Detector):
                     if greys is not None:
                         aligned, shifts = self._align_query([f[0] for f in one], greys[j])
                         one = [f[None] for f in aligned]
-                    dist = self._fused_distances(one, view_feats=one_views, shifts=shifts)
+                    dist = self._fused_distances(one, exclude=exclude, view_feats=one_views, shifts=shifts)
                     raw, smooth = self._raw_from_map(dist, float(globals_[j]))
                     if cfg.reweight and not self.aligned:
                         raw *= self._reweight(one[0], dist)
                     out[i] = (raw, smooth)
         return [o for o in out if o is not None]
 
-    def _output(self, image: Image.Image, raw: float, smooth: torch.Tensor) -> DetectorOutput:
-        assert self._calibration is not None
-        cal = self._calibration
-        width, height = image.size
-        m = F.interpolate(smooth[None, None], size=(height, width), mode="bilinear", align_corners=False)
-        raw_map = m[0, 0].numpy()
-        return DetectorOutput(
-            anomaly_map=cal.apply(raw_map),
-            pred_score=float(cal.apply(raw)),
-            raw_score=float(raw),
-            extras={"pred_mask": peak_relative_mask(raw_map, cal.boundary, self.config.mask_peak_fraction)},
-        )
+    def good_scores(self) -> np.ndarray:
+        return self.loo_scores
 
     def settings(self) -> dict[str, Any]:
         d = asdict(self.config)
@@ -501,8 +567,6 @@ class ReferenceMatchingDetector(Detector):
         d["alignment"] = self.alignment_evidence
         return d
 
-    def calibration(self) -> dict[str, Any]:
-        return {} if self._calibration is None else self._calibration.to_dict()
 
 
 __all__ = ["ReferenceMatchingConfig", "ReferenceMatchingDetector"]

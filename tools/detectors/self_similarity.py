@@ -19,8 +19,8 @@ from PIL import Image
 
 from tools.backbones.efficientnet_lite import EfficientNetLiteFeatures
 from tools.detectors import DETECTORS
-from tools.detectors.base import Detector, DetectorError, DetectorOutput
-from tools.detectors.calibration import ScoreCalibration
+from tools.detectors.base import CalibratedDetector, DetectorError, DetectorOutput
+from tools.detectors.calibration import Calibration
 from tools.preprocess import gaussian_blur, pil_to_tensor, remove_illumination, standardize_contrast
 
 
@@ -36,7 +36,6 @@ class SelfSimilarityConfig:
     neighbours: int = 3  # mean distance to this many nearest look-alikes
     blur_sigma: float = 4.0
     zero_shot_boundary: float = 2.0  # robust z-score of the map maximum that maps to 0.5 (no references)
-    sigmas: float = 3.0  # with references: boundary = mean + sigmas * spread of their scores
     device: str = "cpu"
 
     @classmethod
@@ -52,11 +51,12 @@ class SelfSimilarityConfig:
 
 
 @DETECTORS.register("selfsim")
-class SelfSimilarityDetector(Detector):
+class SelfSimilarityDetector(CalibratedDetector):
     """Zero-shot fallback: how unlike the rest of the same image each patch is (no references)."""
 
     name = "selfsim"
     requires_references = False
+    learns_from_references = False  # references only calibrate: their own scores are fair good samples
 
     def __init__(self, config: SelfSimilarityConfig | None = None, **overrides: Any) -> None:
         base = asdict(config) if config is not None else {}
@@ -65,9 +65,8 @@ class SelfSimilarityDetector(Detector):
         self.device = torch.device(self.config.device)
         self.backbone = EfficientNetLiteFeatures(self.config.backbone, self.config.blocks).to(self.device)
         cfg = self.config
-        self._calibration = ScoreCalibration(
-            mean=0.0, spread=1.0, sigmas=cfg.zero_shot_boundary, n=0, method="fixed robust z-score (no references)"
-        )
+        self._calibration = Calibration.fixed(cfg.zero_shot_boundary, 1.0, "fixed robust z-score (no references)")
+        self._good = np.empty(0)
 
     def _working_size(self, width: int, height: int) -> tuple[int, int]:
         s = self.config.resolution / float(np.sqrt(width * height))
@@ -116,28 +115,18 @@ class SelfSimilarityDetector(Detector):
         """Optional: with good references, put the boundary above their own maxima instead of a fixed z."""
         if not references:
             return
-        maxima = np.array([self._robust_z_map(im)[1] for im in references])
-        self._calibration = ScoreCalibration.from_good_scores(
-            maxima, sigmas=self.config.sigmas, method="self-similarity maxima of the references"
-        )
+        self._good = np.array([self._robust_z_map(im)[1] for im in references])
+        self._calibration = Calibration.from_good_scores(self._good, method="references (scored as they are)")
+
+    def good_scores(self) -> np.ndarray:
+        return self._good
 
     def predict(self, images: Sequence[Image.Image]) -> list[DetectorOutput]:
         out = []
         for im in images:
             z, zmax = self._robust_z_map(im)
-            width, height = im.size
-            m = F.interpolate(z, size=(height, width), mode="bilinear", align_corners=False)[0, 0]
-            out.append(
-                DetectorOutput(
-                    anomaly_map=self._calibration.apply(m.cpu().numpy()),
-                    pred_score=float(self._calibration.apply(zmax)),
-                    raw_score=zmax,
-                )
-            )
+            out.append(self.calibrated_output(im.size, zmax, z[0, 0].cpu()))
         return out
 
     def settings(self) -> dict[str, Any]:
         return {"detector": self.name, **asdict(self.config)}
-
-    def calibration(self) -> dict[str, Any]:
-        return self._calibration.to_dict()

@@ -134,6 +134,7 @@ class WinCLIPDetector(Detector):
 
     name: ClassVar[str] = "winclip"
     requires_references: ClassVar[bool] = False
+    learns_from_references: ClassVar[bool] = False
     few_shot: ClassVar[bool] = False
 
     def __init__(
@@ -179,6 +180,7 @@ class WinCLIPDetector(Detector):
         self._refs: Any = None  # Encoded references (few-shot)
         self._n_refs = 0
         self._image_cal: LeaveOneOutCalibration | None = None
+        self._loo_raw = np.empty(0)
         self._map_cal: LeaveOneOutCalibration | None = None
 
     # ---- plumbing -------------------------------------------------------------------------------
@@ -241,6 +243,7 @@ class WinCLIPDetector(Detector):
     def fit(self, references: Sequence[Image.Image]) -> None:
         refs = list(references)
         self._refs, self._n_refs, self._image_cal, self._map_cal = None, len(refs), None, None
+        self._loo_raw = np.empty(0)
         if not self.few_shot:
             self.engine.text_embeddings(self.object_name)  # load the model now: a missing one fails in fit()
             return  # zero-shot: references are not used
@@ -260,8 +263,14 @@ class WinCLIPDetector(Detector):
             image, raw_map, _ = self._raw(enc.select([i]), enc.select([j for j in range(n) if j != i]))
             loo_image.append(float(image[0]))
             loo_map.append(float(raw_map[0].max()))
+        self._loo_raw = np.asarray(loo_image, dtype=np.float64)
         self._image_cal = LeaveOneOutCalibration(loo_image, self.z_boundary)
         self._map_cal = LeaveOneOutCalibration(loo_map, self.z_boundary)
+
+    def good_scores(self) -> np.ndarray:
+        """Leave-one-out raw scores of the references (WinCLIP+); zero-shot WinCLIP learns nothing
+        from references, so callers may score them as they are."""
+        return self._loo_raw if self.few_shot else np.empty(0)
 
     def predict(self, images: Sequence[Image.Image]) -> list[DetectorOutput]:
         import torch
@@ -344,6 +353,7 @@ class WinCLIPPlusDetector(WinCLIPDetector):
 
     name: ClassVar[str] = "winclip+"
     requires_references: ClassVar[bool] = True
+    learns_from_references: ClassVar[bool] = True
     few_shot: ClassVar[bool] = True
 
 

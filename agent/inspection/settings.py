@@ -1,0 +1,77 @@
+"""One settings object for every inspection, whichever command runs it (configuration as data).
+
+`inspect`, `ask`, `chat`, `serve`, `report`, `eval-dr`, the LangChain tools and `audit` build an
+`InspectionSettings` from their flags and hand it to `agent.inspection.Pipeline`; nothing else
+decides how an image is inspected. Each step's fusion into the final score is a weight that can be
+set to 0 (the step is then recorded but does not change the answer), so its effect can be measured.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class DecisionSettings:
+    """How the final score becomes a verdict (`tools.detectors.calibration`)."""
+
+    false_alarm_rate: float = 0.05
+    review: bool = True  # a review band under the boundary
+    calibration: str | None = None  # "references" or "batch"; None: batch for a batch, else references
+
+    @property
+    def review_factor(self) -> float | None:
+        return 2.0 if self.review else None
+
+
+@dataclass
+class LookTwiceSettings:
+    """Step 2: the most suspicious places are scored again, zoomed in, against the references."""
+
+    enabled: bool = True
+    top_k: int = 2  # places looked at twice
+    zoom: float = 2.0  # working resolution of the second look, as a multiple of the detector's
+    margin: float = 0.5  # context around a place's box, as a fraction of its long side
+    min_crop: int = 32  # smallest crop side in image pixels
+    weight: float = 0.5  # final score x (second-look ratio) ** weight; 0 = record only
+
+
+@dataclass
+class MatchSettings:
+    """Step 3: parts of the image matched to the references' parts, rules checked."""
+
+    enabled: bool = True
+    palette_size: int = 3  # colour classes of the part segmentation
+    part_size: int = 96  # long side of the image when segmenting parts
+    min_part: float = 0.002  # smallest part, as a fraction of the image
+    max_part: float = 0.4  # larger parts are background
+    max_parts: int = 30  # per image, largest first
+    max_match_cost: float = 1.5  # a matched pair above this cost counts as unmatched
+    area_tolerance: float = 0.5  # derived area rules allow min/(1+tol) .. max*(1+tol)
+    count_slack: int = 1  # derived count and balance rules allow this much beyond the references' range
+    ask_rules: bool = True  # ask a brain that proposes rules for more
+    rule_retries: int = 1  # repair attempts for malformed rule JSON
+    weight: float = 1.0  # each broken rule adds this many good-score units to the final score; 0 = record only
+
+
+@dataclass
+class InspectionSettings:
+    detector: str = "auto"
+    detector_options: dict[str, Any] = field(default_factory=dict)
+    brain: str = "rule"
+    look_twice: LookTwiceSettings = field(default_factory=LookTwiceSettings)
+    match: MatchSettings = field(default_factory=MatchSettings)
+    decision: DecisionSettings = field(default_factory=DecisionSettings)
+    brain_weight: float = 0.5  # an MLLM brain's P(Yes) fused with the detector's calibrated score; 0 = off
+    show_verdict_to_brain: bool = True  # the prompt states the detector's verdict (off for evaluation)
+    first_opinion: bool = False  # ask the brain once after the first look as well (for display)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What decides a result, for resumable reports (JSON-ready)."""
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+__all__ = ["DecisionSettings", "InspectionSettings", "LookTwiceSettings", "MatchSettings"]
