@@ -23,6 +23,7 @@ from agent.detector_flags import add_decision_args, add_detector_args, decision_
 #: Modules that add further subcommands with `add_parser(subparsers)`; they import nothing heavy at top.
 COMMAND_MODULES: tuple[str, ...] = (
     "agent.commands.inspect",
+    "agent.commands.feedback",
     "agent.commands.synth",
     "agent.commands.ask",
     "agent.commands.chat",

@@ -27,6 +27,9 @@ class Region:
     intensity_contrast: float  # mean grey level inside minus a ring around it, in [-1, 1]
     location: str  # "upper-left", "center", ...
     shape: str = ""  # "elongated", "compact", "diffuse": filled by the region measurer
+    touches_border: bool = False  # the region reaches the image's edge (a break or a frayed edge)
+    kind: str = ""  # a defect word from shape and tone ("crack", "hole", ...): `tools.regions.defect_word`
+    reference_contrast: float | None = None  # mean grey inside minus the references' there (None: unknown)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -66,6 +69,7 @@ class InspectionRecord:
     image_size: tuple[int, int] | None = None  # width, height as analysed (maps, masks, region pixels)
     source_size: tuple[int, int] | None = None  # width, height of the file when it was analysed reduced
     trace: list[dict[str, Any]] = field(default_factory=list)
+    suspicious_place: Region | None = None  # the place the loop found most suspicious, whatever the verdict
     verdict: str = ""  # "defective", "review" or "good"; from pred_label when not given
     decision: dict[str, Any] = field(default_factory=dict)  # the promise behind the verdict (false-alarm rate, ...)
 
@@ -91,6 +95,7 @@ class InspectionRecord:
             "decision": self.decision,
             "gt_label": None if self.gt_label is None else bool(self.gt_label),
             "regions": [r.to_dict() for r in self.regions],
+            "suspicious_place": self.suspicious_place.to_dict() if self.suspicious_place is not None else None,
             "explanation": self.explanation,
             "answer": self.answer,
             "trace": self.trace,

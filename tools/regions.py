@@ -235,18 +235,51 @@ def measure_regions(
         frac = a / total
         contrast = 0.0 if grey is None else _ring_contrast(grey, labels, int(i) + 1, sl, a, mask)
         elong = float(elongation[i])
-        regions.append(
-            Region(
-                bbox=(int(sl[1].start), int(sl[0].start), int(sl[1].stop), int(sl[0].stop)),
-                area_px=a,
-                area_fraction=frac,
-                centroid=(float(mx[i]), float(my[i])),
-                elongation=elong,
-                mean_score=float(mean_score[i]),
-                max_score=float(max_score[i]),
-                intensity_contrast=contrast,
-                location=location_words(float(mx[i]), float(my[i]), w, h),
-                shape=classify_shape(elong, frac),
-            )
+        border = int(bx0[i]) <= 1 or int(by0[i]) <= 1 or int(bx1[i]) >= w - 1 or int(by1[i]) >= h - 1
+        region = Region(
+            bbox=(int(sl[1].start), int(sl[0].start), int(sl[1].stop), int(sl[0].stop)),
+            area_px=a,
+            area_fraction=frac,
+            centroid=(float(mx[i]), float(my[i])),
+            elongation=elong,
+            mean_score=float(mean_score[i]),
+            max_score=float(max_score[i]),
+            intensity_contrast=contrast,
+            location=location_words(float(mx[i]), float(my[i]), w, h),
+            shape=classify_shape(elong, frac),
+            touches_border=border,
         )
+        region.kind = defect_word(region) if grey is not None else ""
+        regions.append(region)
     return regions
+
+
+#: |intensity contrast| (0..1 grey) below which a region counts as "similar in tone"
+TONE_THRESHOLD = 0.05
+#: area fraction below which a compact mark is small enough to be a hole or a spot
+SMALL_MARK = 0.01
+
+
+def defect_word(region: Region) -> str:
+    """What a measured region looks like, in the words of the shop floor: from its shape, its tone
+    against the surroundings and whether it reaches the image's edge.
+
+    thin, long, darker: crack; thin, long, brighter or alike: scratch; small, round, darker: hole;
+    small, round, brighter: spot; at the edge, long: fray; at the edge, compact, darker: broken area;
+    broad with little contrast: uneven surface; otherwise a broad or large darker or brighter change:
+    stain. (Words of `prompts/qa_templates.yaml`'s defect types, so causes can be looked up.)
+    """
+    c = float(region.intensity_contrast)
+    darker, brighter = c <= -TONE_THRESHOLD, c >= TONE_THRESHOLD
+    shape = region.shape or classify_shape(region.elongation, region.area_fraction)
+    if region.touches_border and shape == "elongated":
+        return "fray"
+    if region.touches_border and darker and shape == "compact":
+        return "broken area"
+    if shape == "elongated":
+        return "crack" if darker else "scratch"
+    if shape == "compact" and region.area_fraction < SMALL_MARK:
+        return "hole" if darker else ("spot" if brighter else "stain")
+    if not (darker or brighter):
+        return "uneven surface"
+    return "stain"

@@ -9,16 +9,31 @@ ReportsModelCalls)`, and a caller asks with `isinstance(brain, SeesImages)`, whi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from PIL import Image
 
+from tools.record import InspectionRecord
+
 
 @runtime_checkable
 class SeesImages(Protocol):
-    """Looks at the image itself; the loop hands it over once per inspection, so no file is read twice."""
+    """Looks at the image itself; the loop hands it over once per inspection, so no file is read twice,
+    and with it the views of the second look (labelled crops: the zoomed place, the same place on the
+    nearest reference), which go into the model's request after the whole image."""
 
     def use_image(self, path: str, image: Image.Image) -> None: ...
+
+    def use_views(self, path: str, views: Sequence[tuple[str, Image.Image]]) -> None: ...
+
+
+@runtime_checkable
+class JudgesDefects(Protocol):
+    """Says how likely the part is defective, as P(Yes) to the detection question, and how that was read
+    ("first-token logits", "logprobs", or "parsed answer" when the server gives no probabilities)."""
+
+    def p_yes(self, record: InspectionRecord) -> tuple[float, str]: ...
 
 
 @runtime_checkable
@@ -46,4 +61,4 @@ class ReportsModelCalls(Protocol):
     last_call: dict[str, Any]
 
 
-__all__ = ["DrivesTools", "ProposesRules", "ReportsModelCalls", "SeesImages"]
+__all__ = ["DrivesTools", "JudgesDefects", "ProposesRules", "ReportsModelCalls", "SeesImages"]

@@ -21,6 +21,9 @@ class Brain(ABC):
     """Base class of all brains in `agent.brains.BRAINS`."""
 
     name: ClassVar[str] = ""
+    #: whether the evidence a model brain reads states the detector's verdict (off for evaluation: a
+    #: model told the verdict only repeats it)
+    show_verdict: bool = True
 
     @abstractmethod
     def explain(self, record: InspectionRecord) -> str:

@@ -25,8 +25,9 @@ class BrainError(RuntimeError):
     """
 
 
-def evidence_text(record: InspectionRecord, t: dict[str, Any]) -> str:
-    """The record's measured evidence as text (templates `evidence`, `region`, `no_regions`)."""
+def evidence_text(record: InspectionRecord, t: dict[str, Any], with_verdict: bool = True) -> str:
+    """The record's measured evidence as text (templates `evidence`, `region`, `no_regions`); without
+    the verdict and score (`evidence_blind`) when `with_verdict` is off."""
     lines = []
     for r in record.regions[:5]:
         x0, y0, x1, y1 = (int(v) for v in r.bbox)
@@ -42,7 +43,7 @@ def evidence_text(record: InspectionRecord, t: dict[str, Any]) -> str:
                 max_score=r.max_score,
             )
         )
-    return t["evidence"].format(
+    return t["evidence" if with_verdict else "evidence_blind"].format(
         score=float(record.pred_score),
         threshold=float(record.threshold),
         verdict=record.verdict,
@@ -60,6 +61,39 @@ def image_data_url(image: Image.Image, max_side: int = 1024, fmt: str = "PNG") -
     img.save(buf, format=fmt)
     mime = "image/png" if fmt.upper() == "PNG" else f"image/{fmt.lower()}"
     return f"data:{mime};base64,{base64.b64encode(buf.getvalue()).decode('ascii')}"
+
+
+class ViewMemory:
+    """Labelled views (the second look's crops) by image path, for the most recent few images."""
+
+    def __init__(self, size: int = 8) -> None:
+        self.size = size
+        self._views: OrderedDict[str, list[tuple[str, Image.Image]]] = OrderedDict()
+
+    def put(self, path: str, views: Any) -> None:
+        self._views[str(path)] = [(str(label), image) for label, image in views]
+        self._views.move_to_end(str(path))
+        while len(self._views) > self.size:
+            self._views.popitem(last=False)
+
+    def get(self, path: str) -> list[tuple[str, Image.Image]]:
+        return list(self._views.get(str(path), []))
+
+
+def yes_no_share(top: list[dict[str, Any]]) -> float | None:
+    """P(Yes) / (P(Yes) + P(No)) from an OpenAI `top_logprobs` list of the first token; None when
+    neither word is among them."""
+    import math
+
+    yes = no = 0.0
+    for item in top:
+        token = str(item.get("token", "")).strip().lower().strip(".,:!")
+        p = math.exp(float(item.get("logprob", -1e9)))
+        if token == "yes":
+            yes += p
+        elif token == "no":
+            no += p
+    return yes / (yes + no) if yes + no > 0 else None
 
 
 class ImageMemory:

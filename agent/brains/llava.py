@@ -12,16 +12,16 @@ from typing import Any, ClassVar
 
 from PIL import Image
 
-from agent.brains.abilities import ProposesRules, SeesImages
+from agent.brains.abilities import JudgesDefects, ProposesRules, SeesImages
 from agent.brains.base import Brain
-from agent.brains.common import BrainError, ImageMemory, evidence_text
+from agent.brains.common import BrainError, ImageMemory, ViewMemory, evidence_text
 from prompts import load_prompts
 from tools.record import InspectionRecord
 
 DEFAULT_LLAVA = "llava-hf/llava-onevision-qwen2-0.5b-ov-hf"
 
 
-class LlavaBrain(Brain, SeesImages, ProposesRules):
+class LlavaBrain(Brain, SeesImages, JudgesDefects, ProposesRules):
     """Explanations and answers from the local MLLM (transformers, optional 4/8-bit)."""
 
     name: ClassVar[str] = "llava"
@@ -46,6 +46,8 @@ class LlavaBrain(Brain, SeesImages, ProposesRules):
         self.prompt_name = prompts
         self.t: dict[str, Any] = load_prompts(prompts)
         self.images = ImageMemory()
+        self.views = ViewMemory()
+        self.last_images: list[str] = []  # labels of the images the last request carried
         self._model = loaded
 
     def settings(self) -> dict[str, Any]:
@@ -80,13 +82,26 @@ class LlavaBrain(Brain, SeesImages, ProposesRules):
     def use_image(self, path: str, image: Image.Image) -> None:
         self.images.put(str(path), image)
 
-    def _images(self, record: InspectionRecord) -> list[Image.Image]:
+    def use_views(self, path: str, views: Any) -> None:
+        """The second look's labelled crops for `path`; they follow the whole image in the request."""
+        self.views.put(str(path), views)
+
+    def _images(self, record: InspectionRecord) -> tuple[list[Image.Image], str]:
+        """The images of a request (the whole image, then the views) and the text that names them."""
         image = self.images.get(record.image_path)
-        return [image] if image is not None else []
+        if image is None:
+            self.last_images = []
+            return [], ""
+        views = self.views.get(record.image_path)
+        labels = ["the whole image"] + [label for label, _ in views]
+        self.last_images = labels
+        names = " ".join(self.t["view_intro"].format(n=n, label=label) for n, label in enumerate(labels, start=1))
+        return [image] + [v for _, v in views], names if views else ""
 
     def _chat(self, record: InspectionRecord, request: str, history: list[tuple[str, str]] | None) -> str:
         model = self.model
-        evidence = evidence_text(record, self.t)
+        images, names = self._images(record)
+        evidence = (names + "\n" if names else "") + evidence_text(record, self.t, self.show_verdict)
         turns = list(history or [])
         if turns:
             turns[0] = (f"{evidence}\n\n{turns[0][0]}", turns[0][1])
@@ -97,7 +112,7 @@ class LlavaBrain(Brain, SeesImages, ProposesRules):
             text = model.chat(
                 turns,
                 message,
-                images=self._images(record),
+                images=images,
                 system=self.t["system"].strip(),
                 max_new_tokens=self.max_new_tokens,
             )
@@ -119,6 +134,16 @@ class LlavaBrain(Brain, SeesImages, ProposesRules):
     def yes_probability(self, image: Image.Image) -> float:
         """P(Yes) for the detection question: the MLLM's own `pred_score`."""
         return float(self.model.yes_probability([image])[0])
+
+    def p_yes(self, record: InspectionRecord) -> tuple[float, str]:
+        """P(Yes) to the detection question about the record's image, off the first token's logits."""
+        image = self.images.get(record.image_path)
+        if image is None:
+            raise BrainError(f"no image for {record.image_path!r}: P(Yes) needs the image")
+        try:
+            return self.yes_probability(image), "first-token logits"
+        except (RuntimeError, ValueError) as err:
+            raise BrainError(f"LLaVA model {self.model_id!r} failed: {' '.join(str(err).split())[:200]}") from None
 
     def chat_text(self, prompt: str, history: list[tuple[str, str]] | None = None) -> str:
         """A text-only chat with the local model (no image)."""

@@ -25,9 +25,16 @@ from typing import Any, ClassVar
 
 from PIL import Image
 
-from agent.brains.abilities import DrivesTools, ProposesRules, ReportsModelCalls, SeesImages
+from agent.brains.abilities import DrivesTools, JudgesDefects, ProposesRules, ReportsModelCalls, SeesImages
 from agent.brains.base import Brain
-from agent.brains.common import BrainError, ImageMemory, evidence_text, image_data_url
+from agent.brains.common import (
+    BrainError,
+    ImageMemory,
+    ViewMemory,
+    evidence_text,
+    image_data_url,
+    yes_no_share,
+)
 from agent.brains.endpoint import resolve_settings
 from prompts import load_prompts
 from tools.record import InspectionRecord
@@ -40,7 +47,7 @@ _NO_IMAGES = re.compile(
 )
 
 
-class OpenAIBrain(Brain, SeesImages, ProposesRules, DrivesTools, ReportsModelCalls):
+class OpenAIBrain(Brain, SeesImages, JudgesDefects, ProposesRules, DrivesTools, ReportsModelCalls):
     """Explanations and answers from an OpenAI-compatible chat-completions server."""
 
     name: ClassVar[str] = "openai"
@@ -64,6 +71,7 @@ class OpenAIBrain(Brain, SeesImages, ProposesRules, DrivesTools, ReportsModelCal
         self.prompt_name = prompts
         self.t: dict[str, Any] = load_prompts(prompts)
         self.images = ImageMemory()
+        self.views = ViewMemory()
         self.last_call: dict[str, Any] = {}
         self._url_cache: tuple[Image.Image, str] | None = None
         self.image_dropped: str | None = None  # why the server refused images (then none are sent)
@@ -80,6 +88,10 @@ class OpenAIBrain(Brain, SeesImages, ProposesRules, DrivesTools, ReportsModelCal
         """Hand over the image of `path`, so it is not read again from disk."""
         self.images.put(str(path), image)
 
+    def use_views(self, path: str, views: Any) -> None:
+        """The second look's labelled crops for `path`; sent after the whole image."""
+        self.views.put(str(path), views)
+
     def chat_model(self, **options: Any) -> Any:
         """This server and model as a LangChain `ChatOpenAI` (tool calling; needs the `agent` extra)."""
         from agent.lc_models import openai_chat_model
@@ -95,16 +107,23 @@ class OpenAIBrain(Brain, SeesImages, ProposesRules, DrivesTools, ReportsModelCal
 
         When the server refuses images (a text-only model), the request is sent again without them
         and no image is sent from then on."""
+        return self.complete_choice(messages, **options)["message"]["content"].strip()
+
+    def complete_choice(self, messages: list[dict[str, Any]], **options: Any) -> dict[str, Any]:
+        """The first choice of one chat completion (its message, and `logprobs` when asked for)."""
+        sent = _image_labels(messages)
         try:
-            return self._complete(messages, dict(options))
+            choice = self._complete(messages, dict(options))
         except _ImagesRefused as refused:
             self.send_image = False
             self.image_dropped = refused.detail
-            text = self._complete(_text_only(messages), dict(options))
+            choice = self._complete(_text_only(messages), dict(options))
             self.last_call["image_dropped"] = refused.detail
-            return text
+            sent = []
+        self.last_call["images_sent"] = sent
+        return choice
 
-    def _complete(self, messages: list[dict[str, Any]], options: dict[str, Any]) -> str:
+    def _complete(self, messages: list[dict[str, Any]], options: dict[str, Any]) -> dict[str, Any]:
         body = {
             "model": self.model,
             "messages": messages,
@@ -139,7 +158,8 @@ class OpenAIBrain(Brain, SeesImages, ProposesRules, DrivesTools, ReportsModelCal
             raise BrainError(f"cannot reach {url}: {_one_line(str(err))}") from None
         try:
             data = json.loads(raw.decode("utf-8"))
-            content = data["choices"][0]["message"]["content"]
+            choice = data["choices"][0]
+            content = choice["message"]["content"]
         except (UnicodeDecodeError, json.JSONDecodeError):
             raise BrainError(
                 f"{url} did not answer with JSON: {_one_line(raw[:120].decode('utf-8', 'replace'))}"
@@ -156,7 +176,7 @@ class OpenAIBrain(Brain, SeesImages, ProposesRules, DrivesTools, ReportsModelCal
             "seconds": round(time.perf_counter() - t0, 4),
             "usage": data.get("usage") if isinstance(data, dict) else None,
         }
-        return content.strip()
+        return {**choice, "message": {**choice["message"], "content": content}}
 
     # ------------------------------------------------------------------------------------------------
     # messages
@@ -171,16 +191,21 @@ class OpenAIBrain(Brain, SeesImages, ProposesRules, DrivesTools, ReportsModelCal
         image = self.images.get(record.image_path) if (record is not None and self.send_image) else None
         if image is None:
             return text
-        return [
+        parts: list[dict[str, Any]] = [
+            {"type": "text", "text": self.t["view_intro"].format(n=1, label="the whole image")},
             {"type": "image_url", "image_url": {"url": self._data_url(image)}},
-            {"type": "text", "text": text},
         ]
+        for n, (label, view) in enumerate(self.views.get(record.image_path), start=2):
+            parts.append({"type": "text", "text": self.t["view_intro"].format(n=n, label=label)})
+            parts.append({"type": "image_url", "image_url": {"url": image_data_url(view, max_side=512)}})
+        parts.append({"type": "text", "text": text})
+        return parts
 
     def messages_for(
         self, record: InspectionRecord, request: str, history: list[tuple[str, str]] | None = None
     ) -> list[dict[str, Any]]:
         """System prompt, then (image + evidence + first question), earlier turns, the new request."""
-        evidence = evidence_text(record, self.t)
+        evidence = evidence_text(record, self.t, self.show_verdict)
         messages: list[dict[str, Any]] = [{"role": "system", "content": self.t["system"].strip()}]
         turns = list(history or []) + [(request, "")]
         for i, (user, assistant) in enumerate(turns):
@@ -201,6 +226,21 @@ class OpenAIBrain(Brain, SeesImages, ProposesRules, DrivesTools, ReportsModelCal
     ) -> str:
         request = f"{self.t['answer_prefix'].strip()}\n{question}" if not history else question
         return self.complete(self.messages_for(record, request, history))
+
+    def p_yes(self, record: InspectionRecord) -> tuple[float, str]:
+        """P(Yes) to the detection question from the first token's `top_logprobs` (vLLM returns them);
+        from the parsed answer when the server gives none (1, 0, or 0.5 when it is neither)."""
+        from instruct_data.answers import parse_yes_no
+
+        messages = self.messages_for(record, self.t["detection"].strip())
+        choice = self.complete_choice(messages, max_tokens=4, logprobs=True, top_logprobs=10)
+        content = (choice.get("logprobs") or {}).get("content") or []
+        if content and isinstance(content[0], dict):
+            share = yes_no_share(content[0].get("top_logprobs") or [])
+            if share is not None:
+                return float(share), "logprobs"
+        parsed = parse_yes_no(choice["message"]["content"])
+        return (0.5 if parsed is None else float(parsed)), "parsed answer"
 
     def propose_rules(self, components_text: str) -> str:
         """Raw model text for the rule-proposal prompt (the loop parses and validates it)."""
@@ -235,6 +275,22 @@ class _ImagesRefused(Exception):
         self.detail = detail
 
 
+def _image_labels(messages: list[dict[str, Any]]) -> list[str]:
+    """The labels of the images a request carries, in order (the text part before each image)."""
+    labels: list[str] = []
+    for m in messages:
+        content = m.get("content")
+        if not isinstance(content, list):
+            continue
+        previous = ""
+        for p in content:
+            if isinstance(p, dict) and p.get("type") == "image_url":
+                labels.append(previous or f"image {len(labels) + 1}")
+            elif isinstance(p, dict) and p.get("type") == "text":
+                previous = str(p.get("text", ""))
+    return labels
+
+
 def _has_images(messages: list[dict[str, Any]]) -> bool:
     return any(
         isinstance(m.get("content"), list)
@@ -244,12 +300,17 @@ def _has_images(messages: list[dict[str, Any]]) -> bool:
 
 
 def _text_only(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The messages with every image part removed (a content list of text parts becomes one string)."""
+    """The messages with every image part removed, and the label before each image with it (a content
+    list of text parts becomes one string)."""
     out = []
     for m in messages:
         content = m.get("content")
         if isinstance(content, list):
-            texts = [p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"]
+            parts = [p for p in content if isinstance(p, dict)]
+            texts = [
+                p.get("text", "") for i, p in enumerate(parts)
+                if p.get("type") == "text" and not (i + 1 < len(parts) and parts[i + 1].get("type") == "image_url")
+            ]
             m = {**m, "content": "\n".join(texts)}
         out.append(m)
     return out

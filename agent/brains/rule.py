@@ -22,7 +22,7 @@ from tools.record import InspectionRecord, Region
 from tools.regions import classify_shape
 
 #: Intents by precedence (for two matches at the same position); "verdict" only when nothing else matched.
-INTENTS: tuple[str, ...] = ("cause", "count", "size", "kind", "where", "verdict")
+INTENTS: tuple[str, ...] = ("describe", "cause", "count", "size", "kind", "where", "verdict")
 _VOWELS = frozenset("aeiou")
 
 
@@ -38,6 +38,7 @@ class RuleBrain(Brain):
     def __init__(self, prompts: str = "rule_brain") -> None:
         self.prompt_name = prompts
         self.t: dict[str, Any] = load_prompts(prompts)
+        self.qa: dict[str, Any] = load_prompts("qa_templates")  # the defect types, their causes and prevention
         missing = [key for key in ("verdict", "regions", "shapes", "intents", "answers") if key not in self.t]
         if missing:
             raise ValueError(f"prompts/{prompts}.yaml lacks the sections {missing}")
@@ -84,7 +85,7 @@ class RuleBrain(Brain):
             return self._fill(self.t["answers"]["fallback"], explanation=self.explain(record))
         if self.asks_yes_no(question) and "verdict" not in intents:
             intents = ["verdict", *intents]  # "Is there a defect? Where?": Yes or No first, then the place
-        if record.verdict == "good" or not record.regions:
+        if (record.verdict == "good" and record.suspicious_place is None) or (record.verdict != "good" and not record.regions):
             intents = intents[:1]  # nothing to describe: one "no defect" / "spread out" sentence is enough
         parts: list[str] = []
         for intent in intents:
@@ -109,6 +110,8 @@ class RuleBrain(Brain):
         names = [intent for _, _, intent in sorted(found)]
         if len(names) > 1 and "verdict" in names:
             names.remove("verdict")
+        if "describe" in names:  # a description already says what, where and how big
+            names = [n for n in names if n not in ("where", "kind", "size")]
         return names
 
     # ------------------------------------------------------------------------------------------------
@@ -132,9 +135,9 @@ class RuleBrain(Brain):
         a = self.t["answers"]["where"]
         nums = self._numbers(record)
         regions = self._salient(record)
-        if not record.pred_label:
-            if regions:
-                return self._fill(a["good_suspect"], location=self._location(regions[0]), **nums)
+        if record.verdict == "good":
+            if record.suspicious_place is not None:
+                return self._fill(a["good_suspect"], location=self._location(record.suspicious_place), **nums)
             return self._fill(a["good"], **nums)
         if not regions:
             return self._fill(self.t["answers"]["spread"], **nums)
@@ -157,6 +160,26 @@ class RuleBrain(Brain):
         ]
         return self._fill(a["several"], count=self._count(len(regions)), listed=self._join(items))
 
+    def _answer_describe(self, record: InspectionRecord) -> str:
+        """What the defect is, where, how big and how it looks, in one or two sentences; for a part that
+        passed, its most suspicious place."""
+        a = self.t["answers"]["describe"]
+        nums = self._numbers(record)
+        regions = self._salient(record)
+        if record.verdict == "good" or not regions:
+            place = record.suspicious_place
+            if record.verdict == "good" and place is not None:
+                return self._fill(a["good_suspect"], description=self._description(place), **nums)
+            early = self._no_region_answer(record)
+            return early if early is not None else self._fill(a["spread"], **nums)
+        lead = a["review"] if record.verdict == "review" else ""
+        if len(regions) == 1:
+            r = regions[0]
+            kind = self._kind_word(r)
+            return lead + self._fill(a["one"], article=self._article(kind), kind=kind, description=self._description(r))
+        items = [f"{self._article(d)} {d}" for d in (self._description(r) for r in regions)]
+        return lead + self._fill(a["several"], count=self._count(len(regions)), listed=self._join(items))
+
     def _answer_kind(self, record: InspectionRecord) -> str:
         a = self.t["answers"]["kind"]
         early = self._no_region_answer(record)
@@ -166,8 +189,9 @@ class RuleBrain(Brain):
         if len(regions) == 1:
             r = regions[0]
             shape = self._shape_texts(r)
+            kind = self._kind_word(r)
             fields = {
-                "kind_noun": shape["kind_noun"],
+                "kind_noun": f"{self._article(kind)} {kind}",
                 "location": self._location(r),
                 "detail": self._fill(
                     shape["detail"],
@@ -222,31 +246,44 @@ class RuleBrain(Brain):
         return self._fill(a["several"], count=self._count(len(regions)), listed=self._join(items))
 
     def _answer_cause(self, record: InspectionRecord) -> str:
+        """The likely cause and its prevention for each kind of defect seen (the project's one table of
+        defect types, `prompts/qa_templates.yaml`), said to be inferred."""
         a = self.t["answers"]["cause"]
         nums = self._numbers(record)
-        if not record.pred_label:
-            return self._fill(a["good"], **nums)
         regions = self._salient(record)
+        if record.verdict == "good":
+            place = record.suspicious_place
+            if place is None:
+                return self._fill(a["good"], **nums)
+            kind = self._kind_word(place)
+            return self._fill(a["good_suspect"], article=self._article(kind), kind=kind, location=self._location(place),
+                              cause=self._cause(place), **nums)
         if not regions:
             return self._fill(a["spread"], **nums)
-        sentences = [self._fill(a["flagged"], regions=self._regions_phrase(regions), **nums)]
+        sentences = [self._fill(a["flagged" if record.verdict == "defective" else "review"], regions=self._regions_phrase(regions), **nums)]
         seen: list[str] = []
         for r in regions:
-            shape = self._shape_key(r)
-            if shape not in seen:
-                seen.append(shape)
-                texts = self.t["shapes"][shape]
-                sentences += [self._fill(texts["cause"]), self._fill(texts["suggestion"])]
-        tone = self._tone(regions[0])
-        if tone is not None and tone.get("hint"):
-            sentences.append(self._fill(tone["hint"]))
+            kind = self._kind_word(r)
+            if kind not in seen:
+                seen.append(kind)
+                sentences.append(self._cause(r))
         sentences.append(self._fill(a["caveat"]))
         return " ".join(sentences)
+
+    def _cause(self, r: Region) -> str:
+        """'<cause> <prevention>' for the region's defect word, or for its shape when the word has no entry."""
+        from instruct_data.qa.builder import defect_entry
+
+        entry = defect_entry(self._kind_word(r), self.qa) if r.kind else None
+        if entry is None:
+            texts = self.t["shapes"][self._shape_key(r)]
+            return f"{self._fill(texts['cause'])} {self._fill(texts['suggestion'])}"
+        return f"{entry['cause']} {entry['prevention']}"
 
     def _no_region_answer(self, record: InspectionRecord) -> str | None:
         """The shared answer when there is nothing to describe (good part, or no distinct region)."""
         nums = self._numbers(record)
-        if not record.pred_label:
+        if record.verdict == "good":
             return self._fill(self.t["answers"]["good"], **nums)
         if not self._salient(record):
             return self._fill(self.t["answers"]["spread"], **nums)
@@ -266,26 +303,40 @@ class RuleBrain(Brain):
         )
 
     def _description(self, r: Region) -> str:
+        """'small elongated crack in the upper-left, darker than its surroundings, covering about 1.2%
+        of the surface (40 x 6 pixels), darker than every reference there' (no article)."""
         shape = self._shape_texts(r)
         tone = self._tone(r)
-        adjectives = " ".join(a for a in (shape["adjective"], (tone or {}).get("adjective", "")) if a)
+        x0, y0, x1, y1 = (int(v) for v in r.bbox)
         return self._fill(
             self.t["regions"]["description"],
-            adjectives=adjectives,
-            noun=shape["noun"],
+            size=self._size_word(r.area_fraction),
+            shape=shape["adjective"],
+            kind=self._kind_word(r),
             location=self._location(r),
+            tone=f", {tone['phrase']}" if tone else "",
             area=self._area(r.area_fraction),
-            kind=shape["kind_short"],
+            w=x1 - x0,
+            h=y1 - y0,
+            reference=self._reference_clause(r),
             capitalize=False,
         )
 
+    def _kind_word(self, r: Region) -> str:
+        """The defect word from measurements (`tools.regions.defect_word`), or the shape's noun when the
+        tone was not measured."""
+        return r.kind or self._shape_texts(r)["noun"]
+
+    def _reference_clause(self, r: Region) -> str:
+        c = r.reference_contrast
+        t = self.t["regions"]
+        if c is None or abs(c) < float(t.get("reference_threshold", 0.02)):
+            return ""
+        return t["reference_darker"] if c < 0 else t["reference_brighter"]
+
     def _kind_item(self, template: str, r: Region) -> str:
-        return self._fill(
-            template,
-            kind_noun=self._shape_texts(r)["kind_noun"],
-            location=self._location(r),
-            capitalize=False,
-        )
+        kind = self._kind_word(r)
+        return self._fill(template, kind_noun=f"{self._article(kind)} {kind}", location=self._location(r), capitalize=False)
 
     def _join(self, items: list[str]) -> str:
         """Lists the first `max_listed` items; the rest become '... and N more'."""
@@ -299,8 +350,8 @@ class RuleBrain(Brain):
         return t["separator"].join(shown[:-1]) + t["last_separator"] + shown[-1]
 
     def _salient(self, record: InspectionRecord) -> list[Region]:
-        """Regions, most suspicious first (stable, so equal scores keep the measurer's order)."""
-        return sorted(record.regions, key=lambda r: -r.max_score)
+        """Regions, most suspicious first: the record's order (the loop ranks them by its evidence)."""
+        return list(record.regions)
 
     def _shape_key(self, r: Region) -> str:
         if r.shape in self.t["shapes"]:

@@ -28,10 +28,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from agent.brains.abilities import ProposesRules, ReportsModelCalls, SeesImages
+from agent.brains.abilities import JudgesDefects, ProposesRules, ReportsModelCalls, SeesImages
 from agent.brains.base import Brain
 from agent.inspection.detector_setup import fitted_detector
-from agent.inspection.look_twice import Look, SecondLook, comparable_part, fused_factor
+from agent.inspection.look_twice import Look, SecondLook, comparable_part, fused_factor, suspicious_places
 from agent.inspection.match import ReferenceModel, ask_brain_rules, compare, reference_model
 from agent.inspection.settings import InspectionSettings
 from agent.inspection.trace import change, short, step
@@ -39,8 +39,8 @@ from tools.detectors import Detector, DetectorOutput
 from tools.detectors.calibration import Calibration, good_samples
 from tools.detectors.mutual_scoring import image_key
 from tools.image_io import ImageLoadError, load_image
-from tools.record import InspectionRecord
-from tools.regions import mask_from_map, measure_regions, peak_relative_mask
+from tools.record import InspectionRecord, Region
+from tools.regions import mask_from_map, measure_regions, peak_relative_mask, to_grey
 
 #: batch mode calibrates on at most this many images of the batch (a seeded sample)
 MAX_CALIBRATION_SAMPLE = 256
@@ -94,6 +94,7 @@ class Pipeline:
         self._unit = 1.0  # good-score unit of the raw scores (what one broken rule adds, times its weight)
         self._cache: dict[str, Evidence] = {}
         self._fallback: Brain | None = None
+        self._ref_greys: list[np.ndarray] | None = None  # references in grey at the last image size
 
     # ------------------------------------------------------------------------------------------ setup
     @property
@@ -102,6 +103,7 @@ class Pipeline:
             from agent.brains.spec import build_brain
 
             self._brain = build_brain(self.settings.brain)
+        self._brain.show_verdict = self.settings.show_verdict_to_brain
         return self._brain
 
     @property
@@ -133,7 +135,7 @@ class Pipeline:
                 )
             else:
                 self.second = SecondLook(part, self.references, s.look_twice)
-        self._refs_model, self._cache = None, {}
+        self._refs_model, self._cache, self._ref_greys = None, {}, None
         good = good_samples(self.detector, self.references)
         self._unit = float(np.median(good)) if good.size else 1.0
         self.calibration = self._reference_calibration(good)
@@ -325,12 +327,16 @@ class Pipeline:
             decision = {"method": "the detector's own boundary", "false_alarm_rate": None, "good_samples": 0,
                         "note": "no good samples to estimate a false-alarm rate from: give references or a batch"}
         mask = mask_from_map(mask.astype(np.float32), 0.5)  # specks dropped
-        regions = measure_regions(anomaly_map, mask, np.asarray(ev.image))
-        regions = _order_by_looks(regions, ev.looks)
+        pixels = np.asarray(ev.image)
+        regions = _order_by_looks(measure_regions(anomaly_map, mask, pixels), ev.looks)
+        suspect = regions[0] if regions else _place_region(anomaly_map, ev, pixels)
+        for region in regions + ([suspect] if suspect is not None and not regions else []):
+            region.reference_contrast = self._reference_contrast(pixels, region)
         record = InspectionRecord(
             image_path=ev.image_path, pred_score=pred_score, pred_label=verdict == "defective", threshold=0.5,
             anomaly_map=anomaly_map, pred_mask=mask, regions=regions, detector=self.detector.name,
             brain=self.brain.name, image_size=ev.image.size, trace=trace, verdict=verdict, decision=decision,
+            suspicious_place=suspect,
         )
         rate = decision.get("false_alarm_rate")
         step(
@@ -340,11 +346,17 @@ class Pipeline:
             + f"; {len(regions)} region(s)",
         )
         self._refine_with_sam(record, ev.image)
+        images: list[str] = []
         if isinstance(self.brain, SeesImages):
             self.brain.use_image(ev.image_path, ev.image)
+            views = self._views(ev)
+            self.brain.use_views(ev.image_path, views)
+            images = ["the whole image"] + [label for label, _ in views]
+        if isinstance(self.brain, JudgesDefects) and self.settings.brain_weight > 0:
+            self._judge(record, cal, trace)
         if self.settings.first_opinion:
             self._brain_text(trace, "first_opinion", lambda b: b.explain(record))
-        record.explanation = self._brain_text(trace, "explain", lambda b: b.explain(record))
+        record.explanation = self._brain_text(trace, "explain", lambda b: b.explain(record), images=images)
         if question:
             record.answer = self.answer(question, record, history)
         step(
@@ -365,6 +377,23 @@ class Pipeline:
                             "seconds": round(time.perf_counter() - t0, 4)})
         return self.conclude(ev, question, history)
 
+    def _reference_contrast(self, pixels: np.ndarray, region: Region) -> float | None:
+        """Mean grey of the region's box minus the references' at the same place: negative when it is
+        darker than every reference there, positive when brighter than every one, 0 within their range."""
+        if not self.references:
+            return None
+        h, w = pixels.shape[:2]
+        x0, y0, x1, y1 = region.bbox
+        if self._ref_greys is None or self._ref_greys[0].shape != (h, w):
+            self._ref_greys = [to_grey(np.asarray(r.resize((w, h), Image.BILINEAR))) for r in self.references]
+        here = float(to_grey(pixels)[y0:y1, x0:x1].mean())
+        refs = [float(g[y0:y1, x0:x1].mean()) for g in self._ref_greys]
+        if here < min(refs):
+            return here - min(refs)
+        if here > max(refs):
+            return here - max(refs)
+        return 0.0
+
     def _refine_with_sam(self, record: InspectionRecord, image: Image.Image) -> None:
         if self.sam is None or record.pred_mask is None or not record.pred_mask.any():
             return
@@ -380,11 +409,50 @@ class Pipeline:
             step(record.trace, "sam_refine", t0, tool="sam", error=short(str(err), 200), summary="SAM failed; map mask kept")
 
     # ------------------------------------------------------------------------------------------ brain
+    def _views(self, ev: Evidence) -> list[tuple[str, Image.Image]]:
+        """What a model brain sees besides the whole image: the second look's top place zoomed in, and
+        the same place on the reference that looks most like it there."""
+        if not ev.looks:
+            return []
+        look = ev.looks[0]
+        crop = ev.image.crop(look.box)
+        views = [(f"{look.target} zoomed in (the most suspicious place, box {list(look.box)})", crop)]
+        if self.references:
+            w, h = ev.image.size
+            grey = np.asarray(crop.convert("L"), dtype=np.float32)
+            crops = [r.resize((w, h), Image.BILINEAR).crop(look.box) for r in self.references]
+            nearest = min(crops, key=lambda c: float(np.abs(np.asarray(c.convert("L"), dtype=np.float32) - grey).mean()))
+            views.append(("the same place on the nearest good reference", nearest))
+        return views
+
+    def _judge(self, record: InspectionRecord, cal: Calibration | None, trace: list[dict[str, Any]]) -> None:
+        """Fuse the brain's P(Yes) with the calibrated score (logits, weight `brain_weight`)."""
+        t0 = time.perf_counter()
+        w = self.settings.brain_weight
+        try:
+            p, source = self.brain.p_yes(record)  # type: ignore[attr-defined]
+        except Exception as err:  # noqa: BLE001 - the detector's verdict stands
+            step(trace, "brain_judgement", t0, error=short(f"{type(err).__name__}: {err}", 200),
+                 summary="the brain gave no P(Yes); the verdict stands")
+            return
+        before, verdict_before = record.pred_score, record.verdict
+        fused = float(_sigmoid((1 - w) * _logit(record.pred_score) + w * _logit(p)))
+        record.pred_score = fused
+        review = cal.review_score() if cal is not None else None
+        record.verdict = "defective" if fused > 0.5 else ("review" if review is not None and fused > review else "good")
+        record.pred_label = record.verdict == "defective"
+        record.decision = {**record.decision, "brain_p_yes": round(p, 4), "brain_p_yes_from": source}
+        step(trace, "brain_judgement", t0, p_yes=round(p, 4), source=source, weight=w,
+             changed=change(before, fused, "score") + (f"; {verdict_before} -> {record.verdict}" if record.verdict != verdict_before else ""),
+             summary=f"P(Yes) {p:.3f} from the brain ({source}), fused with weight {w:g}")
+
     def _brain_text(self, trace: list[dict[str, Any]], name: str, call: Callable[[Brain], str],
-                    inputs: dict[str, Any] | None = None) -> str:
+                    inputs: dict[str, Any] | None = None, images: list[str] | None = None) -> str:
         """Text from the brain; on any failure the RuleBrain's, with the error in the trace."""
         t0 = time.perf_counter()
-        extra = {"inputs": inputs} if inputs else {}
+        extra: dict[str, Any] = {"inputs": inputs} if inputs else {}
+        if images:
+            extra["images"] = images
         try:
             text = call(self.brain)
             if not isinstance(text, str) or not text.strip():
@@ -406,8 +474,38 @@ class Pipeline:
         )
 
 
+def _logit(p: float) -> float:
+    p = min(max(float(p), 1e-6), 1 - 1e-6)
+    return float(np.log(p) - np.log1p(-p))
+
+
+def _sigmoid(x: float) -> float:
+    return float(1.0 / (1.0 + np.exp(-np.clip(x, -60, 60))))
+
+
 def _rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def _place_region(anomaly_map: np.ndarray, ev: Evidence, pixels: np.ndarray) -> Region | None:
+    """The most suspicious place as a measured region (for a part with no region above the boundary):
+    the second look's top place, else the first map's peak; the area above half its peak inside it."""
+    box = ev.looks[0].place if ev.looks else None
+    if box is None:
+        places = suspicious_places(np.asarray(ev.raw_map), 1, 16)
+        if not places:
+            return None
+        box = places[0][0]
+    x0, y0, x1, y1 = box
+    amap = np.asarray(anomaly_map, dtype=np.float64)
+    inside = amap[y0:y1, x0:x1]
+    if inside.size == 0:
+        return None
+    floor = float(np.median(amap))
+    mask = np.zeros(amap.shape, bool)
+    mask[y0:y1, x0:x1] = inside >= floor + 0.5 * (float(inside.max()) - floor)
+    found = measure_regions(amap, mask, pixels, max_regions=1)
+    return found[0] if found else None
 
 
 def _order_by_looks(regions: list, looks: Sequence[Look]) -> list:

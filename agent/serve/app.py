@@ -163,6 +163,12 @@ def build_app(
         _, error = _guarded(session, lambda: session.set_references(paths))
         return session, list(session.messages), _status(session), (None if error else gr.skip())
 
+    def on_feedback(label: str, state: ChatSession | None) -> tuple[Any, ...]:
+        """A person's verdict on the current image (see `ChatSession.feedback`)."""
+        session = session_of(state)
+        _guarded(session, lambda: session.feedback(label))
+        return session, list(session.messages), _status(session)
+
     def on_clear(state: ChatSession | None) -> tuple[Any, ...]:
         session = session_of(state)
         session.clear_chat()
@@ -230,6 +236,9 @@ def build_app(
                     )
                     ask = gr.Button("Ask", variant="primary", scale=1, min_width=80, elem_id="ask")
                 verdict = gr.Markdown("", elem_id="verdict")
+                with gr.Row(equal_height=True):
+                    mark_good = gr.Button("It is good (false alarm)", size="sm", elem_id="mark-good")
+                    mark_bad = gr.Button("It is defective (missed)", size="sm", elem_id="mark-defective")
             with gr.Column(scale=4, min_width=360):  # the evidence behind the last answer
                 overlay = gr.Image(
                     label="Overlay: heatmap and outline of the defect",
@@ -256,6 +265,9 @@ def build_app(
         refs_in.upload(on_references, [refs_in, state], [state, chat, status, refs_in], **common)
         refs_in.clear(on_references, [refs_in, state], [state, chat, status, refs_in], **common)
         chat.clear(on_clear, [state], [state, chat], **common)
+        good_label, bad_label = gr.State("good"), gr.State("defective")
+        mark_good.click(on_feedback, [good_label, state], [state, chat, status], **common)
+        mark_bad.click(on_feedback, [bad_label, state], [state, chat, status], **common)
         for trigger in (ask.click, question.submit):
             trigger(on_question, [question, state], [state, chat, question, pending], **common).then(
                 on_answer, [pending, state], [state, chat, overlay, regions, verdict], **common

@@ -300,6 +300,40 @@ class ChatSession:
             )
             return Reply(answer, conv.overlay, region_rows(r), verdict, [one_line(n) for n in notes])
 
+    def feedback(self, label: str) -> str:
+        """A person's verdict on the current image. "good" (a false alarm): the image joins this
+        session's references (the uploaded ones, else the server's), so the next inspection compares
+        with it and re-estimates the boundary. "defective" (a missed defect): kept in the session folder
+        and said whether the current boundary catches it. Returns the chat line."""
+        from agent.feedback import content_name
+
+        if label not in ("good", "defective"):
+            raise SessionError(f"feedback must be good or defective, got {label!r}")
+        with self._lock:
+            if self.image is None:
+                raise SessionError(f"upload an image first ({IMAGE_KINDS})")
+            name = content_name(self.image, Path(self.image_name).stem)
+            if label == "good":
+                if len(self.references) >= self.limits.max_references + 8:
+                    raise SessionError("this session holds enough references; start a new one to add more")
+                base = self.references or list(self.engine.default_references)
+                self.references = [*base, self.image]
+                self.reference_names = [*(self.reference_names or [f"server reference {i + 1}" for i in range(len(base))]), self.image_name]
+                self._save(self.image, self.folder / "feedback-good" / name)
+                self._version = (self._version[0], self._version[1] + 1)
+                text = (f"Thanks: {self.image_name} is good. It joins the references "
+                        f"({len(self.references)} now); ask again to inspect with them.")
+            else:
+                self._save(self.image, self.folder / "feedback-defective" / name)
+                r = self.conversation.record if self._inspected == self._version else None
+                caught = r is not None and r.verdict == "defective"
+                text = f"Thanks: {self.image_name} is defective; kept. " + (
+                    "The current boundary catches it." if caught else
+                    "The current boundary does not catch it: more good references or a higher false-alarm rate may."
+                )
+            self.messages.append({"role": "assistant", "content": text})
+            return text
+
     def add_error(self, message: str, question: str | None = None) -> None:
         """Show a refused upload or question in the chat (the question first, when there was one)."""
         with self._lock:

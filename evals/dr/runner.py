@@ -126,6 +126,8 @@ def aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
     preds = [p if p is not None else (not y) for p, y in zip(parsed, labels, strict=True)]
     scores = [float(r["detection"]["pred_score"]) for r in det]
     result: dict[str, Any] = detection_metrics(classes, labels, preds, scores)
+    sources = sorted({r["detection"].get("score_source", "detector and loop score") for r in det})
+    result["auroc_score"] = " + ".join(sources) if sources else None
     turns = [t for r in rows for t in r.get("reasoning", [])]
     result["rouge_l"] = _mean([t["rouge_l"] for t in turns])
     sb = [t.get("sbert") for t in turns]
@@ -297,7 +299,13 @@ def evaluate_image(
             "answer": answer,
             "parsed": parsed,
             "correct": parsed is not None and parsed == item.anomaly,
-            "pred_score": float(record.pred_score),
+            # image AUROC from the brain's own P(Yes) when it gives one (Anomaly-OV's protocol), else
+            # from the loop's calibrated score; `score_source` says which
+            "pred_score": float(record.decision.get("brain_p_yes", record.pred_score)),
+            "score_source": (
+                f"brain P(Yes) ({record.decision['brain_p_yes_from']})" if "brain_p_yes" in record.decision
+                else "detector and loop score"
+            ),
             "fallback": fell_back,
             "seconds": round(time.perf_counter() - t0, 4),
         }

@@ -59,8 +59,8 @@ def test_ask_with_rule_brain(files, tmp_path, capsys):
 def test_ask_json_with_openai_brain(files, tmp_path, capsys):
     server = ScriptedServer()
     server.script = [
-        (200, completion("Looks scratched."), 0.0),  # first opinion
         (200, completion('{"rules": [{"kind": "count", "colour_class": 0, "min": 0, "max": 20}]}'), 0.0),
+        (200, completion("Yes"), 0.0),  # P(Yes): no logprobs from this server, so the parsed answer
         (200, completion("Defective: one scratch."), 0.0),  # explanation
         (200, completion("Yes"), 0.0),  # answer
     ]
@@ -90,7 +90,9 @@ def test_ask_json_with_openai_brain(files, tmp_path, capsys):
     assert data["pred_label"] is True and data["pred_score"] > 0.5 and data["regions"]
     assert data["brain"] == "openai" and (tmp_path / data["overlay"]).is_file()
     steps = [e["step"] for e in data["trace"]]
-    assert "propose_rules" in steps and "look_twice" in steps and "match" in steps
+    assert "propose_rules" in steps and "look_twice" in steps and "match" in steps and "brain_judgement" in steps
+    judged = next(e for e in data["trace"] if e["step"] == "brain_judgement")
+    assert judged["source"] == "parsed answer" and judged["p_yes"] == 1.0
     assert server.requests[-1]["body"]["model"] == "tiny"
 
 

@@ -53,7 +53,8 @@ def test_explain_and_answer_send_image_evidence_and_history(server, tmp_path):
     assert body["model"] == "tiny-vlm" and body["temperature"] == 0.0 and body["max_tokens"] == 256
     system, user = body["messages"]
     assert system["role"] == "system" and "inspection" in system["content"]
-    image_part, text_part = user["content"]
+    intro, image_part, text_part = user["content"]
+    assert intro["text"] == "Image 1: the whole image."
     url = image_part["image_url"]["url"]
     assert url.startswith("data:image/png;base64,")
     decoded = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
@@ -73,7 +74,7 @@ def test_image_read_from_disk_and_text_only_when_missing(server, tmp_path):
     Image.new("RGB", (20, 10), (5, 5, 5)).save(path)
     brain = OpenAIBrain(server.url, "m")
     brain.explain(_record(str(path)))
-    assert server.requests[0]["body"]["messages"][1]["content"][0]["type"] == "image_url"
+    assert server.requests[0]["body"]["messages"][1]["content"][1]["type"] == "image_url"
     brain.explain(_record(str(tmp_path / "missing.png")))
     assert isinstance(server.requests[1]["body"]["messages"][1]["content"], str)
     assert "Authorization" not in server.requests[1]["headers"]
@@ -167,7 +168,7 @@ def test_loop_with_openai_brain_rules_and_fallback(server):
         (200, completion("Yes, near the center."), 0.0),  # answer
     ]
     brain = OpenAIBrain(server.url, "m", timeout=5)
-    loop = case.pipeline(detector, brain=brain, first_opinion=True)
+    loop = case.pipeline(detector, brain=brain, first_opinion=True, brain_weight=0.0)
     record = loop.inspect("scratch.png", case.scratched(), question="Is there a defect?")
     steps = {e["step"]: e for e in record.trace}
     assert steps["first_opinion"]["summary"] == "First look: a dark scratch."
@@ -178,7 +179,7 @@ def test_loop_with_openai_brain_rules_and_fallback(server):
     assert "no JSON object" in repair_msgs[-1]["content"]
     assert "HTTP 500: overloaded" in steps["explain"]["error"] and record.explanation.startswith("Defective")
     assert record.answer == "Yes, near the center."
-    assert server.requests[2]["body"]["messages"][1]["content"][0]["type"] == "image_url"
+    assert server.requests[2]["body"]["messages"][1]["content"][1]["type"] == "image_url"
 
 
 def test_text_only_model_gets_the_evidence_without_the_image(server):
@@ -196,10 +197,52 @@ def test_text_only_model_gets_the_evidence_without_the_image(server):
     assert brain.explain(_record()) == "Defective."
     assert brain.last_call["image_dropped"] == "tiny is not a multimodal model" and not brain.send_image
     first, second = (r["body"]["messages"][1]["content"] for r in server.requests)
-    assert first[0]["type"] == "image_url" and second == first[1]["text"]
+    assert first[1]["type"] == "image_url" and second == first[2]["text"]
     assert brain.answer("How big?", _record()) == "About 1%."
     assert isinstance(server.requests[2]["body"]["messages"][1]["content"], str)
     assert "image_dropped" not in brain.last_call
     with pytest.raises(BrainError, match="HTTP 400: max_tokens is too large"):
         brain.explain(_record())
     assert len(server.requests) == 4
+
+
+def _with_logprobs(text: str, top: list[tuple[str, float]]) -> dict:
+    body = completion(text)
+    body["choices"][0]["logprobs"] = {
+        "content": [{"token": text, "logprob": top[0][1], "top_logprobs": [{"token": t, "logprob": lp} for t, lp in top]}]
+    }
+    return body
+
+
+def test_brain_sees_the_crops_and_its_p_yes_decides_with_the_detector(server):
+    """The full loop with a model brain: the request carries the whole image, the zoomed place and the
+    nearest reference's same place (the trace lists them); P(Yes) comes from the first token's
+    logprobs and moves the verdict; the evidence does not state the detector's verdict when asked not to."""
+    import math
+
+    server.script = [
+        (200, _with_logprobs("No", [("No", math.log(0.9)), ("Yes", math.log(0.05))]), 0.0),  # p_yes
+        (200, completion("Good: nothing stands out."), 0.0),  # explain
+    ]
+    brain = OpenAIBrain(server.url, "m", timeout=5)
+    from agent.inspection import MatchSettings
+
+    loop = case.pipeline(brain=brain, brain_weight=1.0, show_verdict_to_brain=False, match=MatchSettings(ask_rules=False))
+    record = loop.inspect("scratch.png", case.scratched())
+    judged = next(e for e in record.trace if e["step"] == "brain_judgement")
+    assert judged["source"] == "logprobs" and judged["p_yes"] == pytest.approx(0.05 / 0.95, abs=1e-3)
+    assert record.verdict == "good" and record.decision["brain_p_yes_from"] == "logprobs"
+    explain = next(e for e in record.trace if e["step"] == "explain")
+    assert explain["images"][0] == "the whole image" and "zoomed in" in explain["images"][1]
+    assert explain["images"][2] == "the same place on the nearest good reference"
+    body = server.requests[1]["body"]
+    parts = body["messages"][1]["content"]
+    assert [p["type"] for p in parts].count("image_url") == 3
+    assert "detector calls the part" not in parts[-1]["text"]
+    assert server.requests[0]["body"]["logprobs"] is True and server.requests[0]["body"]["top_logprobs"] == 10
+
+
+def test_p_yes_without_logprobs_is_the_parsed_answer(server):
+    server.script = [(200, completion("Yes, there is a crack."), 0.0)]
+    brain = OpenAIBrain(server.url, "m", timeout=5)
+    assert brain.p_yes(_record()) == (1.0, "parsed answer")

@@ -9,7 +9,7 @@ from agent.brains import BRAINS, Brain
 from agent.brains.rule import RuleBrain
 from prompts import PromptError, load_prompts
 from tools.record import InspectionRecord, Region
-from tools.regions import measure_regions
+from tools.regions import defect_word, measure_regions
 
 
 def _region(
@@ -22,7 +22,7 @@ def _region(
     bbox: tuple[int, int, int, int] = (10, 20, 50, 25),
     centroid: tuple[float, float] = (30.0, 22.0),
 ) -> Region:
-    return Region(
+    r = Region(
         bbox=bbox,
         area_px=int(area_fraction * 10_000),
         area_fraction=area_fraction,
@@ -34,11 +34,17 @@ def _region(
         location=location,
         shape=shape,
     )
+    r.kind = defect_word(r) if contrast != 0.0 else ""  # as the region measurer does with an image
+    return r
 
 
-def _record(regions: list[Region] | None = None, score: float = 0.93, label: bool = True) -> InspectionRecord:
+def _record(
+    regions: list[Region] | None = None, score: float = 0.93, label: bool = True, verdict: str = "",
+    suspect: Region | None = None,
+) -> InspectionRecord:
     return InspectionRecord(
-        image_path="part.png", pred_score=score, pred_label=label, threshold=0.45, regions=regions or []
+        image_path="part.png", pred_score=score, pred_label=label, threshold=0.45, regions=regions or [],
+        verdict=verdict, suspicious_place=suspect,
     )
 
 
@@ -101,8 +107,8 @@ def test_explain_good(brain):
 def test_explain_one_region(brain):
     text = brain.explain(_record([_region()]))
     assert text == (
-        "Defective (score 0.93): one elongated dark mark in the upper-left, about 2% of the surface, "
-        "crack- or scratch-like."
+        "Defective (score 0.93): one medium-sized elongated crack in the upper-left, darker than its "
+        "surroundings, covering about 2% of the surface (40 x 5 pixels)."
     )
 
 
@@ -111,8 +117,8 @@ def test_explain_without_image_claims_no_tone(brain):
         _record([_region(shape="compact", elongation=1.0, contrast=0.0, area_fraction=0.0003)])
     )
     assert text == (
-        "Defective (score 0.93): one compact mark in the upper-left, less than 0.1% of the surface, "
-        "spot- or hole-like."
+        "Defective (score 0.93): one tiny compact mark in the upper-left, covering less than 0.1% of the "
+        "surface (40 x 5 pixels)."
     )
 
 
@@ -124,26 +130,46 @@ def test_explain_defective_without_regions(brain):
 
 def test_explain_several_regions_lists_three_and_n_more(brain):
     text = brain.explain(_record(_four_regions()))
-    assert text.startswith("Defective (score 0.93): four marks: an elongated dark mark in the upper-left")
-    assert "a compact bright mark at the bottom, about 0.4% of the surface, spot- or hole-like" in text
-    assert (
-        "a diffuse area in the center, about 12% of the surface, suggesting unevenness or discolouration"
-        in text
-    )
+    assert text.startswith("Defective (score 0.93): four marks: a medium-sized elongated crack in the upper-left")
+    assert "a small compact spot at the bottom, brighter than its surroundings, covering about 0.4% of the surface" in text
+    assert "a large diffuse uneven surface in the center, similar in tone to its surroundings" in text
     assert text.endswith("; and one more.")
     assert "on the right" not in text  # the least salient is only counted
 
 
-def test_explain_orders_by_salience(brain):
-    regions = _four_regions()[:2][::-1]  # weaker first in the record
+def test_explain_follows_the_record_order(brain):
+    regions = _four_regions()[:2][::-1]  # the loop ranked the bright spot first
     text = brain.explain(_record(regions))
-    assert text.index("upper-left") < text.index("bottom")
-    assert "two marks:" in text and "; and a compact bright mark at the bottom" in text
+    assert text.index("bottom") < text.index("upper-left")
+    assert "two marks:" in text and "; and a medium-sized elongated crack in the upper-left" in text
 
 
 def test_shape_derived_when_missing(brain):
     r = _region(shape="", elongation=5.0)
-    assert "crack- or scratch-like" in brain.explain(_record([r]))
+    assert "elongated crack" in brain.explain(_record([r]))
+
+
+@pytest.mark.parametrize(
+    ("fields", "word"),
+    [
+        (dict(shape="elongated", elongation=8.0, contrast=-0.2), "crack"),
+        (dict(shape="elongated", elongation=8.0, contrast=0.2), "scratch"),
+        (dict(shape="compact", elongation=1.1, contrast=-0.2, area_fraction=0.002), "hole"),
+        (dict(shape="compact", elongation=1.1, contrast=0.2, area_fraction=0.002), "spot"),
+        (dict(shape="diffuse", elongation=1.3, contrast=0.01, area_fraction=0.2), "uneven surface"),
+        (dict(shape="diffuse", elongation=1.3, contrast=-0.2, area_fraction=0.2), "stain"),
+    ],
+)
+def test_defect_words_from_shape_and_tone(fields, word):
+    assert _region(**fields).kind == word
+
+
+def test_defect_words_at_the_edge():
+    fray = _region(shape="elongated", elongation=6.0, contrast=-0.2)
+    fray.touches_border = True
+    broken = _region(shape="compact", elongation=1.2, contrast=-0.3, area_fraction=0.03)
+    broken.touches_border = True
+    assert defect_word(fray) == "fray" and defect_word(broken) == "broken area"
 
 
 def test_measured_region_end_to_end(brain):
@@ -152,11 +178,21 @@ def test_measured_region_end_to_end(brain):
     image = np.full((100, 100, 3), 180, dtype=np.uint8)
     image[10:12, 5:45] = 30
     regions = measure_regions(amap, amap > 0.5, image=image)
+    assert regions[0].kind == "crack" and not regions[0].touches_border
     text = brain.explain(_record(regions))
     assert text == (
-        "Defective (score 0.93): one elongated dark mark in the upper-left, about 0.8% of the surface, "
-        "crack- or scratch-like."
+        "Defective (score 0.93): one small elongated crack in the upper-left, darker than its surroundings, "
+        "covering about 0.8% of the surface (40 x 2 pixels)."
     )
+
+
+def test_review_and_comparison_with_the_references(brain):
+    r = _region()
+    r.reference_contrast = -0.12
+    text = brain.explain(_record([r], score=0.45, label=False, verdict="review"))
+    assert text.startswith("Not sure (score 0.45") and "darker than every reference there" in text
+    answer = brain.answer("Is there a defect? Where?", _record([r], score=0.45, label=False, verdict="review"))
+    assert answer.startswith("Not sure:") and "in the upper-left" in answer
 
 
 @pytest.mark.parametrize(
@@ -172,6 +208,7 @@ def test_measured_region_end_to_end(brain):
         ("Why did this happen?", ["cause"]),
         ("How can we prevent it?", ["cause"]),
         ("Where is it and how big?", ["where", "size"]),
+        ("Describe the defect: what is it, where is it, and how does it look?", ["describe"]),
         ("Tell me a joke", []),
         ("", []),
     ],
@@ -183,9 +220,11 @@ def test_intents(brain, question, intents):
 def test_answer_verdict(brain):
     yes = brain.answer("Is it defective?", _record([_region()]))
     assert yes.startswith("Yes, it looks defective: the score 0.93 is above the threshold 0.45.")
-    assert "one elongated dark mark in the upper-left" in yes
+    assert "one medium-sized elongated crack in the upper-left" in yes
     no = brain.answer("Is it defective?", _record(score=0.2, label=False))
     assert no == "No, it looks good: the score 0.20 is below the threshold 0.45."
+    first = brain.answer("Is there a defect? Where?", _record([_region()]))
+    assert first.startswith("Yes") and "It is in the upper-left" in first  # Yes or No first, then the place
 
 
 def test_answer_where(brain):
@@ -200,27 +239,34 @@ def test_answer_where(brain):
     assert several.endswith("and one more.")
     good = brain.answer("Where is the defect?", _record(score=0.1, label=False))
     assert good.startswith("Nowhere: no defect was found")
-    suspect = brain.answer("Where?", _record([_region(location="right")], score=0.3, label=False))
+    suspect = brain.answer("Where?", _record(score=0.3, label=False, suspect=_region(location="right")))
     assert "the most suspicious spot, on the right, stays below the threshold" in suspect
+
+
+def test_answer_describe(brain):
+    one = brain.answer("Describe the defect: what is it, where is it, and how does it look?", _record([_region()]))
+    assert one == (
+        "There is a crack on the part: a medium-sized elongated crack in the upper-left, darker than its "
+        "surroundings, covering about 2% of the surface (40 x 5 pixels)."
+    )
+    good = brain.answer("Describe the defect.", _record(score=0.2, label=False, suspect=_region(location="right")))
+    assert good.startswith("No defect was found") and "the most suspicious place is a medium-sized elongated crack on the right" in good
 
 
 def test_answer_kind(brain):
     one = brain.answer("What kind of defect is it?", _record([_region()]))
     assert one == (
-        "It is a crack- or scratch-like mark in the upper-left: elongated, about 8 times as long as it is wide, "
+        "It is a crack in the upper-left: elongated, about 8 times as long as it is wide, "
         "darker than its surroundings."
     )
     diffuse = brain.answer(
         "What type?", _record([_region(shape="diffuse", area_fraction=0.2, elongation=1.3, contrast=0.0)])
     )
     assert diffuse == (
-        "It is an area of unevenness or discolouration in the upper-left: diffuse, covering about 20% of the "
-        "surface without sharp edges."
+        "It is an area in the upper-left: diffuse, covering about 20% of the surface without sharp edges."
     )
     several = brain.answer("What kind?", _record(_four_regions()))
-    assert (
-        "a crack- or scratch-like mark in the upper-left; a spot- or hole-like mark at the bottom" in several
-    )
+    assert "a crack in the upper-left; a spot at the bottom" in several
 
 
 def test_answer_size(brain):
@@ -234,30 +280,29 @@ def test_answer_size(brain):
 
 
 def test_answer_count(brain):
-    assert brain.answer("How many defects?", _record([_region()])) == (
-        "One: a crack- or scratch-like mark in the upper-left."
-    )
+    assert brain.answer("How many defects?", _record([_region()])) == "One: a crack in the upper-left."
     several = brain.answer("How many defects?", _record(_four_regions()))
-    assert several.startswith("Four: a crack- or scratch-like mark in the upper-left;")
+    assert several.startswith("Four: a crack in the upper-left;")
     assert several.endswith("; and one more.")
     none = brain.answer("How many defects?", _record(score=0.1, label=False))
     assert none.startswith("None: no defect was found")
 
 
-def test_answer_cause_per_shape(brain):
+def test_answer_cause_per_defect_word(brain):
     text = brain.answer("Why is it defective, and how to prevent it?", _record(_four_regions()))
     assert text.startswith(
         "It was flagged because the score 0.93 is above the threshold 0.45, driven by four marks"
     )
-    t = load_prompts("rule_brain")
-    for shape in ("elongated", "compact", "diffuse"):
-        cause = " ".join(t["shapes"][shape]["cause"].split())
-        assert cause in text
-    assert text.index("Crack- or scratch-like marks") < text.index("Spot- or hole-like marks")
-    assert t["tone"]["darker"]["hint"] in text
-    assert text.endswith(t["answers"]["cause"]["caveat"])
+    qa = load_prompts("qa_templates")
+    entries = {e["words"]: e for e in qa["defect_types"]}
+    assert entries["crack"]["cause"] in text and entries["crack"]["prevention"] in text
+    assert entries["uneven surface"]["cause"] in text
+    assert text.index("A crack usually") < text.index("An uneven surface")
+    assert text.endswith(load_prompts("rule_brain")["answers"]["cause"]["caveat"])
     good = brain.answer("Why?", _record(score=0.1, label=False))
     assert good == "No defect was found (score 0.10, threshold 0.45), so there is no cause to look for."
+    hedged = brain.answer("Why?", _record(score=0.3, label=False, suspect=_region()))
+    assert hedged.startswith("No defect was found") and "if the crack in the upper-left were one" in hedged
 
 
 def test_answer_several_intents_in_question_order(brain):
