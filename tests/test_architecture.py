@@ -248,3 +248,12 @@ def test_string_scan_sees_a_reversed_target():
     assert found == [("agent.cli", ""), ("agent.inspection", "")]
     assert layer_of("agent.cli", table) > layer_of("evals.metrics", table) > layer_of("agent.inspection", table)
     assert layer_of("tools.detectors.ltfm", table) < layer_of("agent.mllm.model", table)
+
+
+def test_architecture_md_names_only_paths_that_exist():
+    """Every file or folder ARCHITECTURE.md names in backticks exists (the map stays true)."""
+    text = (ROOT / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    named = set(re.findall(r"`([A-Za-z_][\w/.-]*(?:\.py|\.toml|\.yaml|\.md|/))`", text))
+    assert len(named) > 20, "the map should name the files it describes"
+    missing = sorted(p for p in named if not (ROOT / p).exists())
+    assert not missing, f"ARCHITECTURE.md names paths that do not exist: {missing}"
