@@ -442,7 +442,9 @@ class Pipeline:
         record.verdict = "defective" if fused > 0.5 else ("review" if review is not None and fused > review else "good")
         record.pred_label = record.verdict == "defective"
         record.decision = {**record.decision, "brain_p_yes": round(p, 4), "brain_p_yes_from": source}
+        last = self.brain.last_call if isinstance(self.brain, ReportsModelCalls) else None
         step(trace, "brain_judgement", t0, p_yes=round(p, 4), source=source, weight=w,
+             **({"model_call": dict(last)} if last else {}),
              changed=change(before, fused, "score") + (f"; {verdict_before} -> {record.verdict}" if record.verdict != verdict_before else ""),
              summary=f"P(Yes) {p:.3f} from the brain ({source}), fused with weight {w:g}")
 

@@ -244,7 +244,10 @@ def test_ask_json_through_vllm(vllm, files, tmp_path):
     answer = steps["answer"]
     assert "error" not in answer and answer["model_call"]["model"] == MODEL
     assert answer["model_call"]["usage"]["completion_tokens"] > 0
-    assert steps["first_opinion"]["model_call"]["image_dropped"]  # the first call found out
+    # the first call with images (P(Yes) of the judgement) found out that the server takes none
+    judgement = steps["brain_judgement"]
+    assert judgement["model_call"]["image_dropped"] and "error" not in judgement
+    assert judgement["model_call"]["images_sent"] == [] and 0.0 <= judgement["p_yes"] <= 1.0
     rules = steps["propose_rules"]
     assert rules["status"] == "rejected" and len(rules["attempts"]) == 2
     assert all(a["error"] and "reply" in a for a in rules["attempts"])
