@@ -312,6 +312,14 @@ def binary_scores_at(labels: ArrayLike, preds: ArrayLike) -> dict[str, float]:
     fp = int(np.count_nonzero(~y & p))
     fn = int(np.count_nonzero(y & ~p))
     tn = int(y.size - tp - fp - fn)
+    return {**rates_from_counts(tp, fp, fn, tn), "tp": tp, "fp": fp, "tn": tn, "fn": fn}
+
+
+def rates_from_counts(tp: int, fp: int, fn: int, tn: int) -> dict[str, float]:
+    """Accuracy, precision, recall, F1, miss and overkill rate of a confusion matrix, as
+    `binary_scores_at` defines them. Plain Python (no numpy): the lmms-eval hooks written by
+    `evals.export.lmms_eval` carry this function's own source, so both score alike."""
+    n = tp + fp + fn + tn
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else math.nan
     if math.isnan(recall):
@@ -319,16 +327,12 @@ def binary_scores_at(labels: ArrayLike, preds: ArrayLike) -> dict[str, float]:
     else:
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return {
-        "accuracy": (tp + tn) / y.size if y.size else math.nan,
+        "accuracy": (tp + tn) / n if n else math.nan,
         "precision": precision,
         "recall": recall,
         "f1": f1,
         "miss_rate": fn / (tp + fn) if tp + fn else math.nan,
         "overkill_rate": fp / (fp + tn) if fp + tn else math.nan,
-        "tp": tp,
-        "fp": fp,
-        "tn": tn,
-        "fn": fn,
     }
 
 

@@ -41,12 +41,14 @@ METRICS = (
 LOWER_IS_BETTER = {"dr_miss_rate", "dr_overkill_rate"}
 _TASK_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
-UTILS_PY = '''"""Hooks of the LookTwice D&R task for lmms-eval (self-contained: no looktwice import).
+_UTILS_HEAD = '''"""Hooks of the LookTwice D&R task for lmms-eval (self-contained: no looktwice import).
 
 Written by `looktwice export lmms-eval`. Detection answers are read strictly: only a leading Yes/No
 counts ("Yes.", "**No** defects"; not "The eyes ..." or "I think yes"); an unparsable answer counts
 as wrong. Detection metrics are per class, then the unweighted mean over classes.
 """
+
+from __future__ import annotations
 
 import math
 import os
@@ -54,42 +56,13 @@ import re
 
 from PIL import Image
 
-_LEADING = re.compile(r"^[\\W_]*(yes|no)(?![A-Za-z0-9])", re.IGNORECASE)
-_TOKEN = re.compile(r"[a-z0-9]+")
+'''
 
-
-def parse_yes_no(text):
-    """True for a leading "yes", False for a leading "no", None otherwise."""
-    if not text:
-        return None
-    m = _LEADING.match(text.strip())
-    if m is None:
-        return None
-    return m.group(1).lower() == "yes"
-
-
-def _tokens(text):
-    return _TOKEN.findall((text or "").lower())
-
-
-def _lcs(a, b):
-    if len(a) < len(b):
-        a, b = b, a
-    if not b:
-        return 0
-    prev = [0] * (len(b) + 1)
-    for x in a:
-        cur = [0]
-        for j, y in enumerate(b):
-            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
-        prev = cur
-    return prev[-1]
-
-
+_UTILS_HOOKS = '''
 def rouge_l(answer, reference):
     """ROUGE-L F-measure (beta 1) over lower-cased letter/digit tokens."""
-    a, r = _tokens(answer), _tokens(reference)
-    lcs = _lcs(a, r)
+    a, r = tokenize(answer), tokenize(reference)
+    lcs = lcs_length(a, r)
     if not a or not r or not lcs:
         return 0.0
     p, rec = lcs / len(a), lcs / len(r)
@@ -151,21 +124,7 @@ def _class_scores(items):
         fp += (not y) and p
         fn += y and not p
         tn += (not y) and not p
-    n = tp + fp + fn + tn
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else math.nan
-    if math.isnan(recall):
-        f1 = math.nan
-    else:
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {
-        "accuracy": (tp + tn) / n if n else math.nan,
-        "precision": precision,
-        "recall": recall,
-        "f1": f1,
-        "miss_rate": fn / (tp + fn) if tp + fn else math.nan,
-        "overkill_rate": fp / (fp + tn) if fp + tn else math.nan,
-    }
+    return rates_from_counts(tp, fp, fn, tn)
 
 
 def _mean_over_classes(items, key):
@@ -206,6 +165,24 @@ def aggregate_rouge_l(items):
     vals = [it["rouge_l"] for it in items if it.get("kind") == "reasoning"]
     return sum(vals) / len(vals) if vals else math.nan
 '''
+
+
+def utils_py() -> str:
+    """The text of the task's `utils.py`. Its Yes/No parsing, tokens, LCS and detection rates are the
+    source of the functions `eval-dr` scores with (copied in, as the file must run without
+    looktwice), so the two cannot drift apart."""
+    import inspect
+
+    from evals.dr import text
+    from evals.metrics import rates_from_counts
+    from instruct_data import answers
+
+    patterns = (
+        f"_LEADING = re.compile({answers._LEADING.pattern!r}, re.IGNORECASE)\n"
+        f"_TOKEN = re.compile({text._TOKEN.pattern!r})\n"
+    )
+    shared = (answers.parse_yes_no, text.tokenize, text.lcs_length, rates_from_counts)
+    return _UTILS_HEAD + patterns + "".join("\n\n" + inspect.getsource(f) for f in shared) + "\n" + _UTILS_HOOKS
 
 
 class LmmsExportError(ValueError):
@@ -310,7 +287,7 @@ def write_lmms_eval_task(
     yaml_file = folder / f"{task}.yaml"
     yaml_file.write_text(task_yaml(task, data_file), encoding="utf-8")
     utils_file = folder / "utils.py"
-    utils_file.write_text(UTILS_PY, encoding="utf-8")
+    utils_file.write_text(utils_py(), encoding="utf-8")
     return {
         "yaml": yaml_file,
         "utils": utils_file,

@@ -13,24 +13,15 @@ The same seed gives the same files.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from instruct_data.synthesis.layout import SetCounts
+
 #: Kinds that stay visible when a plate is shrunk to a few dozen pixels.
 VISIBLE_KINDS: tuple[str, ...] = ("hole", "missing", "spots", "stain")
-
-
-@dataclass
-class PlateSetCounts:
-    """What `make_plate_dataset` wrote."""
-
-    root: Path
-    train_good: int = 0
-    test_good: int = 0
-    test_bad: dict[str, int] = field(default_factory=dict)
 
 
 def _shrink(image: np.ndarray, size: int) -> np.ndarray:
@@ -86,7 +77,7 @@ def make_plate_dataset(
     min_area: float = 0.01,
     min_contrast: float = 0.08,
     progress: Callable[[int], None] | None = None,
-) -> PlateSetCounts:
+) -> SetCounts:
     """Write `train_good` + `test_good` good plates and `test_bad` defective ones (kinds cycled).
 
     A defect that covers less than `min_area` of the shrunk image, or changes it by less than
@@ -103,7 +94,7 @@ def make_plate_dataset(
     if min(train_good, test_good, test_bad) < 0 or size < 8 or render_size < size:
         raise ValueError("counts must be >= 0, size >= 8 and render_size >= size")
     cat = Path(root) / category
-    counts = PlateSetCounts(root=cat)
+    counts = SetCounts(root=cat)
     for split, n in (("train", train_good), ("test", test_good)):
         folder = cat / split / "good"
         folder.mkdir(parents=True, exist_ok=True)

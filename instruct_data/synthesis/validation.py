@@ -21,24 +21,17 @@ from __future__ import annotations
 import argparse
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from instruct_data.synthesis.layout import SetCounts
+
 #: Defect kinds of validation sets (disjoint from the learned head's training synthesis).
 VALIDATION_KINDS: tuple[str, ...] = ("crack", "hole", "scratch", "spots", "stain", "missing", "blur", "smear")
 #: Products drawn procedurally (see `instruct_data.synthesis.products`).
 PROCEDURAL = ("weave", "bracket")
-
-
-@dataclass
-class ValidationSetCounts:
-    root: Path
-    train_good: int = 0
-    test_good: int = 0
-    test_bad: dict[str, int] = field(default_factory=dict)
 
 
 def _to_uint8(rgb: np.ndarray) -> np.ndarray:
@@ -90,10 +83,10 @@ def _write_set(
     kinds: Sequence[str],
     seed: int,
     progress: Callable[[int], None] | None,
-) -> ValidationSetCounts:
+) -> SetCounts:
     """`goods(i)` gives the i-th clean good image; the first `train_good` are the reference pool, the
     next `test_good` the good test images, the rest receive one defect each (kinds cycled)."""
-    counts = ValidationSetCounts(root=root)
+    counts = SetCounts(root=root)
     for i in range(train_good + test_good + test_bad):
         image = goods(i)
         if i < train_good:
@@ -124,7 +117,7 @@ def make_procedural_set(
     kinds: Sequence[str] = VALIDATION_KINDS,
     seed: int = 0,
     progress: Callable[[int], None] | None = None,
-) -> ValidationSetCounts:
+) -> SetCounts:
     """A validation set of a procedural product (`weave` or `bracket`) under `root/<product>`."""
     from instruct_data.synthesis.products import PRODUCTS
 
@@ -147,7 +140,7 @@ def make_held_out_set(
     kinds: Sequence[str] = VALIDATION_KINDS,
     seed: int = 0,
     progress: Callable[[int], None] | None = None,
-) -> ValidationSetCounts:
+) -> SetCounts:
     """A validation set from real good images (e.g. a data set's `train/good`), shuffled with `seed`:
     `train_good` become the reference pool, half of the rest stay good, the other half get a defect."""
     from tools.image_io import load_image

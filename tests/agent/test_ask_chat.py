@@ -13,18 +13,14 @@ import pytest
 
 from agent.commands import ask, chat
 from tests.agent import agent_case as case
+from tests.helpers import run_commands
 from tests.openai_server import ScriptedServer, completion
 
 FAST = ["--resolution", "96"]
 
 
 def run(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="looktwice")
-    sub = parser.add_subparsers(dest="command")
-    ask.add_parser(sub)
-    chat.add_parser(sub)
-    args = parser.parse_args(argv)
-    return int(args.func(args))
+    return run_commands(argv, ask, chat)
 
 
 @pytest.fixture(scope="module")

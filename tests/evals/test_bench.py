@@ -8,8 +8,9 @@ import json
 
 import pytest
 
-from agent.commands.bench import add_parser
+from agent.commands import bench
 from evals.bench.runner import machine_description, markdown_summary, summarize_traces
+from tests.helpers import run_commands
 
 KEYS = {
     "timestamp",
@@ -37,10 +38,7 @@ KEYS = {
 
 
 def _bench(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="looktwice")
-    add_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["bench", *argv])
-    return int(args.func(args))
+    return run_commands(["bench", *argv], bench)
 
 
 def _lines(path):

@@ -23,16 +23,12 @@ from evals.dr import (
 )
 from evals.dr.runner import SUMMARY_KEYS, aggregate, compare_table
 from instruct_data.answers import parse_yes_no
+from tests.helpers import run_commands
 from tests.instruct_data.mvtec_case import write_tree
 
 
 def run(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="looktwice")
-    sub = parser.add_subparsers(dest="command")
-    build_qa.add_parser(sub)
-    eval_dr.add_parser(sub)
-    args = parser.parse_args(argv)
-    return int(args.func(args))
+    return run_commands(argv, build_qa, eval_dr)
 
 
 # ---------------------------------------------------------------------------------------------- parser

@@ -15,17 +15,12 @@ import yaml
 from agent.commands import build_qa, eval_dr, export
 from evals.export import QUESTION_TYPES, mmad_records
 from evals.export.mmad import MMAD_KEYS
+from tests.helpers import run_commands
 from tests.instruct_data.mvtec_case import write_tree
 
 
 def run(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="looktwice")
-    sub = parser.add_subparsers(dest="command")
-    build_qa.add_parser(sub)
-    eval_dr.add_parser(sub)
-    export.add_parser(sub)
-    args = parser.parse_args(argv)
-    return int(args.func(args))
+    return run_commands(argv, build_qa, eval_dr, export)
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ from PIL import Image
 from agent.commands import build_instruct
 from instruct_data.instruct import InstructBuildError, InstructSettings, validate
 from instruct_data.instruct import build_instruct as build
+from tests.helpers import run_commands
 from tests.instruct_data.mvtec_case import write_tree
 from tools.regions import location_words
 
@@ -20,10 +21,7 @@ IMAGE = "<image>"
 
 
 def run(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="looktwice")
-    build_instruct.add_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
-    return int(args.func(args))
+    return run_commands(argv, build_instruct)
 
 
 def _save(arr: np.ndarray, path: Path) -> None:

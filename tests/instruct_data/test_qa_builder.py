@@ -14,14 +14,12 @@ from evals.dr.reader import load_qa_set
 from instruct_data.datasets import Sample
 from instruct_data.qa import BuildSettings, QABuildError, build_qa_set, describe_defect, explain_cause
 from instruct_data.qa.builder import defect_entry, measure_mask, select_samples, templates, words_of
+from tests.helpers import run_commands
 from tests.instruct_data.mvtec_case import write_tree
 
 
 def run(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="looktwice")
-    build_qa.add_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
-    return int(args.func(args))
+    return run_commands(argv, build_qa)
 
 
 @pytest.fixture(scope="module")

@@ -156,16 +156,14 @@ def test_open_clip_ids(empty_cache, tmp_path):
 
 
 def test_imports_stay_light():
-    import subprocess
-    import sys
+    from tests.helpers import fresh_python
 
     code = (
         "import sys, tools.models, tools.sam, tools.detectors.winclip, tools.detectors.fused, tools.clip.prompts;"
         "import tools.model_catalog; tools.model_catalog.list_models();"
         "print([m for m in ('torch', 'open_clip', 'transformers') if m in sys.modules])"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    assert fresh_python(code) == "[]"
 
 
 def test_one_list_of_every_model(empty_cache):

@@ -10,22 +10,18 @@ import torch
 
 from agent.mllm.loading import load_model
 from tests.agent.mllm.conftest import random_image
+from tests.helpers import fresh_python
 from tools.ltfm.checkpoints import EXPERT_FILENAME, ModelNotFoundError
 from tools.ltfm.expert_io import save_expert
 
 
 def test_import_is_light():
-    import subprocess
-    import sys
-
     code = (
         "import sys, agent.mllm; light = 'torch' not in sys.modules; import tools.ltfm.expert, "
         "agent.mllm.model, agent.mllm.loading; print(light, 'transformers' in sys.modules, "
         "agent.mllm.load_model is agent.mllm.loading.load_model)"
     )
-
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "True False True"
+    assert fresh_python(code) == "True False True"
 
 
 def test_missing_hub_model_gives_one_line(monkeypatch, tmp_path):

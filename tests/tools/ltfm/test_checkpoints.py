@@ -18,11 +18,10 @@ from tools.ltfm.checkpoints import (
 
 
 def test_import_is_light():
-    import subprocess
+    from tests.helpers import fresh_python
 
     code = "import sys, tools.ltfm, tools.detectors.ltfm; print('torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
+    assert fresh_python(code) == "False"
 
 
 def test_missing_folder_gives_one_line(tmp_path):
