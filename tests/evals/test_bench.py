@@ -3,7 +3,6 @@ tokens/s from a brain's reported calls, and usage errors. Timings are checked fo
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import pytest
