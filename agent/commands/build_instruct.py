@@ -7,7 +7,9 @@ Exit codes: 0 written, 2 usage errors (missing data, bad numbers, no images).
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -55,6 +57,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_build_instruct)
 
 
+def rewrite_chat(spec: str) -> tuple[Callable[..., str], dict[str, Any]]:
+    """(chat function, its settings) of the `--rewrite` brain spec; a brain that cannot be built, or one
+    without a language model, is a usage error."""
+    from agent.brains.spec import BrainError, build_brain
+    from instruct_data.instruct import InstructBuildError
+
+    try:
+        brain = build_brain(spec)
+    except BrainError as err:
+        raise InstructBuildError(f"--rewrite: {err}") from None
+    if brain.name == "rule":
+        raise InstructBuildError("--rewrite needs a language model: llava:<model> or openai:<base-url>#<model>")
+    return brain.chat_text, brain.settings()
+
+
 def cmd_build_instruct(args: argparse.Namespace) -> int:
     from agent.console import EXIT_OK, EXIT_USAGE, error_line, info_line
     from agent.progress import progress_bar
@@ -73,7 +90,7 @@ def cmd_build_instruct(args: argparse.Namespace) -> int:
     )
     try:
         with progress_bar(None, "instruct", not args.quiet) as bar:
-            stats = build_instruct(settings, progress=bar.update)
+            stats = build_instruct(settings, progress=bar.update, chat_for=rewrite_chat)
     except (DatasetError, InstructBuildError) as err:
         error_line(str(err))
         return EXIT_USAGE

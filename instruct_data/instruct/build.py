@@ -28,11 +28,19 @@ from instruct_data.instruct.conversations import (
 from instruct_data.instruct.rewrite import Chat, rewrite_answers
 from instruct_data.qa.builder import templates as qa_templates
 
+#: Turns the `--rewrite` spec into (chat function, its settings for the stats); the caller builds the
+#: language model (this layer does not know brains), so it is passed in.
+ChatFor = Callable[[str], tuple[Chat, dict[str, Any]]]
+
 
 def build_instruct(
-    settings: InstructSettings, progress: Callable[[int], None] | None = None
+    settings: InstructSettings,
+    progress: Callable[[int], None] | None = None,
+    chat_for: ChatFor | None = None,
 ) -> dict[str, Any]:
-    """Write `instruct.json` and `stats.json` into `settings.out`; returns the stats dict."""
+    """Write `instruct.json` and `stats.json` into `settings.out`; returns the stats dict.
+
+    `chat_for` is needed only with `settings.rewrite`."""
     if (settings.data is None) == (settings.synth_from is None):
         raise InstructBuildError("give exactly one of --data and --synth-from")
     if settings.per_image <= 0:
@@ -56,7 +64,9 @@ def build_instruct(
     validate(items)
     rewrite_stats = None
     if settings.rewrite:
-        chat, model = _chat_for(settings.rewrite)
+        if chat_for is None:
+            raise InstructBuildError("--rewrite needs a language model, and none was passed in to build it")
+        chat, model = chat_for(settings.rewrite)
         rewrite_stats = rewrite_answers(items, chat, model, settings.rewrite_cache or out / "rewrite_cache.jsonl")
         validate(items)
     stats = compute_stats(items, subjects, settings)
@@ -66,21 +76,3 @@ def build_instruct(
     (out / INSTRUCT_FILE).write_text(json.dumps(items, indent=1), encoding="utf-8")
     (out / STATS_FILE).write_text(json.dumps(stats, indent=2), encoding="utf-8")
     return stats
-
-
-def _chat_for(spec: str) -> tuple[Chat, dict[str, Any]]:
-    """(chat function, its settings) of the `--rewrite` brain spec; a brain that cannot be built, or one
-    without a language model, is a usage error.
-
-    The one import of this layer from the agent core, known to the layers contract: it goes when
-    `looktwice build-instruct` builds the brain itself and passes its chat function in.
-    """
-    from agent.brains.spec import BrainError, build_brain
-
-    try:
-        brain = build_brain(spec)
-    except BrainError as err:
-        raise InstructBuildError(f"--rewrite: {err}") from None
-    if brain.name == "rule":
-        raise InstructBuildError("--rewrite needs a language model: llava:<model> or openai:<base-url>#<model>")
-    return brain.chat_text, brain.settings()
