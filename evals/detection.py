@@ -172,6 +172,12 @@ def evaluate_category(
         "detector": name,
         "detector_settings": detector.settings(),
         "calibration": cal.to_dict() if cal is not None else {"method": "the detector's own", **detector.calibration()},
+        "good_samples": [round(float(g), 6) for g in good],  # the references' held-out scores (raw)
+        "images": [  # per image, to study ranking and calibration without rerunning
+            {"path": str(s.image_path), "defect_type": s.defect_type, "raw_score": round(float(r), 6),
+             "pred_score": round(float(p), 6), "verdict": v}
+            for s, r, p, v in zip(kept, raw_arr, score_arr, verdicts, strict=True)
+        ],
     }
 
 

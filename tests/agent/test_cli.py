@@ -165,6 +165,9 @@ def test_eval_writes_metrics_json(tmp_path, capsys):
         assert 0.0 <= res[key] <= 1.0 or key == "throughput_ips"
     assert res["image_AUROC"] == 1.0
     assert res["per_defect_image_AUROC"] == {"scratch": 1.0}
+    images = res["categories"][0]["images"]  # every test image, with its scores and verdict
+    assert sorted({i["defect_type"] for i in images}) == ["good", "scratch"]
+    assert all(i["verdict"] in ("good", "review", "defective") and 0.0 <= i["pred_score"] <= 1.0 for i in images)
     assert res["settings"]["shots"] == 2 and res["settings"]["detector_options"] == {"resolution": 96}
     assert "plates" in capsys.readouterr().out
 
