@@ -173,6 +173,7 @@ def evaluate_category(
         "detector_settings": detector.settings(),
         "calibration": cal.to_dict() if cal is not None else {"method": "the detector's own", **detector.calibration()},
         "good_samples": [round(float(g), 6) for g in good],  # the references' held-out scores (raw)
+        "good_samples_exchangeable": not detector.learns_from_references,  # may they join a batch calibration
         "images": [  # per image, to study ranking and calibration without rerunning
             {"path": str(s.image_path), "defect_type": s.defect_type, "raw_score": round(float(r), 6),
              "pred_score": round(float(p), 6), "verdict": v}
