@@ -35,18 +35,14 @@ def add_brain_args(
     """--refs, --brain, --sam, --max-megapixels, the detector and decision arguments (shared by `ask`, `chat` and
     `serve`; `refs_help` rewords --refs for a command that uses it differently, `max_megapixels` sets
     another default pixel limit)."""
-    from agent.detector_flags import add_decision_args, add_detector_args
+    from agent.detector_flags import add_brain_arg, add_decision_args, add_detector_args
     from agent.images import add_max_megapixels_arg
 
     p.add_argument(
         "--refs",
         help=refs_help or "folder (or file) of good reference images; without it the zero-shot fallback runs",
     )
-    p.add_argument(
-        "--brain",
-        default="rule",
-        help="rule | llava:<id-or-folder> | openai:<base-url>#<model> (default rule)",
-    )
+    add_brain_arg(p)
     p.add_argument("--sam", help="SAM model id or folder to refine the defect outlines (optional)")
     if max_megapixels is None:
         add_max_megapixels_arg(p)
@@ -82,23 +78,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def cmd_ask(args: argparse.Namespace) -> int:
     """Run the command from parsed arguments; returns the exit code."""
-    from agent.console import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, error_line, info_line
-    from agent.images import limits_from_args, missing_message, missing_paths, source_size
+    from agent.commands.common import report_missing
+    from agent.console import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, error_line, info_line, usage_error
+    from agent.images import limits_from_args, source_size
     from tools.image_io import ImageLoadError
 
     path = Path(args.image)
     if not args.question.strip():
-        error_line("the question is empty")
-        return EXIT_USAGE
-    missing = missing_paths([args.image] + ([args.refs] if args.refs else []))
-    if missing:
-        error_line(missing_message(missing, "path"))
+        return usage_error("the question is empty")
+    if report_missing([args.image], [args.refs]):
         return EXIT_USAGE
     try:
         limits = limits_from_args(args)
     except ValueError as err:
-        error_line(str(err))
-        return EXIT_USAGE
+        return usage_error(err)
     try:
         image = limits.load(path, note=info_line)
     except (ImageLoadError, OSError) as err:
