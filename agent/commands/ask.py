@@ -28,6 +28,12 @@ brains:
                                          openai:http://127.0.0.1:8000/v1#Qwen/Qwen2-VL-2B-Instruct
   (LOOKTWICE_OPENAI_BASE_URL, LOOKTWICE_OPENAI_MODEL, LOOKTWICE_OPENAI_API_KEY fill in what is missing)"""
 
+EXAMPLES = (
+    'looktwice ask part_017.png "Is there a defect? Where?" --refs good_parts/',
+    'looktwice ask part_017.png "How big is the defect?" --refs good_parts/ --json',
+    'looktwice ask part_017.png "What could cause it?" --brain llava:/models/anomaly-ov',
+)
+
 
 def add_brain_args(
     p: argparse.ArgumentParser, refs_help: str | None = None, max_megapixels: float | None = None
@@ -59,14 +65,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "ask",
         help="ask a question about one image: answer, verdict, overlay, trace",
-        **with_examples(
-            DESCRIPTION,
-            [
-                'looktwice ask part_017.png "Is there a defect? Where?" --refs good_parts/',
-                'looktwice ask part_017.png "How big is the defect?" --refs good_parts/ --json',
-                'looktwice ask part_017.png "What could cause it?" --brain llava:/models/anomaly-ov',
-            ],
-        ),
+        **with_examples(DESCRIPTION, EXAMPLES),
     )
     p.add_argument("image", help="the image to ask about")
     p.add_argument("question", help='the question, e.g. "Is there any defect in this image?"')

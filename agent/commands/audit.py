@@ -62,11 +62,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     r = asub.add_parser(
         "run",
         help="audit images against a spec and write a report",
-        **with_examples(
-            "Check every image against the spec (drafted from --refs when --spec is not given) and write "
-            "the same report as `looktwice report`, plus the spec used.",
-            [RUN_EXAMPLE, "looktwice audit run line3/boxes/ --refs good_boxes/ --out audit_1127/ --resume"],
-        ),
+        **with_examples(RUN_DESCRIPTION, [RUN_EXAMPLE, RESUME_EXAMPLE]),
     )
     r.add_argument(
         "inputs", nargs="+", metavar="INPUT", help="image files, folders, or list files (@list.txt)"
@@ -95,6 +91,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 DRAFT_EXAMPLE = "looktwice audit draft --refs good_boxes/ --out spec.yaml"
 RUN_EXAMPLE = "looktwice audit run line3/boxes/ --refs good_boxes/ --spec spec.yaml --out audit_1127/"
+RESUME_EXAMPLE = "looktwice audit run line3/boxes/ --refs good_boxes/ --out audit_1127/ --resume"
+RUN_DESCRIPTION = (
+    "Check every image against the spec (drafted from --refs when --spec is not given) and write "
+    "the same report as `looktwice report`, plus the spec used."
+)
 
 BRAIN_HELP = (
     "drafting brain: rule (segmentation and statistics, default) or an LLM, llava:<id-or-folder> or "
@@ -145,7 +146,7 @@ def cmd_draft(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from agent.audit.runner import AuditSettings, run_audit
-    from agent.commands.common import settings_from_args
+    from agent.commands.common import batch_run_fields, settings_from_args
     from agent.console import info_line, usage_error
     from agent.detector_flags import detector_options
     from agent.images import limits_from_args
@@ -156,16 +157,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         limits = limits_from_args(args, options)
     except ValueError as err:
         return usage_error(err)
-    settings = settings_from_args(
-        AuditSettings,
-        args,
-        inputs=list(args.inputs),
-        out=Path(args.out),
-        detector_options=options,
-        progress=not args.quiet,
-        durable=not args.no_fsync,
-        limits=limits,
-    )
+    settings = settings_from_args(AuditSettings, args, detector_options=options, **batch_run_fields(args, limits))
     try:
         summary = run_audit(settings, info=info_line)
     except (ReportUsageError, ReportWriteError, StoreError) as err:

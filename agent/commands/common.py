@@ -11,6 +11,7 @@ import argparse
 import os
 from collections.abc import Iterable
 from dataclasses import fields
+from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -32,6 +33,18 @@ def report_missing(required: Iterable[PathArg], optional: Iterable[PathArg | Non
 def flag_values(args: argparse.Namespace, names: Iterable[str]) -> dict[str, Any]:
     """The values of the flags `names` (their `dest` names) that `args` holds."""
     return {name: getattr(args, name) for name in names if hasattr(args, name)}
+
+
+def batch_run_fields(args: argparse.Namespace, limits: Any) -> dict[str, Any]:
+    """The settings a resumable batch run (`report`, `audit run`) takes from the flags both commands
+    have: INPUT..., --out, --quiet, --no-fsync, and the image limits of --max-megapixels."""
+    return {
+        "inputs": list(args.inputs),
+        "out": Path(args.out),
+        "progress": not args.quiet,
+        "durable": not args.no_fsync,
+        "limits": limits,
+    }
 
 
 def settings_from_args(kind: type[T], args: argparse.Namespace, **given: Any) -> T:

@@ -23,6 +23,34 @@ def _verdict(record: Any) -> str:
     return f"{record.verdict} (score {record.pred_score:.2f}{promise})"
 
 
+def add_parser(sub: Any) -> None:
+    """Add the `feedback` sub-command to `sub`."""
+    from agent.commands import with_examples
+    from agent.detector_flags import add_decision_args, add_detector_args
+    from agent.images import add_max_megapixels_arg
+
+    p = sub.add_parser(
+        "feedback",
+        help="a person's verdict on an image: a false alarm joins the references, a missed defect is kept",
+        **with_examples(
+            DESCRIPTION,
+            [
+                "looktwice feedback part_017.png --good --refs good_parts/       # it was a false alarm",
+                "looktwice feedback part_042.png --defective --refs good_parts/  # a defect it passed",
+            ],
+        ),
+    )
+    p.add_argument("image", help="the image a person judged")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--good", action="store_true", help="the part is good: the tool raised a false alarm")
+    which.add_argument("--defective", action="store_true", help="the part is defective: the tool missed it")
+    p.add_argument("--refs", required=True, help="the folder of good references the feedback belongs to")
+    add_max_megapixels_arg(p)
+    add_detector_args(p)
+    add_decision_args(p)
+    p.set_defaults(func=cmd_feedback)
+
+
 def cmd_feedback(args: argparse.Namespace) -> int:
     from agent.commands.common import report_missing
     from agent.detector_flags import inspection_settings
@@ -61,32 +89,6 @@ def cmd_feedback(args: argparse.Namespace) -> int:
         )
     return EXIT_OK
 
-
-def add_parser(sub: Any) -> None:
-    from agent.commands import with_examples
-    from agent.detector_flags import add_decision_args, add_detector_args
-    from agent.images import add_max_megapixels_arg
-
-    p = sub.add_parser(
-        "feedback",
-        help="a person's verdict on an image: a false alarm joins the references, a missed defect is kept",
-        **with_examples(
-            DESCRIPTION,
-            [
-                "looktwice feedback part_017.png --good --refs good_parts/       # it was a false alarm",
-                "looktwice feedback part_042.png --defective --refs good_parts/  # a defect it passed",
-            ],
-        ),
-    )
-    p.add_argument("image", help="the image a person judged")
-    which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--good", action="store_true", help="the part is good: the tool raised a false alarm")
-    which.add_argument("--defective", action="store_true", help="the part is defective: the tool missed it")
-    p.add_argument("--refs", required=True, help="the folder of good references the feedback belongs to")
-    add_max_megapixels_arg(p)
-    add_detector_args(p)
-    add_decision_args(p)
-    p.set_defaults(func=cmd_feedback)
 
 
 __all__ = ["add_parser", "cmd_feedback"]

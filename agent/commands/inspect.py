@@ -151,6 +151,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: Any) -> None:
+    """Add the `inspect` and `demo` sub-commands to `sub`."""
     from agent.commands import with_examples
     from agent.images import add_max_megapixels_arg
 
