@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     pass
 
-from agent.console import EXIT_OK, EXIT_USAGE, error_line, info_line
+from agent.console import EXIT_OK, EXIT_USAGE, info_line, usage_error
 from agent.detector_flags import add_decision_args, add_detector_args, decision_settings, detector_options
 
 #: Modules that add further subcommands with `add_parser(subparsers)`; they import nothing heavy at top.
@@ -76,6 +76,7 @@ def _format_table(result: dict[str, Any]) -> str:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from agent.commands.common import settings_from_args
     from agent.progress import wants_progress
     from evals.detection import DetectionBenchmarkSettings, run_detection_benchmark
     from instruct_data.datasets import DatasetError
@@ -83,22 +84,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     try:
         decision = decision_settings(args)
-        settings = DetectionBenchmarkSettings(
-            data=args.data,
-            category=args.category,
-            shots=args.shots,
-            seed=args.seed,
-            detector=args.detector,
+        settings = settings_from_args(
+            DetectionBenchmarkSettings,
+            args,
             detector_options=detector_options(args),
-            metric_size=args.metric_size,
             calibration=decision.calibration or "batch",
             false_alarm_rate=decision.false_alarm_rate,
             review=decision.review,
         )
         result = run_detection_benchmark(settings, show_progress=wants_progress(not args.quiet))
     except (DatasetError, DetectorError, ValueError, KeyError) as err:
-        error_line(str(err))
-        return EXIT_USAGE
+        return usage_error(err)
     print(_format_table(result))
     if args.out:
         out = Path(args.out)

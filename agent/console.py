@@ -17,9 +17,16 @@ def error_line(msg: str) -> None:
         print(f"looktwice: error: {line}", file=sys.stderr)
 
 
+def usage_error(msg: object) -> int:
+    """Say what was wrong with the call and give its exit code, so a command ends a usage problem with
+    `return usage_error(err)`."""
+    error_line(str(msg))
+    return EXIT_USAGE
+
+
 def info_line(msg: str) -> None:
     """A progress or status line on stderr."""
     print(msg, file=sys.stderr)
 
 
-__all__ = ["EXIT_OK", "EXIT_SOME_FAILED", "EXIT_USAGE", "error_line", "info_line"]
+__all__ = ["EXIT_OK", "EXIT_SOME_FAILED", "EXIT_USAGE", "error_line", "info_line", "usage_error"]

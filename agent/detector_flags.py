@@ -1,4 +1,4 @@
-"""The flags that say how to inspect (`--detector`, `--resolution`, `--config`, `--model`, `--device`,
+"""The flags that say how to inspect (`--brain`, `--detector`, `--resolution`, `--config`, `--model`, `--device`,
 `--object`, `--set KEY=VALUE`, `--false-alarm-rate`, `--no-review`, `--calibration`) and the one
 settings object they give (`inspection_settings`).
 
@@ -34,6 +34,14 @@ def add_detector_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="one detector setting, e.g. --set blur_sigma=3 (repeatable)"
     )
+
+
+BRAIN_HELP = "rule | llava:<id-or-folder> | openai:<base-url>#<model> (default rule)"
+
+
+def add_brain_arg(p: argparse.ArgumentParser, help_text: str = BRAIN_HELP) -> None:
+    """`--brain` (a brain spec, default rule); `help_text` says what the brain does in the command."""
+    p.add_argument("--brain", default="rule", help=help_text)
 
 
 #: keys of the `--config` file that set the decision or the loop rather than the detector

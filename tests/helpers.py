@@ -1,11 +1,15 @@
 """Helpers several test modules share: a parser with only the commands under test, a fresh
-interpreter's output, and synthetic float images as PIL images."""
+interpreter's output, synthetic float images as PIL images, and a resumable run killed mid-way."""
 
 from __future__ import annotations
 
 import argparse
+import signal
+import sqlite3
 import subprocess
 import sys
+import time
+from pathlib import Path
 from types import ModuleType
 
 import numpy as np
@@ -34,3 +38,29 @@ def fresh_python(code: str) -> str:
 def to_pil(arr: np.ndarray) -> Image.Image:
     """A float image in [0, 1] (what `brushed_plate` draws) as an 8-bit PIL image."""
     return Image.fromarray((np.clip(arr, 0, 1) * 255).astype(np.uint8))
+
+
+def committed_rows(out: Path, columns: str = "path, status, finished_at, stem") -> list[tuple]:
+    """`columns` of the inputs a resumable run (`report`, `audit run`) has committed to
+    `out/results.db`, read-only; [] while there is no database yet."""
+    if not (out / "results.db").exists():
+        return []
+    try:
+        with sqlite3.connect(f"file:{out / 'results.db'}?mode=ro", uri=True, timeout=1) as conn:
+            return conn.execute(f"SELECT {columns} FROM inputs").fetchall()
+    except sqlite3.Error:
+        return []
+
+
+def kill_after_commits(proc: subprocess.Popen, out: Path, commits: int, timeout: float) -> None:
+    """SIGKILL `proc` once it has committed `commits` inputs to `out/results.db` (or after `timeout`
+    seconds, or at once when it has ended), and wait for it: a crash in the middle of a run."""
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if len(committed_rows(out)) >= commits:
+                break
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)

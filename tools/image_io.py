@@ -254,6 +254,20 @@ def image_to_array(img: Image.Image) -> np.ndarray:
     return np.asarray(rgb, dtype=np.float32) / np.float32(255.0)
 
 
+def unit_pixels(arr: np.ndarray, dtype: type[np.floating] = np.float64, inf: float | None = None) -> np.ndarray:
+    """Pixel values of an array image as `dtype` floats on the 0..1 scale (not clipped): uint8 / 255,
+    uint16 / 65535, bool as 0 and 1, other numbers as 0..1, or as 0..255 when their maximum is above 1.
+    NaN counts as 0; +-inf as `inf` when given, else as the largest finite value of its sign. The overlay
+    and the region measurement take arrays from callers, not only from `load_image`, and read them alike."""
+    if arr.dtype == np.uint8:
+        return arr.astype(dtype) / 255.0
+    if arr.dtype == np.uint16:
+        return arr.astype(dtype) / 65535.0
+    out = arr.astype(dtype)
+    out = np.nan_to_num(out, nan=0.0) if inf is None else np.nan_to_num(out, nan=0.0, posinf=inf, neginf=inf)
+    return out / 255.0 if out.size and out.max() > 1.0 else out
+
+
 # ----------------------------------------------------------------------------------------------------
 # internals
 

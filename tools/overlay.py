@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from tools.image_io import image_to_array
+from tools.image_io import image_to_array, unit_pixels
 
 PRED_COLOR: tuple[int, int, int] = (0, 255, 0)
 GT_COLOR: tuple[int, int, int] = (255, 255, 255)
@@ -64,14 +64,7 @@ def _as_rgb_float(image: Image.Image | np.ndarray) -> np.ndarray:
         arr = arr[..., 0]
     elif arr.ndim != 2:
         raise ValueError(f"image must be HxW or HxWx3, got shape {arr.shape}")
-    if arr.dtype == np.uint8:
-        out = arr.astype(np.float32) / 255.0
-    elif arr.dtype == np.uint16:
-        out = arr.astype(np.float32) / 65535.0
-    else:
-        out = np.nan_to_num(arr.astype(np.float32), nan=0.0)
-        if out.size and out.max() > 1.0:
-            out = out / 255.0
+    out = unit_pixels(arr, np.float32)
     if out.ndim == 2:
         out = np.repeat(out[..., None], 3, axis=2)
     return np.clip(out, 0.0, 1.0)

@@ -29,6 +29,7 @@ import math
 import numpy as np
 from scipy import ndimage
 
+from tools.image_io import unit_pixels
 from tools.record import Region
 
 #: 8-connectivity for `ndimage.label`.
@@ -129,16 +130,7 @@ def to_grey(image: np.ndarray) -> np.ndarray:
             raise ValueError(f"image must have 1, 3 or 4 channels, got shape {arr.shape}")
     elif arr.ndim != 2:
         raise ValueError(f"image must be HxW or HxWxC, got shape {arr.shape}")
-    if arr.dtype == np.uint8:
-        scaled = arr.astype(np.float64) / 255.0
-    elif arr.dtype == np.uint16:
-        scaled = arr.astype(np.float64) / 65535.0
-    elif arr.dtype == bool:
-        scaled = arr.astype(np.float64)
-    else:
-        scaled = np.nan_to_num(arr.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-        if scaled.size and scaled.max() > 1.0:
-            scaled = scaled / 255.0
+    scaled = unit_pixels(arr, np.float64, inf=0.0)
     if scaled.ndim == 3:
         scaled = scaled @ _LUMA
     return np.clip(scaled, 0.0, 1.0)

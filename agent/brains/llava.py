@@ -8,6 +8,8 @@ passed as (user, assistant) pairs. A missing model raises `BrainError` with the 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, ClassVar
 
 from PIL import Image
@@ -108,18 +110,10 @@ class LlavaBrain(Brain, SeesImages, JudgesDefects, ProposesRules):
             message = request
         else:
             message = f"{evidence}\n\n{request}"
-        try:
+        with self._failures():
             text = model.chat(
-                turns,
-                message,
-                images=images,
-                system=self.t["system"].strip(),
-                max_new_tokens=self.max_new_tokens,
+                turns, message, images=images, system=self.t["system"].strip(), max_new_tokens=self.max_new_tokens
             )
-        except (RuntimeError, ValueError) as err:
-            raise BrainError(
-                f"LLaVA model {self.model_id!r} failed: {' '.join(str(err).split())[:200]}"
-            ) from None
         return str(text).strip()
 
     def explain(self, record: InspectionRecord) -> str:
@@ -140,43 +134,27 @@ class LlavaBrain(Brain, SeesImages, JudgesDefects, ProposesRules):
         image = self.images.get(record.image_path)
         if image is None:
             raise BrainError(f"no image for {record.image_path!r}: P(Yes) needs the image")
-        try:
+        with self._failures():
             return self.yes_probability(image), "first-token logits"
-        except (RuntimeError, ValueError) as err:
-            raise BrainError(f"LLaVA model {self.model_id!r} failed: {' '.join(str(err).split())[:200]}") from None
 
     def chat_text(self, prompt: str, history: list[tuple[str, str]] | None = None) -> str:
         """A text-only chat with the local model (no image)."""
-        try:
+        with self._failures():
             return str(
                 self.model.chat(list(history or []), prompt, images=(), max_new_tokens=self.max_new_tokens)
             ).strip()
-        except (RuntimeError, ValueError) as err:
-            raise BrainError(
-                f"LLaVA model {self.model_id!r} failed: {' '.join(str(err).split())[:200]}"
-            ) from None
 
     def propose_rules(self, components_text: str) -> str:
-        prompt = self.t["rules"].format(components=components_text)
-        try:
-            return str(self.model.chat([], prompt, images=(), max_new_tokens=self.max_new_tokens)).strip()
-        except (RuntimeError, ValueError) as err:
-            raise BrainError(
-                f"LLaVA model {self.model_id!r} failed: {' '.join(str(err).split())[:200]}"
-            ) from None
+        return self.chat_text(self.t["rules"].format(components=components_text))
 
     def repair_rules(self, components_text: str, previous: str, error: str) -> str:
         prompt = self.t["rules"].format(components=components_text)
-        history = [(prompt, previous)]
+        return self.chat_text(self.t["rules_repair"].format(error=error), [(prompt, previous)])
+
+    @contextmanager
+    def _failures(self) -> Iterator[None]:
+        """A model error (RuntimeError, ValueError) as the one-line `BrainError` the loop falls back on."""
         try:
-            text = self.model.chat(
-                history,
-                self.t["rules_repair"].format(error=error),
-                images=(),
-                max_new_tokens=self.max_new_tokens,
-            )
+            yield
         except (RuntimeError, ValueError) as err:
-            raise BrainError(
-                f"LLaVA model {self.model_id!r} failed: {' '.join(str(err).split())[:200]}"
-            ) from None
-        return str(text).strip()
+            raise BrainError(f"LLaVA model {self.model_id!r} failed: {' '.join(str(err).split())[:200]}") from None

@@ -28,6 +28,12 @@ brains:
                                          openai:http://127.0.0.1:8000/v1#Qwen/Qwen2-VL-2B-Instruct
   (LOOKTWICE_OPENAI_BASE_URL, LOOKTWICE_OPENAI_MODEL, LOOKTWICE_OPENAI_API_KEY fill in what is missing)"""
 
+EXAMPLES = (
+    'looktwice ask part_017.png "Is there a defect? Where?" --refs good_parts/',
+    'looktwice ask part_017.png "How big is the defect?" --refs good_parts/ --json',
+    'looktwice ask part_017.png "What could cause it?" --brain llava:/models/anomaly-ov',
+)
+
 
 def add_brain_args(
     p: argparse.ArgumentParser, refs_help: str | None = None, max_megapixels: float | None = None
@@ -35,18 +41,14 @@ def add_brain_args(
     """--refs, --brain, --sam, --max-megapixels, the detector and decision arguments (shared by `ask`, `chat` and
     `serve`; `refs_help` rewords --refs for a command that uses it differently, `max_megapixels` sets
     another default pixel limit)."""
-    from agent.detector_flags import add_decision_args, add_detector_args
+    from agent.detector_flags import add_brain_arg, add_decision_args, add_detector_args
     from agent.images import add_max_megapixels_arg
 
     p.add_argument(
         "--refs",
         help=refs_help or "folder (or file) of good reference images; without it the zero-shot fallback runs",
     )
-    p.add_argument(
-        "--brain",
-        default="rule",
-        help="rule | llava:<id-or-folder> | openai:<base-url>#<model> (default rule)",
-    )
+    add_brain_arg(p)
     p.add_argument("--sam", help="SAM model id or folder to refine the defect outlines (optional)")
     if max_megapixels is None:
         add_max_megapixels_arg(p)
@@ -63,14 +65,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "ask",
         help="ask a question about one image: answer, verdict, overlay, trace",
-        **with_examples(
-            DESCRIPTION,
-            [
-                'looktwice ask part_017.png "Is there a defect? Where?" --refs good_parts/',
-                'looktwice ask part_017.png "How big is the defect?" --refs good_parts/ --json',
-                'looktwice ask part_017.png "What could cause it?" --brain llava:/models/anomaly-ov',
-            ],
-        ),
+        **with_examples(DESCRIPTION, EXAMPLES),
     )
     p.add_argument("image", help="the image to ask about")
     p.add_argument("question", help='the question, e.g. "Is there any defect in this image?"')
@@ -82,23 +77,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def cmd_ask(args: argparse.Namespace) -> int:
     """Run the command from parsed arguments; returns the exit code."""
-    from agent.console import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, error_line, info_line
-    from agent.images import limits_from_args, missing_message, missing_paths, source_size
+    from agent.commands.common import report_missing
+    from agent.console import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, error_line, info_line, usage_error
+    from agent.images import limits_from_args, source_size
     from tools.image_io import ImageLoadError
 
     path = Path(args.image)
     if not args.question.strip():
-        error_line("the question is empty")
-        return EXIT_USAGE
-    missing = missing_paths([args.image] + ([args.refs] if args.refs else []))
-    if missing:
-        error_line(missing_message(missing, "path"))
+        return usage_error("the question is empty")
+    if report_missing([args.image], [args.refs]):
         return EXIT_USAGE
     try:
         limits = limits_from_args(args)
     except ValueError as err:
-        error_line(str(err))
-        return EXIT_USAGE
+        return usage_error(err)
     try:
         image = limits.load(path, note=info_line)
     except (ImageLoadError, OSError) as err:

@@ -31,7 +31,7 @@ components are reported as skipped. --resume continues an interrupted audit. Exi
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Add the `audit` command (with `draft` and `run`) to `sub`."""
     from agent.commands import with_examples
-    from agent.detector_flags import add_detector_args
+    from agent.detector_flags import add_brain_arg, add_detector_args
     from agent.images import add_max_megapixels_arg
 
     p = sub.add_parser(
@@ -54,7 +54,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     d.add_argument("--refs", required=True, help="folder (or file) of good reference images")
     d.add_argument("--out", help="write the spec here (default: standard output)")
-    d.add_argument("--brain", default="rule", help=BRAIN_HELP)
+    add_brain_arg(d, BRAIN_HELP)
     d.add_argument("--sam", metavar="MODEL", help=SAM_HELP)
     d.add_argument("--device", help="cpu, cuda, cuda:1, ... for SAM (default cpu)")
     add_max_megapixels_arg(d)
@@ -62,11 +62,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     r = asub.add_parser(
         "run",
         help="audit images against a spec and write a report",
-        **with_examples(
-            "Check every image against the spec (drafted from --refs when --spec is not given) and write "
-            "the same report as `looktwice report`, plus the spec used.",
-            [RUN_EXAMPLE, "looktwice audit run line3/boxes/ --refs good_boxes/ --out audit_1127/ --resume"],
-        ),
+        **with_examples(RUN_DESCRIPTION, [RUN_EXAMPLE, RESUME_EXAMPLE]),
     )
     r.add_argument(
         "inputs", nargs="+", metavar="INPUT", help="image files, folders, or list files (@list.txt)"
@@ -76,7 +72,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     r.add_argument(
         "--out", required=True, help="output folder (new or empty, or an earlier audit with --resume)"
     )
-    r.add_argument("--brain", default="rule", help=BRAIN_HELP + "; used when there is no --spec")
+    add_brain_arg(r, BRAIN_HELP + "; used when there is no --spec")
     r.add_argument(
         "--resume",
         action="store_true",
@@ -95,6 +91,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 DRAFT_EXAMPLE = "looktwice audit draft --refs good_boxes/ --out spec.yaml"
 RUN_EXAMPLE = "looktwice audit run line3/boxes/ --refs good_boxes/ --spec spec.yaml --out audit_1127/"
+RESUME_EXAMPLE = "looktwice audit run line3/boxes/ --refs good_boxes/ --out audit_1127/ --resume"
+RUN_DESCRIPTION = (
+    "Check every image against the spec (drafted from --refs when --spec is not given) and write "
+    "the same report as `looktwice report`, plus the spec used."
+)
 
 BRAIN_HELP = (
     "drafting brain: rule (segmentation and statistics, default) or an LLM, llava:<id-or-folder> or "
@@ -115,28 +116,25 @@ CLIP_HELP = (
 
 def cmd_draft(args: argparse.Namespace) -> int:
     from agent.audit.runner import get_spec, model_finders
-    from agent.console import EXIT_OK, EXIT_USAGE, error_line, info_line
+    from agent.console import EXIT_OK, info_line, usage_error
     from agent.images import limits_from_args
     from agent.report.runner import ReportUsageError
 
     try:
         limits = limits_from_args(args)
     except ValueError as err:
-        error_line(str(err))
-        return EXIT_USAGE
+        return usage_error(err)
     finders = model_finders(args.sam, None, args.device, info_line)
     try:
         spec, _ = get_spec(None, args.refs, warn=info_line, brain=args.brain, finders=finders, limits=limits)
     except ReportUsageError as err:
-        error_line(str(err))
-        return EXIT_USAGE
+        return usage_error(err)
     text = spec.to_yaml()
     if args.out:
         try:
             Path(args.out).write_text(text, encoding="utf-8")
         except OSError as err:
-            error_line(f"cannot write spec file '{args.out}': {err.strerror or err}")
-            return EXIT_USAGE
+            return usage_error(f"cannot write spec file '{args.out}': {err.strerror or err}")
         info_line(
             f"spec drafted: {len(spec.components)} component(s), {len(spec.pairs)} pair rule(s), "
             f"{len(spec.dropped)} rule(s) dropped; written to {args.out}"
@@ -148,7 +146,8 @@ def cmd_draft(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from agent.audit.runner import AuditSettings, run_audit
-    from agent.console import EXIT_USAGE, error_line, info_line
+    from agent.commands.common import batch_run_fields, settings_from_args
+    from agent.console import info_line, usage_error
     from agent.detector_flags import detector_options
     from agent.images import limits_from_args
     from agent.report.runner import ReportUsageError, ReportWriteError, StoreError
@@ -157,28 +156,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         options = detector_options(args)
         limits = limits_from_args(args, options)
     except ValueError as err:
-        error_line(str(err))
-        return EXIT_USAGE
-    settings = AuditSettings(
-        inputs=list(args.inputs),
-        out=Path(args.out),
-        refs=args.refs,
-        spec=args.spec,
-        detector=args.detector,
-        detector_options=options,
-        resume=args.resume,
-        brain=args.brain,
-        sam=args.sam,
-        clip=args.clip,
-        progress=not args.quiet,
-        durable=not args.no_fsync,
-        limits=limits,
-    )
+        return usage_error(err)
+    settings = settings_from_args(AuditSettings, args, detector_options=options, **batch_run_fields(args, limits))
     try:
         summary = run_audit(settings, info=info_line)
     except (ReportUsageError, ReportWriteError, StoreError) as err:
-        error_line(str(err))
-        return EXIT_USAGE
+        return usage_error(err)
     info_line(summary.line().replace("report", "audit", 1).replace("defective", "anomalous"))
     if summary.interrupted:
         info_line(f"interrupted; run the same command with --resume to finish the audit in '{settings.out}'")

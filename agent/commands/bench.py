@@ -38,7 +38,7 @@ def _non_negative(text: str) -> int:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Add the `bench` sub-command to `sub` (the object `add_subparsers()` returned)."""
     from agent.commands import with_examples
-    from agent.detector_flags import add_detector_args
+    from agent.detector_flags import add_brain_arg, add_detector_args
 
     p = sub.add_parser(
         "bench",
@@ -68,11 +68,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--size", type=_positive, default=256, help="side of the synthetic images in pixels (default 256)"
     )
     p.add_argument("--limit", type=_positive, help="time at most this many images of --images")
-    p.add_argument(
-        "--brain",
-        default="rule",
-        help="rule | llava:<id-or-folder> | openai:<base-url>#<model> (default rule)",
-    )
+    add_brain_arg(p)
     p.add_argument("--warmup", type=_non_negative, default=2, help="untimed warm-up runs first (default 2)")
     p.add_argument("--repeat", type=_positive, default=1, help="timed passes over the images (default 1)")
     p.add_argument(
@@ -92,7 +88,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def cmd_bench(args: argparse.Namespace) -> int:
     """Run the command from parsed arguments; returns the exit code."""
     from agent.brains.common import BrainError
-    from agent.console import EXIT_OK, EXIT_USAGE, error_line, info_line
+    from agent.console import EXIT_OK, info_line, usage_error
     from agent.detector_flags import detector_options
     from agent.progress import bar_writer, progress_bar
     from evals.bench.runner import (
@@ -107,18 +103,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     device = args.device
     if device is not None and device != "cpu" and not device.startswith("cuda"):
-        error_line(f"--device must be cpu or cuda[:N], got {device!r}")
-        return EXIT_USAGE
+        return usage_error(f"--device must be cpu or cuda[:N], got {device!r}")
     if device and device.startswith("cuda"):
         import torch
 
         if not torch.cuda.is_available():
-            error_line("--device cuda: no CUDA device is available")
-            return EXIT_USAGE
+            return usage_error("--device cuda: no CUDA device is available")
     question = args.question if args.question is not None else DEFAULT_QUESTION
     if args.loop and not question.strip():
-        error_line("the question is empty")
-        return EXIT_USAGE
+        return usage_error("the question is empty")
     if args.threads:
         import torch
 
@@ -158,8 +151,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 progress=bar.update,
             )
     except (BrainError, DetectorError, ValueError, KeyError) as err:
-        error_line(str(err).strip("'\""))
-        return EXIT_USAGE
+        return usage_error(str(err).strip("'\""))
     path, md = save_result(result, args.out)
     if args.json:
         print(json.dumps(result), flush=True)

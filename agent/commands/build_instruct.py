@@ -73,27 +73,18 @@ def rewrite_chat(spec: str) -> tuple[Callable[..., str], dict[str, Any]]:
 
 
 def cmd_build_instruct(args: argparse.Namespace) -> int:
-    from agent.console import EXIT_OK, EXIT_USAGE, error_line, info_line
+    from agent.commands.common import settings_from_args
+    from agent.console import EXIT_OK, info_line, usage_error
     from agent.progress import progress_bar
     from instruct_data.datasets import DatasetError
     from instruct_data.instruct import InstructBuildError, InstructSettings, build_instruct
 
-    settings = InstructSettings(
-        out=args.out,
-        data=args.data,
-        synth_from=args.synth_from,
-        per_image=args.per_image,
-        seed=args.seed,
-        limit=args.limit,
-        rewrite=args.rewrite,
-        rewrite_cache=args.rewrite_cache,
-    )
+    settings = settings_from_args(InstructSettings, args)
     try:
         with progress_bar(None, "instruct", not args.quiet) as bar:
             stats = build_instruct(settings, progress=bar.update, chat_for=rewrite_chat)
     except (DatasetError, InstructBuildError) as err:
-        error_line(str(err))
-        return EXIT_USAGE
+        return usage_error(err)
     im = stats["images"]
     print(
         f"instruction data in {Path(args.out)}: {stats['conversations']} conversations, {stats['turns']} turns "

@@ -40,7 +40,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_build_qa(args: argparse.Namespace) -> int:
-    from agent.console import EXIT_OK, EXIT_USAGE, error_line, info_line
+    from agent.console import EXIT_OK, info_line, usage_error
     from agent.progress import progress_bar
     from instruct_data.datasets import DatasetError
     from instruct_data.qa import BuildSettings, QABuildError, build_qa_set
@@ -52,8 +52,7 @@ def cmd_build_qa(args: argparse.Namespace) -> int:
         with progress_bar(None, "qa", not args.quiet) as bar:
             meta = build_qa_set(settings, progress=bar.update)
     except (DatasetError, QABuildError) as err:
-        error_line(str(err))
-        return EXIT_USAGE
+        return usage_error(err)
     c = meta["counts"]
     out = Path(args.out)
     print(

@@ -63,20 +63,18 @@ def _read_line(prompt: str) -> str | None:
 
 def cmd_chat(args: argparse.Namespace) -> int:
     """Run the command from parsed arguments; returns the exit code."""
-    from agent.console import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, error_line, info_line
-    from agent.images import limits_from_args, missing_message, missing_paths
+    from agent.commands.common import report_missing
+    from agent.console import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, error_line, info_line, usage_error
+    from agent.images import limits_from_args
     from tools.image_io import ImageLoadError
 
-    missing = missing_paths([args.image] + ([args.refs] if args.refs else []))
-    if missing:
-        error_line(missing_message(missing, "path"))
+    if report_missing([args.image], [args.refs]):
         return EXIT_USAGE
     try:
         limits = limits_from_args(args)
         pipeline = build_pipeline(args)
     except (SetupError, ValueError) as err:
-        error_line(str(err))
-        return EXIT_USAGE
+        return usage_error(err)
     session = Conversation(pipeline, Path(args.out), limits)
     try:
         print(session.open(args.image), flush=True)

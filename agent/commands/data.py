@@ -34,6 +34,9 @@ class _Renamed:
         return self._sub.add_parser(self._name, **kwargs)
 
 
+#: the `data plates` flags that `make_plate_dataset` takes under the same names
+PLATES_FLAGS = ("train_good", "test_good", "test_bad", "size", "render_size", "seed", "category")
+
 PLATES_EXAMPLE = "looktwice data plates --out plates/ --train-good 100 --test-bad 100"
 
 
@@ -86,7 +89,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def cmd_plates(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from agent.console import EXIT_OK, EXIT_USAGE, error_line
+    from agent.commands.common import flag_values
+    from agent.console import EXIT_OK, usage_error
     from instruct_data.synthesis.plates import VISIBLE_KINDS, make_plate_dataset
 
     kinds = [k.strip() for v in (args.kinds or []) for k in v.split(",") if k.strip()] or list(VISIBLE_KINDS)
@@ -94,20 +98,10 @@ def cmd_plates(args: argparse.Namespace) -> int:
     try:
         with tqdm(total=total, desc="plates", unit="img", disable=None) as bar:
             counts = make_plate_dataset(
-                args.out,
-                train_good=args.train_good,
-                test_good=args.test_good,
-                test_bad=args.test_bad,
-                size=args.size,
-                render_size=args.render_size,
-                kinds=kinds,
-                seed=args.seed,
-                category=args.category,
-                progress=bar.update,
+                args.out, kinds=kinds, progress=bar.update, **flag_values(args, PLATES_FLAGS)
             )
     except ValueError as err:
-        error_line(str(err))
-        return EXIT_USAGE
+        return usage_error(err)
     bad = ", ".join(f"{k} {n}" for k, n in sorted(counts.test_bad.items()))
     print(
         f"plates in {counts.root}: {counts.train_good} train/good, {counts.test_good} test/good, defective: {bad}"

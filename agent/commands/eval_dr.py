@@ -34,7 +34,7 @@ compare     --compare A.json B.json prints two runs side by side"""
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Add the `eval-dr` sub-command to `sub`."""
     from agent.commands import with_examples
-    from agent.detector_flags import add_detector_args
+    from agent.detector_flags import add_brain_arg, add_detector_args
 
     p = sub.add_parser(
         "eval-dr",
@@ -50,11 +50,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--qa", help="QA folder (test_data.json, dr.json, meta.json) from `looktwice data qa`")
     p.add_argument("--data-root", help="where the QA set's images are (default: meta.json's data_root)")
-    p.add_argument(
-        "--brain",
-        default="rule",
-        help="rule | llava:<id-or-folder> | openai:<base-url>#<model> (default rule)",
-    )
+    add_brain_arg(p)
     p.add_argument("--refs-from", help="MVTec-layout root: --shots good references per class from train/good")
     p.add_argument("--shots", type=int, default=4, help="number of references per class (default 4)")
     p.add_argument(
@@ -80,7 +76,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_compare(a: str, b: str) -> int:
-    from agent.console import EXIT_OK, EXIT_USAGE, error_line
+    from agent.console import EXIT_OK, usage_error
     from evals.dr.runner import compare_table
 
     data = []
@@ -91,15 +87,15 @@ def cmd_compare(a: str, b: str) -> int:
         try:
             data.append(json.loads(p.read_text(encoding="utf-8")))
         except (OSError, json.JSONDecodeError) as err:
-            error_line(f"cannot read results '{p}': {err}")
-            return EXIT_USAGE
+            return usage_error(f"cannot read results '{p}': {err}")
     print(compare_table(data[0], data[1], (Path(a).parent.name or a, Path(b).parent.name or b)), end="")
     return EXIT_OK
 
 
 def cmd_eval_dr(args: argparse.Namespace) -> int:
     from agent.brains.common import BrainError
-    from agent.console import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, error_line, info_line
+    from agent.commands.common import settings_from_args
+    from agent.console import EXIT_OK, EXIT_SOME_FAILED, info_line, usage_error
     from agent.detector_flags import detector_options
     from evals.dr.reader import QASetError
     from evals.dr.text import SbertUnavailable
@@ -109,28 +105,14 @@ def cmd_eval_dr(args: argparse.Namespace) -> int:
     if args.compare:
         return cmd_compare(*args.compare)
     if not args.qa:
-        error_line("--qa DIR is required (or --compare A.json B.json)")
-        return EXIT_USAGE
+        return usage_error("--qa DIR is required (or --compare A.json B.json)")
     if args.shots <= 0:
-        error_line(f"--shots must be positive, got {args.shots}")
-        return EXIT_USAGE
+        return usage_error(f"--shots must be positive, got {args.shots}")
     from evals.dr.runner import TABLE_FILE, DRSettings, markdown_table, run_dr_benchmark
 
     try:
-        settings = DRSettings(
-            qa=args.qa,
-            out=args.out,
-            brain=args.brain,
-            detector=args.detector,
-            detector_options=detector_options(args),
-            refs_from=args.refs_from,
-            shots=args.shots,
-            seed=args.seed,
-            limit=args.limit,
-            sbert=not args.no_sbert,
-            data_root=args.data_root,
-            judge=args.judge,
-            score_fallback=args.score_fallback,
+        settings = settings_from_args(
+            DRSettings, args, detector_options=detector_options(args), sbert=not args.no_sbert
         )
         result, failures = run_dr_benchmark(settings, show_progress=not args.quiet, warn=info_line)
     except (
@@ -142,8 +124,7 @@ def cmd_eval_dr(args: argparse.Namespace) -> int:
         ValueError,
         KeyError,
     ) as err:
-        error_line(str(err))
-        return EXIT_USAGE
+        return usage_error(err)
     print(markdown_table(result, f"D&R benchmark: brain {args.brain}"), end="")
     info_line(
         f"wrote {Path(args.out) / 'samples.jsonl'}, {Path(args.out) / 'results.json'}, {Path(args.out) / TABLE_FILE}"

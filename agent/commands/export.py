@@ -69,14 +69,13 @@ def _no_format(p: argparse.ArgumentParser) -> int:
 
 
 def cmd_export_mmad(args: argparse.Namespace) -> int:
-    from agent.console import EXIT_OK, EXIT_USAGE, error_line, info_line
+    from agent.console import EXIT_OK, info_line, usage_error
     from evals.export.mmad import ExportError, export_mmad
 
     try:
         records = export_mmad(args.run, args.out, args.image_prefix)
     except (ExportError, OSError) as err:
-        error_line(str(err))
-        return EXIT_USAGE
+        return usage_error(err)
     n_det = sum(1 for r in records if r["question_type"] == "Anomaly Detection")
     print(f"wrote {args.out}: {len(records)} records ({n_det} detection, {len(records) - n_det} reasoning)")
     info_line("MMAD result format: [{image, question, question_type, correct_answer, gpt_answer}]")
@@ -84,15 +83,14 @@ def cmd_export_mmad(args: argparse.Namespace) -> int:
 
 
 def cmd_export_lmms_eval(args: argparse.Namespace) -> int:
-    from agent.console import EXIT_OK, EXIT_USAGE, error_line, info_line
+    from agent.console import EXIT_OK, info_line, usage_error
     from evals.dr.reader import QASetError
     from evals.export.lmms_eval import LmmsExportError, write_lmms_eval_task
 
     try:
         info = write_lmms_eval_task(args.qa, args.out, args.task, args.data_root)
     except (QASetError, LmmsExportError, OSError) as err:
-        error_line(str(err))
-        return EXIT_USAGE
+        return usage_error(err)
     print(
         f"wrote {info['yaml']}, {info['utils']}, {info['data']}: {info['documents']} documents "
         f"({info['detection']} detection, {info['reasoning']} reasoning)"

@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from agent.console import EXIT_OK, EXIT_USAGE, error_line, info_line
+from agent.console import EXIT_OK, EXIT_USAGE, info_line, usage_error
 
 DESCRIPTION = __doc__.split("\n\n", 1)[1] if __doc__ else ""
 
@@ -23,50 +23,8 @@ def _verdict(record: Any) -> str:
     return f"{record.verdict} (score {record.pred_score:.2f}{promise})"
 
 
-def cmd_feedback(args: argparse.Namespace) -> int:
-    from agent.detector_flags import inspection_settings
-    from agent.feedback import add_feedback
-    from agent.images import limits_from_args, missing_message, missing_paths
-    from agent.inspection import Pipeline
-    from tools.detectors import DetectorError
-    from tools.image_io import ImageLoadError
-
-    missing = missing_paths([args.image, args.refs])
-    if missing:
-        error_line(missing_message(missing, "path"))
-        return EXIT_USAGE
-    if not Path(args.refs).is_dir():
-        error_line(f"--refs must be a folder of good references, got '{args.refs}'")
-        return EXIT_USAGE
-    label = "good" if args.good else "defective"
-    try:
-        settings = inspection_settings(args)
-        limits = limits_from_args(args, settings.detector_options)
-        image = limits.load(args.image)
-        before = Pipeline(settings, warn=lambda m: None).fit(limits.references(args.refs, warn=info_line))
-        record = before.inspect(args.image, image)
-    except (ImageLoadError, DetectorError, ValueError) as err:
-        error_line(str(err))
-        return EXIT_USAGE
-    info_line(f"{args.image}: now {_verdict(record)}")
-    try:
-        path, new = add_feedback(image, label, args.refs, Path(args.image).stem)
-    except OSError as err:
-        error_line(f"cannot store the feedback: {err.strerror or err}")
-        return EXIT_USAGE
-    info_line(f"{'kept' if new else 'already kept'} as {label}: {path}")
-    if label == "good":
-        after = Pipeline(settings, warn=lambda m: None).fit(limits.references(args.refs, warn=info_line))
-        info_line(f"{args.image}: with it among the references, {_verdict(after.inspect(args.image, image))}")
-    elif record.verdict != "defective":
-        info_line(
-            "the current boundary does not catch this defect; more references of the good variation, a "
-            "higher --false-alarm-rate, or the batch mode of `report` may; it is kept to check against"
-        )
-    return EXIT_OK
-
-
 def add_parser(sub: Any) -> None:
+    """Add the `feedback` sub-command to `sub`."""
     from agent.commands import with_examples
     from agent.detector_flags import add_decision_args, add_detector_args
     from agent.images import add_max_megapixels_arg
@@ -91,6 +49,46 @@ def add_parser(sub: Any) -> None:
     add_detector_args(p)
     add_decision_args(p)
     p.set_defaults(func=cmd_feedback)
+
+
+def cmd_feedback(args: argparse.Namespace) -> int:
+    from agent.commands.common import report_missing
+    from agent.detector_flags import inspection_settings
+    from agent.feedback import add_feedback
+    from agent.images import limits_from_args
+    from agent.inspection import Pipeline
+    from tools.detectors import DetectorError
+    from tools.image_io import ImageLoadError
+
+    if report_missing([args.image, args.refs]):
+        return EXIT_USAGE
+    if not Path(args.refs).is_dir():
+        return usage_error(f"--refs must be a folder of good references, got '{args.refs}'")
+    label = "good" if args.good else "defective"
+    try:
+        settings = inspection_settings(args)
+        limits = limits_from_args(args, settings.detector_options)
+        image = limits.load(args.image)
+        before = Pipeline(settings, warn=lambda m: None).fit(limits.references(args.refs, warn=info_line))
+        record = before.inspect(args.image, image)
+    except (ImageLoadError, DetectorError, ValueError) as err:
+        return usage_error(err)
+    info_line(f"{args.image}: now {_verdict(record)}")
+    try:
+        path, new = add_feedback(image, label, args.refs, Path(args.image).stem)
+    except OSError as err:
+        return usage_error(f"cannot store the feedback: {err.strerror or err}")
+    info_line(f"{'kept' if new else 'already kept'} as {label}: {path}")
+    if label == "good":
+        after = Pipeline(settings, warn=lambda m: None).fit(limits.references(args.refs, warn=info_line))
+        info_line(f"{args.image}: with it among the references, {_verdict(after.inspect(args.image, image))}")
+    elif record.verdict != "defective":
+        info_line(
+            "the current boundary does not catch this defect; more references of the good variation, a "
+            "higher --false-alarm-rate, or the batch mode of `report` may; it is kept to check against"
+        )
+    return EXIT_OK
+
 
 
 __all__ = ["add_parser", "cmd_feedback"]

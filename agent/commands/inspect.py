@@ -13,8 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from agent.console import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, error_line, info_line
-from agent.detector_flags import add_decision_args, add_detector_args, inspection_settings
+from agent.console import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, info_line, usage_error
+from agent.detector_flags import add_brain_arg, add_decision_args, add_detector_args, inspection_settings
 
 #: exit code when an image got the `--fail-on` outcome or worse (documented beside 0, 1 and 2)
 EXIT_FLAGGED = 3
@@ -42,7 +42,8 @@ def run_inspect(
     """Inspect each image; write `<out>/<stem>.json`, maps and overlay. Returns the exit code.
 
     A path that does not exist is a usage error: nothing is inspected and `out` is not created."""
-    from agent.images import ImageLimits, missing_message, missing_paths, source_size
+    from agent.commands.common import report_missing
+    from agent.images import ImageLimits, source_size
     from agent.inspection import InspectionSettings, Pipeline
     from agent.outputs import unique_stem, write_record
     from agent.progress import bar_writer, progress_bar
@@ -52,17 +53,14 @@ def run_inspect(
 
     limits = limits or ImageLimits()
     settings = settings or InspectionSettings()
-    missing = missing_paths(images + ([refs] if refs else []))
-    if missing:
-        error_line(missing_message(missing, "path"))
+    if report_missing(images, [refs]):
         return EXIT_USAGE
     paths: list[Path] = []
     for item in images:
         p = Path(item)
         paths.extend(list_images(p, recursive=True) if p.is_dir() else [p])
     if not paths:
-        error_line("no input images found")
-        return EXIT_USAGE
+        return usage_error("no input images found")
     pipeline = Pipeline(settings, warn=info_line)
     try:
         references = limits.references(refs, warn=info_line)
@@ -70,8 +68,7 @@ def run_inspect(
         if len(paths) > 1 and (pipeline.detector.needs_batch or settings.decision.calibration == "batch"):
             pipeline.fit_batch(LazyImages([str(p) for p in paths], limits.load), [str(p) for p in paths])
     except (DetectorError, ValueError, KeyError, RuntimeError) as err:
-        error_line(str(err))
-        return EXIT_USAGE
+        return usage_error(err)
     out.mkdir(parents=True, exist_ok=True)
     taken: set[str] = set()
     failed, worst = 0, 0
@@ -129,8 +126,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         settings = inspection_settings(args)
         limits = limits_from_args(args, settings.detector_options)
     except ValueError as err:
-        error_line(str(err))
-        return EXIT_USAGE
+        return usage_error(err)
     return run_inspect(
         args.images, args.refs, Path(args.out), settings, args.json,
         limits=limits, progress=not args.quiet, fail_on=args.fail_on,
@@ -155,6 +151,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: Any) -> None:
+    """Add the `inspect` and `demo` sub-commands to `sub`."""
     from agent.commands import with_examples
     from agent.images import add_max_megapixels_arg
 
@@ -192,7 +189,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
     p.add_argument("--refs", help="folder (or file) of good reference images; without it the zero-shot fallback runs")
     p.add_argument("--out", default="looktwice-results", help="output folder (default looktwice-results)")
-    p.add_argument("--brain", default="rule", help="explanation writer (default rule: templates, no weights)")
+    add_brain_arg(p, "explanation writer (default rule: templates, no weights)")
     p.add_argument("--json", action="store_true", help="print one JSON record per image (JSON lines) on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument(

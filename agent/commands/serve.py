@@ -132,20 +132,18 @@ def _is_loopback(host: str) -> bool:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the command from parsed arguments; returns the exit code."""
-    from agent.console import EXIT_USAGE, error_line
+    from agent.console import usage_error
 
     try:
         limits = limits_from_args(args)
     except ValueError as err:
-        error_line(str(err))
-        return EXIT_USAGE
+        return usage_error(err)
     own_workdir = not args.workdir
     workdir = Path(tempfile.mkdtemp(prefix="looktwice-serve-")) if own_workdir else Path(args.workdir)
     try:
         workdir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        error_line(f"cannot create the work folder '{workdir}': {err.strerror or err}")
-        return EXIT_USAGE
+        return usage_error(f"cannot create the work folder '{workdir}': {err.strerror or err}")
     previous = _stop_on_sigterm()
     try:
         return _serve(args, workdir, limits)
@@ -171,7 +169,7 @@ def _stop_on_sigterm() -> Any:
 
 def _serve(args: argparse.Namespace, workdir: Path, limits: Any) -> int:
     """Check gradio, build the engine (weights load now), serve until Ctrl-C; the exit code."""
-    from agent.console import EXIT_OK, EXIT_USAGE, error_line, info_line
+    from agent.console import EXIT_OK, info_line, usage_error
     from agent.conversation import SetupError
     from agent.serve.session import SessionError
 
@@ -180,16 +178,14 @@ def _serve(args: argparse.Namespace, workdir: Path, limits: Any) -> int:
 
         import_gradio(workdir)  # before anything else imports gradio: it reads its cache folder then
     except ServeDependencyError as err:
-        error_line(str(err))
-        return EXIT_USAGE
+        return usage_error(err)
     try:
         engine = build_engine(args)
         info_line("looktwice serve: loading the detector and the brain ...")
         for note in engine.warm_up():
             info_line(f"looktwice serve: {note}")
     except (SetupError, SessionError) as err:
-        error_line(str(err))
-        return EXIT_USAGE
+        return usage_error(err)
     if not _is_loopback(args.host):
         info_line(
             f"looktwice serve: warning: listening on {args.host}: anyone who can reach it can use it (no login)"
@@ -199,8 +195,7 @@ def _serve(args: argparse.Namespace, workdir: Path, limits: Any) -> int:
     try:
         launch(build_app(engine, workdir, limits), args.host, args.port, limits, block=True, quiet=True)
     except OSError as err:  # e.g. the port is taken
-        error_line(f"cannot serve on {args.host}:{args.port}: {err}")
-        return EXIT_USAGE
+        return usage_error(f"cannot serve on {args.host}:{args.port}: {err}")
     return EXIT_OK
 
 

@@ -64,7 +64,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
     import numpy as np
     from PIL import Image
 
-    from agent.console import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, error_line, info_line
+    from agent.console import EXIT_OK, EXIT_SOME_FAILED, info_line, usage_error
     from agent.progress import bar_writer, progress_bar
     from instruct_data.synthesis.anomalies import ANOMALIES, synthesize_random
     from instruct_data.synthesis.contact_sheet import Tile, save_contact_sheet
@@ -74,19 +74,15 @@ def cmd_synth(args: argparse.Namespace) -> int:
     kinds = _parse_kinds(args.kinds)
     unknown = [k for k in kinds if k not in ANOMALIES]
     if unknown:
-        error_line(f"unknown anomaly kind(s) {', '.join(unknown)}; available: {', '.join(ANOMALIES.names())}")
-        return EXIT_USAGE
+        return usage_error(f"unknown anomaly kind(s) {', '.join(unknown)}; available: {', '.join(ANOMALIES.names())}")
     if args.per_image < 1:
-        error_line("--per-image must be at least 1")
-        return EXIT_USAGE
+        return usage_error("--per-image must be at least 1")
     try:
         paths = list_images(args.images, recursive=True)
     except (FileNotFoundError, NotADirectoryError) as e:
-        error_line(str(e))
-        return EXIT_USAGE
+        return usage_error(e)
     if not paths:
-        error_line(f"no images found in '{args.images}'")
-        return EXIT_USAGE
+        return usage_error(f"no images found in '{args.images}'")
 
     out = Path(args.out)
     (out / "images").mkdir(parents=True, exist_ok=True)

@@ -91,7 +91,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from agent.console import EXIT_OK, EXIT_USAGE, error_line, info_line
+    from agent.console import EXIT_OK, info_line, usage_error
 
     try:
         from agent.mllm.train import (
@@ -105,8 +105,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         from tools.ltfm.checkpoints import ModelNotFoundError
         from tools.ltfm.expert_io import ExpertWeightsError
     except ImportError as err:  # pragma: no cover - torch / transformers missing
-        error_line(str(err))
-        return EXIT_USAGE
+        return usage_error(err)
     flags = {
         "data": args.data,
         "out": args.out,
@@ -132,11 +131,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         ModelNotFoundError,
         ImportError,
     ) as err:
-        error_line(str(err))
-        return EXIT_USAGE
+        return usage_error(err)
     except (RuntimeError, ValueError) as err:
-        error_line(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
-        return EXIT_USAGE
+        return usage_error(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
     summary = result.to_json()
     what = ", ".join(f"{k} {v}" for k, v in result.artifacts.items())
     print(

@@ -15,29 +15,13 @@ weights, the checkpoint loading and the vision tower are perception, in `tools.l
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from agent.mllm.lazy_exports import lazy_exports
 
+#: defining module -> the public names it gives the package
 _EXPORTS = {
-    "LookTwiceModel": "agent.mllm.model",
-    "DetectionResult": "agent.mllm.model",
-    "DETECTION_QUESTION": "agent.mllm.chat_format",
-    "format_question": "agent.mllm.chat_format",
-    "suspicion_phrase": "agent.mllm.chat_format",
-    "load_model": "agent.mllm.loading",
+    "agent.mllm.model": ("LookTwiceModel", "DetectionResult"),
+    "agent.mllm.chat_format": ("DETECTION_QUESTION", "format_question", "suspicion_phrase"),
+    "agent.mllm.loading": ("load_model",),
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'agent.mllm' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -126,6 +126,13 @@ def _guarded(
     return None, message
 
 
+def _picture(gr: ModuleType, label: str, height: int, buttons: list[str], elem_id: str) -> Any:
+    """A read-only image pane (PIL in, PNG to the browser): the current image and the overlay."""
+    return gr.Image(
+        label=label, type="pil", format="png", interactive=False, height=height, buttons=buttons, elem_id=elem_id
+    )
+
+
 def build_app(
     engine: Engine,
     workdir: str | Path,
@@ -213,15 +220,7 @@ def build_app(
                     elem_id="refs-upload",
                 )
                 status = gr.Markdown(f"No image yet: upload one ({IMAGE_KINDS}).", elem_id="status")
-                preview = gr.Image(
-                    label="Current image",
-                    type="pil",
-                    format="png",
-                    interactive=False,
-                    height=220,
-                    buttons=["fullscreen"],
-                    elem_id="preview",
-                )
+                preview = _picture(gr, "Current image", 220, ["fullscreen"], "preview")
             with gr.Column(scale=4, min_width=360):  # the conversation
                 chat = gr.Chatbot(
                     label="Conversation", height=470, buttons=["copy", "copy_all"], elem_id="chat"
@@ -240,14 +239,8 @@ def build_app(
                     mark_good = gr.Button("It is good (false alarm)", size="sm", elem_id="mark-good")
                     mark_bad = gr.Button("It is defective (missed)", size="sm", elem_id="mark-defective")
             with gr.Column(scale=4, min_width=360):  # the evidence behind the last answer
-                overlay = gr.Image(
-                    label="Overlay: heatmap and outline of the defect",
-                    type="pil",
-                    format="png",
-                    interactive=False,
-                    height=400,
-                    buttons=["download", "fullscreen"],
-                    elem_id="overlay",
+                overlay = _picture(
+                    gr, "Overlay: heatmap and outline of the defect", 400, ["download", "fullscreen"], "overlay"
                 )
                 regions = gr.Dataframe(
                     headers=list(REGION_HEADERS),

@@ -22,6 +22,12 @@ def run(argv: list[str]) -> int:
     return run_commands(argv, ask, chat)
 
 
+def ask_json(files: dict[str, Path], question: str, out: Path, brain: str) -> int:
+    """`ask --json` about the scratched part, against the case's references, with `brain`."""
+    argv = ["ask", str(files["scratch"]), question, "--json", "--refs", str(files["refs"]), "--out", str(out)]
+    return run([*argv, "--brain", brain, *FAST])
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict[str, Path]:
     return case.write_case(tmp_path_factory.mktemp("agent_case"))
@@ -60,21 +66,7 @@ def test_ask_json_with_openai_brain(files, tmp_path, capsys):
         (200, completion("Yes"), 0.0),  # answer
     ]
     try:
-        code = run(
-            [
-                "ask",
-                str(files["scratch"]),
-                "Is there any defect in this image? Answer Yes or No.",
-                "--json",
-                "--refs",
-                str(files["refs"]),
-                "--out",
-                str(tmp_path),
-                "--brain",
-                f"openai:{server.url}#tiny",
-                *FAST,
-            ]
-        )
+        code = ask_json(files, "Is there any defect in this image? Answer Yes or No.", tmp_path, f"openai:{server.url}#tiny")
     finally:
         server.close()
     assert code == 0
@@ -197,21 +189,7 @@ def test_llava_brain_with_tiny_model(tiny_llava, tmp_path):
 
 
 def test_ask_with_llava_brain(files, tiny_llava, tmp_path, capsys):
-    code = run(
-        [
-            "ask",
-            str(files["scratch"]),
-            "Where is the defect?",
-            "--json",
-            "--refs",
-            str(files["refs"]),
-            "--out",
-            str(tmp_path),
-            "--brain",
-            f"llava:{tiny_llava}",
-            *FAST,
-        ]
-    )
+    code = ask_json(files, "Where is the defect?", tmp_path, f"llava:{tiny_llava}")
     assert code == 0
     data = json.loads(capsys.readouterr().out)
     assert data["brain"] == "llava" and isinstance(data["answer"], str) and data["trace"]

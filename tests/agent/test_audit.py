@@ -275,11 +275,11 @@ def test_audit_resume_after_sigkill_loses_nothing_and_redoes_nothing(tmp_path, c
     files, the rest are done, nothing is done twice."""
     import os
     import signal
-    import sqlite3
     import subprocess
     import sys
-    import time
     from pathlib import Path
+
+    from tests.helpers import committed_rows, kill_after_commits
 
     root = Path(__file__).resolve().parents[2]
     n = 16
@@ -297,22 +297,9 @@ def test_audit_resume_after_sigkill_loses_nothing_and_redoes_nothing(tmp_path, c
     )
 
     def committed() -> dict[str, tuple]:
-        try:
-            with sqlite3.connect(f"file:{out / 'results.db'}?mode=ro", uri=True, timeout=1) as conn:
-                rows = conn.execute("SELECT path, status, finished_at, stem FROM inputs").fetchall()
-        except sqlite3.Error:
-            return {}
-        return {r[0]: r[1:] for r in rows}
+        return {r[0]: r[1:] for r in committed_rows(out)}
 
-    deadline = time.monotonic() + 120
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            if (out / "results.db").exists() and len(committed()) >= 3:
-                break
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait(timeout=30)
+    kill_after_commits(proc, out, 3, timeout=120)
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read()
     before = committed()
     assert 3 <= len(before) < n, "the kill should land in the middle of the run"

@@ -25,6 +25,7 @@ from agent.report.html import json_for_script, render_html
 from agent.report.runner import ReportSettings, ReportUsageError, run_report
 from agent.report.store import STATUS_DONE, STATUS_FAILED, Row
 from instruct_data.synthesis.demo_case import brushed_plate, draw_scratch, make_demo_case
+from tests.helpers import kill_after_commits
 
 SIZE = 96
 FAST = ["--resolution", "96", "--quiet"]
@@ -179,22 +180,7 @@ def test_resume_after_sigkill_loses_nothing_and_redoes_nothing(tmp_path, case, p
     out = tmp_path / "out"
     argv = [str(plates), "--refs", str(case / "references"), "--out", str(out), *FAST]
     proc = _subprocess_report(argv)
-    committed = 0
-    deadline = time.monotonic() + 60
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            if (out / "results.db").exists():
-                try:
-                    with sqlite3.connect(f"file:{out / 'results.db'}?mode=ro", uri=True, timeout=1) as conn:
-                        committed = conn.execute("SELECT COUNT(*) FROM inputs").fetchone()[0]
-                except sqlite3.Error:
-                    committed = 0
-                if committed >= 3:
-                    break
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait(timeout=30)
+    kill_after_commits(proc, out, 3, timeout=60)
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read()
     before = {r["path"]: r for r in _rows(out)}
     assert 3 <= len(before) < 14, "the kill should land in the middle of the run"

@@ -56,22 +56,8 @@ def brain() -> RuleBrain:
 def _four_regions() -> list[Region]:
     return [
         _region(),
-        _region(
-            location="bottom",
-            shape="compact",
-            area_fraction=0.004,
-            elongation=1.2,
-            contrast=0.2,
-            max_score=0.8,
-        ),
-        _region(
-            location="center",
-            shape="diffuse",
-            area_fraction=0.12,
-            elongation=1.5,
-            contrast=0.01,
-            max_score=0.7,
-        ),
+        _region(location="bottom", shape="compact", area_fraction=0.004, elongation=1.2, contrast=0.2, max_score=0.8),
+        _region(location="center", shape="diffuse", area_fraction=0.12, elongation=1.5, contrast=0.01, max_score=0.7),
         _region(location="right", shape="compact", area_fraction=0.001, elongation=1.0, max_score=0.6),
     ]
 

@@ -195,13 +195,18 @@ def test_reader_errors(tmp_path):
 # ---------------------------------------------------------------------------------------------- end to end
 
 
-def test_eval_dr_end_to_end_resume_and_compare(tmp_path, capsys):
+def _rule_run(tmp_path: Path) -> tuple[Path, list[str]]:
+    """A QA set of a small plate tree, and (out folder, argv) of a rule-brain `eval-dr` run on it."""
     tree = write_tree(tmp_path / "data", categories=("plate",), n_train=2, n_good=1, n_bad=2)
     qa = tmp_path / "qa"
     assert run(["build-qa", "--data", str(tree), "--out", str(qa)]) == 0
     out = tmp_path / "dr"
     argv = ["eval-dr", "--qa", str(qa), "--brain", "rule", "--refs-from", str(tree), "--shots", "2"]
-    argv += ["--set", "resolution=96", "--no-sbert", "--quiet", "--out", str(out)]
+    return out, argv + ["--set", "resolution=96", "--no-sbert", "--quiet", "--out", str(out)]
+
+
+def test_eval_dr_end_to_end_resume_and_compare(tmp_path, capsys):
+    out, argv = _rule_run(tmp_path)
     capsys.readouterr()
     assert run(argv) == 0
     table = capsys.readouterr().out
@@ -347,12 +352,7 @@ def test_judge_spec_must_be_an_openai_endpoint():
 def test_eval_dr_with_a_judge_over_http_and_rejudging_on_resume(tmp_path, capsys):
     from tests.openai_server import ScriptedServer, completion
 
-    tree = write_tree(tmp_path / "data", categories=("plate",), n_train=2, n_good=1, n_bad=2)
-    qa = tmp_path / "qa"
-    assert run(["build-qa", "--data", str(tree), "--out", str(qa)]) == 0
-    out = tmp_path / "dr"
-    base = ["eval-dr", "--qa", str(qa), "--brain", "rule", "--refs-from", str(tree), "--shots", "2"]
-    base += ["--set", "resolution=96", "--no-sbert", "--quiet", "--out", str(out)]
+    out, base = _rule_run(tmp_path)
     assert run(base) == 0  # first without a judge
     first = json.loads((out / "results.json").read_text())
     assert "judge" not in first and "| judge |" not in (out / "results.md").read_text()

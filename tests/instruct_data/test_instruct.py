@@ -165,22 +165,8 @@ def test_limit_and_bad_settings(tree: Path, tmp_path: Path) -> None:
 def test_synth_path_end_to_end_via_command(tree: Path, tmp_path: Path) -> None:
     good = tree / "plate" / "train" / "good"
     out = tmp_path / "synth"
-    assert (
-        run(
-            [
-                "build-instruct",
-                "--synth-from",
-                str(good),
-                "--out",
-                str(out),
-                "--per-image",
-                "5",
-                "--seed",
-                "4",
-            ]
-        )
-        == 0
-    )
+    synth_argv = ["build-instruct", "--synth-from", str(good), "--per-image", "5", "--seed", "4"]
+    assert run([*synth_argv, "--out", str(out)]) == 0
     items = json.loads((out / "instruct.json").read_text())
     stats = json.loads((out / "stats.json").read_text())
     check_format(items, out)
@@ -203,22 +189,7 @@ def test_synth_path_end_to_end_via_command(tree: Path, tmp_path: Path) -> None:
             if turn["value"].startswith("There is"):
                 assert where in turn["value"]
     again = tmp_path / "again"
-    assert (
-        run(
-            [
-                "build-instruct",
-                "--synth-from",
-                str(good),
-                "--out",
-                str(again),
-                "--per-image",
-                "5",
-                "--seed",
-                "4",
-            ]
-        )
-        == 0
-    )
+    assert run([*synth_argv, "--out", str(again)]) == 0  # the same seed: the same files
     assert (again / "instruct.json").read_text() == (out / "instruct.json").read_text()
     for p in synth_images:
         assert (again / "images" / p.name).read_bytes() == p.read_bytes()

@@ -10,17 +10,13 @@ from PIL import Image
 from evals.metrics import image_auroc as auroc
 from instruct_data.synthesis.demo_case import brushed_plate, draw_scratch, draw_stain
 from instruct_data.synthesis.products import bracket, weave
+from tests.helpers import to_pil
 from tools.detectors import DETECTORS, DetectorError
 from tools.detectors.alignment import grey_small, is_aligned, phase_shift, shift_features, windowed_nearest
 from tools.detectors.augmentation_rule import decide_views
 from tools.detectors.mutual_scoring import choose_partners, mutual_scores, per_partner_distances
 from tools.detectors.reference_matching import ReferenceMatchingDetector
 from tools.lazy_images import LazyImages
-
-
-def _pil(arr: np.ndarray) -> Image.Image:
-    return Image.fromarray((np.clip(arr, 0, 1) * 255).astype(np.uint8))
-
 
 # ---------------------------------------------------------------------------------------- batch
 
@@ -29,12 +25,12 @@ def _pil(arr: np.ndarray) -> Image.Image:
 def plate_batch():
     """18 good plates and 9 defective ones (a third of the batch), shuffled."""
     rng = np.random.default_rng(5)
-    good = [_pil(brushed_plate(rng, 128)) for _ in range(18)]
+    good = [to_pil(brushed_plate(rng, 128)) for _ in range(18)]
     bad = []
     for i in range(9):
         draw = draw_scratch if i % 2 else draw_stain
         im, _ = draw(brushed_plate(rng, 128), rng)
-        bad.append(_pil(im))
+        bad.append(to_pil(im))
     images = good + bad
     labels = np.array([0] * len(good) + [1] * len(bad))
     order = np.random.default_rng(0).permutation(len(images))
@@ -78,7 +74,7 @@ def test_batch_detector_reads_only_its_pool_and_scores_new_images(plate_batch, t
 def test_batch_with_references_uses_both(plate_batch):
     images, labels = plate_batch
     rng = np.random.default_rng(11)
-    refs = [_pil(brushed_plate(rng, 128)) for _ in range(3)]
+    refs = [to_pil(brushed_plate(rng, 128)) for _ in range(3)]
     det = DETECTORS.build("batch", resolution=128, partners=12)
     det.fit(refs)
     det.fit_batch(images)
@@ -124,7 +120,7 @@ def test_partners_depend_on_content_and_seed_only():
 
 def test_phase_correlation_recovers_a_known_shift():
     rng = np.random.default_rng(2)
-    base = _pil(bracket(rng, 128))
+    base = to_pil(bracket(rng, 128))
     moved = Image.new("RGB", base.size)
     moved.paste(base, (6, -4))  # 6 px right, 4 px up
     x = torch.from_numpy(np.stack([np.asarray(base), np.asarray(moved)])).permute(0, 3, 1, 2).float() / 255
@@ -149,9 +145,9 @@ def test_shift_and_windowed_nearest():
 def test_refmatch_detects_alignment_for_an_object_not_for_a_texture():
     rng = np.random.default_rng(4)
     obj = ReferenceMatchingDetector(resolution=128)
-    obj.fit([_pil(bracket(rng, 128)) for _ in range(4)])
+    obj.fit([to_pil(bracket(rng, 128)) for _ in range(4)])
     tex = ReferenceMatchingDetector(resolution=128)
-    tex.fit([_pil(weave(rng, 128)) for _ in range(4)])
+    tex.fit([to_pil(weave(rng, 128)) for _ in range(4)])
     assert obj.aligned and not tex.aligned
     assert obj.settings()["alignment"]["aligned"] is True
 
@@ -159,7 +155,7 @@ def test_refmatch_detects_alignment_for_an_object_not_for_a_texture():
 def test_aligned_matching_flags_a_hole_in_the_wrong_place():
     """A second hole looks like the part's own holes: position-free matching finds it normal."""
     rng = np.random.default_rng(6)
-    refs = [_pil(bracket(rng, 128)) for _ in range(4)]
+    refs = [to_pil(bracket(rng, 128)) for _ in range(4)]
     good = bracket(rng, 128)
     extra = good.copy()
     yy, xx = np.mgrid[0:128, 0:128]
@@ -168,7 +164,7 @@ def test_aligned_matching_flags_a_hole_in_the_wrong_place():
     for mode in ("on", "off"):
         det = ReferenceMatchingDetector(resolution=128, align=mode)
         det.fit(refs)
-        g, e = det.predict([_pil(good), _pil(extra)])
+        g, e = det.predict([to_pil(good), to_pil(extra)])
         scores[mode] = e.raw_score / g.raw_score
     assert scores["on"] > scores["off"]
 
@@ -179,9 +175,9 @@ def test_aligned_matching_flags_a_hole_in_the_wrong_place():
 def test_rule_refuses_turns_for_an_oriented_part_and_accepts_them_for_a_texture():
     rng = np.random.default_rng(8)
     tex = ReferenceMatchingDetector(resolution=128, align="off")
-    tex.fit([_pil(weave(rng, 128)) for _ in range(4)])
+    tex.fit([to_pil(weave(rng, 128)) for _ in range(4)])
     part = ReferenceMatchingDetector(resolution=128, align="off")
-    part.fit([_pil(bracket(rng, 128)) for _ in range(4)])
+    part.fit([to_pil(bracket(rng, 128)) for _ in range(4)])
     assert "rot90" in tex.views and "rot180" in tex.views
     assert "rot90" not in part.views and "rot180" not in part.views
     assert part.augmentation is not None and "refused" in part.augmentation.reason

@@ -9,23 +9,20 @@ from PIL import Image
 from scipy import ndimage
 
 from instruct_data.synthesis.demo_case import brushed_plate, draw_scratch, draw_stain
+from tests.helpers import to_pil
 from tools.detectors import DETECTORS, DetectorError
 from tools.detectors.memory_bank import greedy_coreset, nearest_distance
 from tools.detectors.reference_matching import ReferenceMatchingDetector
 
 
-def _pil(arr: np.ndarray) -> Image.Image:
-    return Image.fromarray((np.clip(arr, 0, 1) * 255).astype(np.uint8))
-
-
 @pytest.fixture(scope="module")
 def case():
     rng = np.random.default_rng(1)
-    refs = [_pil(brushed_plate(rng, 160)) for _ in range(4)]
-    good = _pil(brushed_plate(rng, 160))
+    refs = [to_pil(brushed_plate(rng, 160)) for _ in range(4)]
+    good = to_pil(brushed_plate(rng, 160))
     scratched, scratch_mask = draw_scratch(brushed_plate(rng, 160), rng)
     stained, stain_mask = draw_stain(brushed_plate(rng, 160), rng)
-    return refs, good, (_pil(scratched), scratch_mask), (_pil(stained), stain_mask)
+    return refs, good, (to_pil(scratched), scratch_mask), (to_pil(stained), stain_mask)
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +66,7 @@ def test_calibration_comes_from_the_references(fitted):
 
 def test_output_map_has_each_image_own_size(fitted):
     rng = np.random.default_rng(3)
-    wide = _pil(brushed_plate(rng, 160)).resize((240, 120))
+    wide = to_pil(brushed_plate(rng, 160)).resize((240, 120))
     out = fitted.predict([wide, wide.resize((50, 300))])
     assert out[0].anomaly_map.shape == (120, 240)
     assert out[1].anomaly_map.shape == (300, 50)

@@ -8,8 +8,8 @@ not", so scores of different detectors can be compared and fused.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -25,6 +25,15 @@ class DetectorError(RuntimeError):
 
 class MissingModelError(DetectorError):
     """The detector's checkpoint is not on this machine; callers may fall back to the embedded detector."""
+
+
+def check_known_settings(config: type, settings: Mapping[str, Any], detector: str) -> None:
+    """Raise `DetectorError` naming the `settings` that the dataclass `config` has no field for, and the
+    ones it has, so a typo in `--set` or a config file is caught before the detector is built."""
+    known = {f.name for f in fields(config)}
+    unknown = set(settings) - known
+    if unknown:
+        raise DetectorError(f"unknown {detector} settings {sorted(unknown)}; known: {sorted(known)}")
 
 
 @dataclass

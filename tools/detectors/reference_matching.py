@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -36,7 +36,7 @@ from PIL import Image
 from tools.detectors import DETECTORS
 from tools.detectors.alignment import grey_small, is_aligned, phase_shift, shift_features, windowed_nearest
 from tools.detectors.augmentation_rule import FLIP_VIEWS, TURN_VIEWS, AugmentationDecision, decide_views
-from tools.detectors.base import CalibratedDetector, DetectorError, DetectorOutput
+from tools.detectors.base import CalibratedDetector, DetectorError, DetectorOutput, check_known_settings
 from tools.detectors.calibration import Calibration
 from tools.detectors.learned_head import AnomalyHead, HeadSettings, train_head
 from tools.detectors.map_scoring import image_scores
@@ -99,10 +99,7 @@ class ReferenceMatchingConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ReferenceMatchingConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise DetectorError(f"unknown refmatch settings {sorted(unknown)}; known: {sorted(known)}")
+        check_known_settings(cls, d, "refmatch")
         d = dict(d)
         for key in ("blocks", "pools"):
             if key in d:

@@ -9,7 +9,7 @@ than reference matching, and it says so: use references when you have them.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -19,7 +19,7 @@ from PIL import Image
 
 from tools.backbones.efficientnet_lite import EfficientNetLiteFeatures
 from tools.detectors import DETECTORS
-from tools.detectors.base import CalibratedDetector, DetectorError, DetectorOutput
+from tools.detectors.base import CalibratedDetector, DetectorOutput, check_known_settings
 from tools.detectors.calibration import Calibration
 from tools.preprocess import gaussian_blur, pil_to_tensor, remove_illumination, standardize_contrast
 
@@ -40,10 +40,7 @@ class SelfSimilarityConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SelfSimilarityConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise DetectorError(f"unknown selfsim settings {sorted(unknown)}; known: {sorted(known)}")
+        check_known_settings(cls, d, "selfsim")
         d = dict(d)
         if "blocks" in d:
             d["blocks"] = tuple(d["blocks"])

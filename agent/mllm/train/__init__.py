@@ -13,30 +13,18 @@ are in `configs/`. Importing this package is cheap; accelerate and peft load whe
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from agent.mllm.lazy_exports import lazy_exports
 
+#: defining module -> the public names it gives the package
 _EXPORTS = {
-    "load_config": "agent.mllm.train.config",
-    "apply_overrides": "agent.mllm.train.config",
-    "shipped_configs": "agent.mllm.train.config",
-    "TrainConfigError": "agent.mllm.train.config",
-    "ExpertTrainConfig": "agent.mllm.train.config",
-    "LLMTrainConfig": "agent.mllm.train.config",
-    "TrainDataError": "agent.mllm.train.data",
-    "CheckpointError": "agent.mllm.train.checkpoint",
-    "TrainResult": "agent.mllm.train.loop",
-    "train_stage": "agent.mllm.train.runner",
-    "evaluate_detection": "agent.mllm.train.evaluate",
+    "agent.mllm.train.config": (
+        "load_config", "apply_overrides", "shipped_configs", "TrainConfigError", "ExpertTrainConfig", "LLMTrainConfig"
+    ),
+    "agent.mllm.train.data": ("TrainDataError",),
+    "agent.mllm.train.checkpoint": ("CheckpointError",),
+    "agent.mllm.train.loop": ("TrainResult",),
+    "agent.mllm.train.runner": ("train_stage",),
+    "agent.mllm.train.evaluate": ("evaluate_detection",),
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'agent.mllm.train' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -61,6 +61,11 @@ def _cfg(name: str, stage: str, out: Path, **fields):
     return apply_overrides(cfg, {"out": str(out), "progress": False, **fields})
 
 
+def _held_out_llm_cfg(out: Path, model: Path, plates: dict, **fields):
+    """A tiny-llm stage-2 config on the held-out conversations, at lr 1e-3 (a few steps show a change)."""
+    return _cfg("tiny-llm", "llm", out, model=str(model), data=[str(plates["held_out_json"])], lr=1e-3, **fields)
+
+
 # ------------------------------------------------------------------------------------------ learning
 def test_two_stages_learn_detection(tiny4_dir, plates, tmp_path):
     from agent.mllm.loading import load_model
@@ -270,17 +275,7 @@ def test_llm_output_is_what_load_model_reads(tiny_llava_dir, plates, tmp_path, m
     from agent.mllm.train.llm_stage import LLMStage
     from agent.mllm.train.loop import make_accelerator, run_training
 
-    cfg = _cfg(
-        "tiny-llm",
-        "llm",
-        tmp_path,
-        model=str(tiny_llava_dir),
-        expert="random",
-        data=[str(plates["held_out_json"])],
-        method=method,
-        max_steps=3,
-        lr=1e-3,
-    )
+    cfg = _held_out_llm_cfg(tmp_path, tiny_llava_dir, plates, expert="random", method=method, max_steps=3)
     task = LLMStage(cfg, "cpu")
     result = run_training(task, cfg, make_accelerator(cfg))
     task.model.llava.eval()
@@ -317,17 +312,7 @@ def test_qlora_trains_and_merges_on_cpu(tiny_llava_dir, plates, tmp_path):
         pytest.skip(reason)
     from agent.mllm.loading import load_model
 
-    cfg = _cfg(
-        "tiny-llm",
-        "llm",
-        tmp_path,
-        model=str(tiny_llava_dir),
-        expert="none",
-        data=[str(plates["held_out_json"])],
-        method="qlora",
-        max_steps=2,
-        lr=1e-3,
-    )
+    cfg = _held_out_llm_cfg(tmp_path, tiny_llava_dir, plates, expert="none", method="qlora", max_steps=2)
     result = train_stage(cfg)
     assert all(torch.isfinite(torch.tensor(result.losses)))
     model = load_model(result.artifacts["model"], dtype="float32")  # merged, unquantized
