@@ -104,6 +104,10 @@ def comparable_part(detector: Detector) -> ReferenceMatchingDetector | None:
     return part if isinstance(part, ReferenceMatchingDetector) else None
 
 
+#: Bank size of the zoomed matcher below which no coreset is selected (about 16 references at 2x).
+SECOND_LOOK_BANK = 65536
+
+
 class SecondLook:
     """The zoomed reference matcher: fitted once on the references, then asked about crops."""
 
@@ -114,7 +118,10 @@ class SecondLook:
             cfg,
             resolution=round_to_grid(cfg.resolution * s.zoom),
             extra_resolution=0,
-            augment=tuple(first.views),
+            # no views: at twice the size, flipped copies would quadruple a bank that already holds four
+            # times the patches, and push it past `max_bank` into a coreset selection (minutes per fit)
+            augment=(),
+            max_bank=max(cfg.max_bank, SECOND_LOOK_BANK),
             align="off",  # crops are not registered; the first look was position-aware where it could be
             head_weight=0.0,
             global_weight=0.0,
