@@ -63,6 +63,7 @@ class RaySettings:
     gpus_per_worker: float = 0.0
     in_flight: int = 2  # images queued on each actor, so none idles while the driver writes
     max_attempts: int = 3  # an image whose worker died this many times is recorded as failed
+    start_timeout_s: float = 300.0  # workers not started by then: not enough resources, a usage error
 
 
 def import_ray() -> ModuleType:
@@ -201,7 +202,18 @@ class _Pool:
                 self.ray.kill(slot.actor)
 
     def pids(self) -> list[int]:
-        return [int(pid) for pid in self.ray.get([slot.actor.pid.remote() for slot in self.slots])]
+        """The workers' process ids; returns once every actor has started (unpickled its pipeline),
+        so setup time is counted as setup and a worker that cannot start is one clear error."""
+        try:
+            refs = [slot.actor.pid.remote() for slot in self.slots]
+            return [int(pid) for pid in self.ray.get(refs, timeout=self.rs.start_timeout_s)]
+        except self.ray.exceptions.GetTimeoutError:
+            raise ReportUsageError(
+                f"the {len(self.slots)} Ray worker(s) did not start within {self.rs.start_timeout_s:g} s: does the "
+                "cluster have the CPUs/GPUs they ask for (--workers, --cpus-per-worker, --gpus-per-worker)?"
+            ) from None
+        except self.ray.exceptions.RayError as err:
+            raise ReportUsageError(f"the Ray workers could not start: {_first_line(err)}") from None
 
 
 def _first_line(err: BaseException) -> str:
@@ -251,6 +263,7 @@ class RayInspector:
             pipeline.warn = stderr_line  # the run's writer is a closure: it stays here
             pool = _Pool(ray, self.rs, ray.put(pipeline), self.s.limits, say)
             try:
+                pool.pids()
                 evidence: dict[str, Evidence] = {}
                 if fits_on_batch(pipeline, len(self.items)) and pipeline.calibrates_on_batch:
                     evidence = self._calibrate(pool, pipeline)
