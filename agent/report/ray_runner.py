@@ -22,6 +22,8 @@ import contextlib
 import itertools
 import logging
 import os
+import signal
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
@@ -232,11 +234,14 @@ def connected(ray: ModuleType, rs: RaySettings) -> Iterator[None]:
     if rs.address is None:
         need = rs.workers * rs.cpus_per_worker
         options.update(num_cpus=max(os.cpu_count() or 1, int(need + 0.999)), include_dashboard=False)
+    on_sigterm = signal.getsignal(signal.SIGTERM)
     try:
         ray.init(address=rs.address, **options)
     except (ConnectionError, ValueError, RuntimeError) as err:
         where = f"the Ray cluster at '{rs.address}'" if rs.address else "a local Ray instance"
         raise ReportUsageError(f"cannot connect to {where}: {_first_line(err)}") from None
+    if threading.current_thread() is threading.main_thread() and on_sigterm is not None:
+        signal.signal(signal.SIGTERM, on_sigterm)  # ray.init sets its own; the report's rebuilds the page
     try:
         yield
     finally:
