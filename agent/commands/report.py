@@ -19,6 +19,10 @@ Every result is committed to results.db the moment it is done. After a crash or 
 command with --resume: finished images are kept, changed files (content hash) are redone, failed and
 unfinished ones are processed. Without --resume a non-empty output folder is refused.
 
+With --ray the images are inspected by Ray actors, on this machine or on a cluster (--ray-address
+auto after `ray start`); the store, the files and the page stay here, and --resume works the same
+(pip install 'looktwice[scale]').
+
 INPUT is an image file, a folder (searched recursively), or a list file of paths, one per line
 (@paths.txt, or any .txt file). Exit codes: 0 all done, 1 some inputs failed (the rest are done),
 2 usage or output-folder errors, 130 interrupted."""
