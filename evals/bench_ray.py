@@ -53,6 +53,8 @@ def run(settings: Any, inspector: Any = None) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     summary = run_report(settings, info=lambda m: None, inspector=inspector)
+    if summary.interrupted:  # Ctrl-C or SIGTERM: the report stopped cleanly, so does the benchmark
+        raise SystemExit(130)
     wall = time.perf_counter() - t0
     loop = summary.seconds - summary.setup_seconds
     return {
