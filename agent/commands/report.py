@@ -19,6 +19,10 @@ Every result is committed to results.db the moment it is done. After a crash or 
 command with --resume: finished images are kept, changed files (content hash) are redone, failed and
 unfinished ones are processed. Without --resume a non-empty output folder is refused.
 
+With --ray the images are inspected by Ray actors, on this machine or on a cluster (--ray-address
+auto after `ray start`); the store, the files and the page stay here, and --resume works the same
+(pip install 'looktwice[scale]').
+
 INPUT is an image file, a folder (searched recursively), or a list file of paths, one per line
 (@paths.txt, or any .txt file). Exit codes: 0 all done, 1 some inputs failed (the rest are done),
 2 usage or output-folder errors, 130 interrupted."""
@@ -39,6 +43,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                 "looktwice report line3/2026-11-27/ --refs good_parts/ --out report_1127/",
                 "looktwice report line3/2026-11-27/ --refs good_parts/ --out report_1127/ --resume   # after Ctrl-C",
                 "looktwice report @todo.txt --refs good_parts/ --out report_todo/   # a list of paths, one a line",
+                "looktwice report line3/ --refs good_parts/ --out report_1127/ --ray --workers 4   # on Ray, here",
+                "looktwice report line3/ --refs good_parts/ --out report_1127/ --ray --ray-address auto --workers 16",
             ],
         ),
     )
@@ -62,7 +68,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     add_detector_args(p)
     add_decision_args(p, calibration=True)
+    add_ray_args(p)
     p.set_defaults(func=cmd_report)
+
+
+def add_ray_args(p: argparse.ArgumentParser) -> None:
+    """`--ray` and its settings (Ray is the optional extra `looktwice[scale]`)."""
+    g = p.add_argument_group("Ray (pip install 'looktwice[scale]')")
+    g.add_argument(
+        "--ray", action="store_true",
+        help="inspect on Ray actors (this machine, or a cluster with --ray-address); store and page stay here",
+    )
+    g.add_argument(
+        "--ray-address", metavar="ADDR",
+        help="'auto' joins the cluster of `ray start --head`, or HOST:PORT / ray://HOST:PORT; default: start Ray here",
+    )
+    g.add_argument("--workers", type=int, default=2, metavar="N", help="Ray actors, each holding one pipeline (default 2)")
+    g.add_argument("--cpus-per-worker", type=float, default=1.0, metavar="N", help="CPUs Ray reserves per actor (default 1)")
+    g.add_argument("--gpus-per-worker", type=float, default=0.0, metavar="N", help="GPUs Ray reserves per actor (default 0)")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -94,8 +117,23 @@ def cmd_report(args: argparse.Namespace) -> int:
         durable=not args.no_fsync,
         limits=limits,
     )
+    inspector = None
+    if args.ray or args.ray_address:
+        from agent.report.ray_runner import RaySettings, import_ray, ray_inspector
+
+        if args.workers < 1 or args.cpus_per_worker < 0 or args.gpus_per_worker < 0:
+            error_line("--workers must be at least 1, --cpus-per-worker and --gpus-per-worker not negative")
+            return EXIT_USAGE
+        try:
+            import_ray()
+        except ReportUsageError as err:
+            error_line(str(err))
+            return EXIT_USAGE
+        inspector = ray_inspector(
+            RaySettings(args.ray_address, args.workers, args.cpus_per_worker, args.gpus_per_worker)
+        )
     try:
-        summary = run_report(settings, info=info_line)
+        summary = run_report(settings, info=info_line, inspector=inspector)
     except (ReportUsageError, ReportWriteError, StoreError) as err:
         error_line(str(err))
         return EXIT_USAGE

@@ -174,34 +174,58 @@ class Pipeline:
     def fit_batch(self, images: Sequence[Image.Image], paths: Sequence[str] | None = None) -> None:
         """Batch mode: the detector learns from the batch (batch detectors), and the final score is
         calibrated on a seeded sample of it (most images are good; a quarter or more may not be).
-        `images` may be a lazy sequence: only the sampled images are read."""
-        assert self.detector is not None, "call fit() first"
-        d = self.settings.decision
-        t0 = time.perf_counter()
-        if self.detector.needs_batch:
-            self.detector.fit_batch(images)
-        if (d.calibration or "batch") != "batch":
-            self.fit_seconds += time.perf_counter() - t0
+        `images` may be a lazy sequence: only the sampled images are read. The three parts
+        (`learn_batch`, `calibration_sample` scored with `score`, `calibrate_on_batch`) are public so
+        that a distributed run can score the sample elsewhere and still decide exactly as here."""
+        self.learn_batch(images)
+        if not self.calibrates_on_batch:
             return
-        n = len(images)
-        seed = int(self.settings.detector_options.get("seed", 0))
-        sample = sorted(int(i) for i in np.random.default_rng(seed).permutation(n)[: min(n, MAX_CALIBRATION_SAMPLE)])
+        t0 = time.perf_counter()
         scores = []
-        for i in sample:
+        for i in self.calibration_sample(len(images)):
             try:
                 image = images[i]
             except ImageLoadError:  # reported where it is inspected; the sample goes on without it
                 continue
             ev = self.score(paths[i] if paths else f"batch image {i + 1}", image)
-            self._cache[image_key(_rgb(image).tobytes())] = ev
+            self.remember(ev)
             scores.append(ev.raw)
+        self.fit_seconds += time.perf_counter() - t0
+        self.calibrate_on_batch(scores)
+
+    def learn_batch(self, images: Sequence[Image.Image]) -> None:
+        """The batch detector's partner pool (a no-op for other detectors)."""
+        assert self.detector is not None, "call fit() first"
+        t0 = time.perf_counter()
+        if self.detector.needs_batch:
+            self.detector.fit_batch(images)
+        self.fit_seconds += time.perf_counter() - t0
+
+    @property
+    def calibrates_on_batch(self) -> bool:
+        return (self.settings.decision.calibration or "batch") == "batch"
+
+    def calibration_sample(self, n: int) -> list[int]:
+        """Indices (sorted) of the seeded sample of a batch of `n` images that the boundary is set on."""
+        seed = int(self.settings.detector_options.get("seed", 0))
+        return sorted(int(i) for i in np.random.default_rng(seed).permutation(n)[: min(n, MAX_CALIBRATION_SAMPLE)])
+
+    def calibrate_on_batch(self, scores: Sequence[float]) -> None:
+        """Set the boundary from the sample's final raw scores (in sample order); fewer than 3 keep the
+        references' boundary. Deterministic: every copy of a pipeline given the same scores agrees."""
+        assert self.detector is not None, "call fit() first"
+        d = self.settings.decision
         known = good_samples(self.detector, self.references) if not self.detector.learns_from_references else None
         if len(scores) >= 3:
             self._unit = float(np.median(scores))
             self.calibration = Calibration.from_batch(
                 np.array(scores), d.false_alarm_rate, d.review_factor, known_good=known, method="batch"
             )
-        self.fit_seconds += time.perf_counter() - t0
+
+    def remember(self, ev: Evidence) -> None:
+        """Keep `ev` so that scoring the same image again returns it (the calibration sample's
+        evidence is reused, not recomputed, when its image is inspected)."""
+        self._cache[image_key(_rgb(ev.image).tobytes())] = ev
 
     # ------------------------------------------------------------------------------------------ steps
     def score(self, image_path: str, image: Image.Image) -> Evidence:

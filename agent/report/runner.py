@@ -20,28 +20,34 @@ import signal
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
-from agent.images import ImageLimits, source_size
+from agent.images import ImageLimits
 from agent.inspection.settings import InspectionSettings
 from agent.report.files import STAGING_DIR, clear_staging, outputs_present, write_image_outputs
 from agent.report.inputs import InputError, InputItem, clean_text, collect_inputs, file_digest, safe_stem
+from agent.report.step import (
+    Inspected,
+    ReportUsageError,
+    Todo,
+    error_message,
+    fits_on_batch,
+    fitted_pipeline,
+    inspect_item,
+    lazy_batch,
+    setup_errors_as_usage,
+)
 from agent.report.store import DB_NAME, STATUS_DONE, STATUS_FAILED, ResultStore, Row, StoreError
-from tools.image_io import ImageLoadError
 
 if TYPE_CHECKING:
     from agent.inspection import Pipeline
 
 LOCK_NAME = ".lock"
 _OWN_ENTRIES = {LOCK_NAME, STAGING_DIR}  # what a run leaves before it has written anything else
-
-
-class ReportUsageError(Exception):
-    """A problem with the command line or the output folder (exit code 2); one clear line."""
 
 
 class ReportWriteError(Exception):
@@ -74,6 +80,7 @@ class ReportSummary:
     failed: int = 0
     seconds: float = 0.0  # of the loop, including setup_seconds (not the final page and exports)
     setup_seconds: float = 0.0  # loading the references and fitting the detector
+    retried: int = 0  # images sent again after the worker inspecting them died (Ray)
     interrupted: bool = False
 
     @property
@@ -88,9 +95,10 @@ class ReportSummary:
         work = self.seconds - self.setup_seconds
         speed = f"{self.processed / work:.2f} images/s" if work > 0 and self.processed else "-"
         head = "report interrupted" if self.interrupted else "report done"
+        retried = f" ({self.retried} retried after a worker died)" if self.retried else ""
         return (
             f"{head}: {self.inputs} input(s): {done} inspected ({self.defective} defective, {self.review} to review, {self.good} good, "
-            f"defect rate {rate}), {self.failed} failed; this run {self.processed} processed, {self.skipped} "
+            f"defect rate {rate}), {self.failed} failed; this run {self.processed} processed{retried}, {self.skipped} "
             f"skipped as already done, {self.seconds:.1f} s ({self.setup_seconds:.1f} s setup), {speed}; report: {self.out / 'index.html'}"
         )
 
@@ -190,33 +198,47 @@ def check_settings(store: ResultStore, fingerprint: dict[str, Any], digest: str)
 
 
 # ---------------------------------------------------------------------------------------------- loop
-class _LazyPipeline:
-    """The inspection pipeline, built on first use: fitted on the references and, for a batch, on the
-    batch itself (a seeded sample of the inputs, read lazily), once per run."""
+class Inspector(Protocol):
+    """Where the images are inspected: in this process (`LocalInspector`) or on Ray actors
+    (`agent.report.ray_runner`). The driver keeps the store, the files and the page either way."""
 
-    def __init__(self, s: ReportSettings, items: list[InputItem], warn: Callable[[str], None]) -> None:
-        self.s, self.items, self.warn, self._pipeline = s, items, warn, None
-        self.seconds = 0.0
+    setup_seconds: float  # loading the references and fitting the pipeline
+    retried: int  # images sent again after a worker died
 
-    def get(self) -> Pipeline:
-        if self._pipeline is None:
-            from agent.inspection import Pipeline
-            from tools.detectors import DetectorError
-            from tools.lazy_images import LazyImages
+    def run(self, todos: Iterator[Todo], say: Callable[[str], None]) -> Generator[tuple[Todo, Inspected], None, None]:
+        """Inspect what `todos` yields (pulled lazily); yield each with its outcome, in any order."""
+        ...
 
-            t0 = time.perf_counter()
-            try:
-                refs = self.s.limits.references(self.s.refs, warn=self.warn)
-                pipeline = Pipeline(self.s.inspection, warn=self.warn).fit(refs, n_images=len(self.items))
-                batch = pipeline.detector.needs_batch or self.s.inspection.decision.calibration == "batch"
-                if batch and len(self.items) > 1:
-                    paths = [item.path for item in self.items]
-                    pipeline.fit_batch(LazyImages(paths, self.s.limits.load), [i.display_path for i in self.items])
-            except (DetectorError, ValueError, KeyError, TypeError) as err:
-                raise ReportUsageError(str(err)) from None
-            self._pipeline = pipeline
-            self.seconds = time.perf_counter() - t0
-        return self._pipeline
+
+#: builds the inspector of a run from its settings and all its inputs (the batch the pipeline fits on)
+InspectorFactory = Callable[["ReportSettings", list[InputItem]], Inspector]
+
+
+class LocalInspector:
+    """One pipeline in this process, fitted on first use: on the references and, for a batch, on the
+    batch itself (a seeded sample of the inputs, read lazily), once per run; then image after image."""
+
+    def __init__(self, s: ReportSettings, items: list[InputItem]) -> None:
+        self.s, self.items = s, items
+        self.setup_seconds = 0.0
+        self.retried = 0
+
+    def fit(self, say: Callable[[str], None]) -> Pipeline:
+        t0 = time.perf_counter()
+        n = len(self.items)
+        pipeline = fitted_pipeline(self.s.inspection, self.s.refs, self.s.limits, n, say)
+        if fits_on_batch(pipeline, n):
+            with setup_errors_as_usage():
+                pipeline.fit_batch(lazy_batch(self.items, self.s.limits), [i.display_path for i in self.items])
+        self.setup_seconds = time.perf_counter() - t0
+        return pipeline
+
+    def run(self, todos: Iterator[Todo], say: Callable[[str], None]) -> Generator[tuple[Todo, Inspected], None, None]:
+        pipeline = None
+        for todo in todos:
+            if pipeline is None:
+                pipeline = self.fit(say)
+            yield todo, inspect_item(pipeline, todo.item, self.s.limits, say)
 
 
 def failed_row(item: InputItem, stem: str, seq: int, digest: str, error: str, **kw: Any) -> Row:
@@ -266,19 +288,10 @@ class _WriteJob:
         return self.row
 
 
-def _process(
-    item: InputItem,
-    stem: str,
-    seq: int,
-    digest: str,
-    store: ResultStore,
-    pipeline: _LazyPipeline,
-    out: Path,
-    durable: bool,
-    limits: ImageLimits,
-    note: Callable[[str], None],
-) -> Row | _WriteJob | None:
-    """Inspect one input. None: already done; a Row: failed (committed); a _WriteJob: to write and commit."""
+def _plan(
+    item: InputItem, stem: str, seq: int, digest: str, store: ResultStore, out: Path
+) -> Row | Todo | None:
+    """What to do with one input. None: already done; a Row: unreadable (committed); a Todo: inspect it."""
     t0 = time.perf_counter()
     old = store.get(item.key)
     try:
@@ -295,7 +308,6 @@ def _process(
         row = failed_row(item, stem, seq, digest, f"cannot read image '{item.display_path}': {reason}")
         store.put(row)
         return row
-    t_hash = time.perf_counter() - t0
     if (
         old is not None
         and old.ok
@@ -304,38 +316,31 @@ def _process(
         and outputs_present(out, old.files)
     ):
         return None
-    t1 = time.perf_counter()
-    try:
-        image = limits.load(item.path, note=note)
-        record = pipeline.get().inspect(item.display_path, image)
-        record.source_size = source_size(image)
-    except ReportUsageError:
-        raise
-    except Exception as err:  # one image breaking the detector must not stop the batch
+    return Todo(item, stem, seq, size, sha, time.perf_counter() - t0)
+
+
+def _finish(
+    todo: Todo, inspected: Inspected, digest: str, store: ResultStore, out: Path, durable: bool
+) -> Row | _WriteJob:
+    """A failed inspection as its committed row; a finished one as the job that writes and commits it."""
+    item = todo.item
+    if inspected.error is not None:
         row = failed_row(
-            item, stem, seq, digest, error_message(item, err, "inspection"), size=size, sha256=sha
+            item, todo.stem, todo.seq, digest, inspected.error, size=todo.size, sha256=todo.sha256
         )
         store.put(row)
         return row
     row = Row(
         item.key,
         item.display_path,
-        stem,
-        size=size,
-        sha256=sha,
+        todo.stem,
+        size=todo.size,
+        sha256=todo.sha256,
         settings_hash=digest,
         status=STATUS_DONE,
-        seq=seq,
+        seq=todo.seq,
     )
-    return _WriteJob(row, record, image, out, durable, t_hash, time.perf_counter() - t1)
-
-
-def error_message(item: InputItem, err: Exception, action: str) -> str:
-    """One line for a failed input, naming it as the user gave it (unreadable image or a crash)."""
-    if isinstance(err, ImageLoadError):
-        return str(err).replace(f"'{item.path}'", f"'{item.display_path}'")
-    first = (str(err).strip().splitlines() or [""])[0]
-    return f"{action} of '{item.display_path}' failed: {type(err).__name__}: {first}"
+    return _WriteJob(row, inspected.record, inspected.image, out, durable, todo.t_hash, inspected.seconds)
 
 
 def finalize(store: ResultStore, out: Path, title: str = "LookTwice report") -> list[Row]:
@@ -388,9 +393,13 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 
 def run_report(
-    s: ReportSettings, info: Callable[[str], None] = _stderr, progress_file: TextIO | None = None
+    s: ReportSettings,
+    info: Callable[[str], None] = _stderr,
+    progress_file: TextIO | None = None,
+    inspector: InspectorFactory | None = None,
 ) -> ReportSummary:
-    """Run (or resume) a report. Raises ReportUsageError / ReportWriteError / StoreError (exit 2)."""
+    """Run (or resume) a report. Raises ReportUsageError / ReportWriteError / StoreError (exit 2).
+    `inspector` says where images are inspected (default: `LocalInspector`, in this process)."""
     from agent.brains import BRAINS
     from agent.outputs import unique_stem
     from agent.progress import progress_bar
@@ -423,7 +432,6 @@ def run_report(
         for item in items:
             if item.key not in stems:
                 stems[item.key] = unique_stem(safe_stem(item.key) + ".x", taken)
-        pipeline = _LazyPipeline(s, items, warn=info)
         bar = progress_bar(len(items), "report", s.progress, progress_file or sys.stderr)
 
         def say(msg: str) -> None:
@@ -432,7 +440,7 @@ def run_report(
             else:
                 info(msg)
 
-        pipeline.warn = say
+        engine = (inspector or LocalInspector)(s, items)
         last_html = time.monotonic()
         failed_now = 0
         # writer threads: finished images' files are encoded and committed while the next images are
@@ -455,24 +463,33 @@ def run_report(
             while len(pending) > limit:
                 finished(pending.popleft().result())  # re-raises ReportWriteError / StoreError
 
+        def todos() -> Iterator[Todo]:
+            """The inputs to inspect, decided one by one as the inspector asks for more."""
+            for seq, item in enumerate(items):
+                planned = _plan(item, stems[item.key], seq, digest, store, out)
+                if planned is None:
+                    summary.skipped += 1
+                    bar.update(1)
+                elif isinstance(planned, Row):
+                    finished(planned)
+                else:
+                    yield planned
+
         try:
             try:
-                for seq, item in enumerate(items):
-                    result = _process(
-                        item, stems[item.key], seq, digest, store, pipeline, out, s.durable, s.limits, say
-                    )
-                    if result is None:
-                        summary.skipped += 1
-                        bar.update(1)
-                    elif isinstance(result, Row):
-                        finished(result)
-                    else:
-                        pending.append(writer.submit(result.run, store))
-                    drain(ahead - 1)
-                    if time.monotonic() - last_html > s.html_every_s:
-                        drain(0)
-                        finalize(store, out)
-                        last_html = time.monotonic()
+                # closed however the loop ends, so the workers stop
+                with contextlib.closing(engine.run(todos(), say)) as results:
+                    for todo, inspected in results:
+                        result = _finish(todo, inspected, digest, store, out, s.durable)
+                        if isinstance(result, Row):
+                            finished(result)
+                        else:
+                            pending.append(writer.submit(result.run, store))
+                        drain(ahead - 1)
+                        if time.monotonic() - last_html > s.html_every_s:
+                            drain(0)
+                            finalize(store, out)
+                            last_html = time.monotonic()
                 drain(0)
             except KeyboardInterrupt:
                 summary.interrupted = True
@@ -481,7 +498,8 @@ def run_report(
             writer.shutdown(wait=True)
             bar.close()
         summary.seconds = time.perf_counter() - t_start
-        summary.setup_seconds = pipeline.seconds
+        summary.setup_seconds = engine.setup_seconds
+        summary.retried = engine.retried
         clear_staging(out)
         rows = finalize(store, out)
         count_outcomes(rows, {item.key for item in items}, summary)
@@ -489,11 +507,16 @@ def run_report(
 
 
 __all__ = [
+    "Inspector",
+    "InspectorFactory",
+    "LocalInspector",
     "ReportSettings",
     "ReportSummary",
     "ReportUsageError",
     "ReportWriteError",
     "StoreError",
+    "error_message",
+    "failed_row",
     "run_report",
     "settings_fingerprint",
     "settings_hash",

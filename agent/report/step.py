@@ -1,0 +1,145 @@
+"""The per-image step of a report, shared by the local loop (`runner.py`) and the Ray actors
+(`ray_runner.py`), so both inspect an image the same way and fail on it the same way.
+
+Nothing here touches the store or the output folder: that stays on the driver. What crosses a
+process boundary (`Inspected`, `Evidence`) is plain picklable data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from agent.images import ImageLimits, source_size
+from agent.report.inputs import InputItem
+from tools.image_io import ImageLoadError
+
+if TYPE_CHECKING:
+    from agent.inspection import Pipeline
+    from agent.inspection.pipeline import Evidence
+    from agent.inspection.settings import InspectionSettings
+
+
+class ReportUsageError(Exception):
+    """A problem with the command line or the output folder (exit code 2); one clear line."""
+
+
+@dataclass
+class Todo:
+    """An input the driver decided to inspect (not done yet, or changed), with what its row needs."""
+
+    item: InputItem
+    stem: str
+    seq: int
+    size: int
+    sha256: str
+    t_hash: float
+
+
+@dataclass
+class Inspected:
+    """One image's outcome: the record and the analysed image, or the one-line error."""
+
+    record: Any = None  # InspectionRecord
+    image: Any = None  # PIL image, as analysed (for the overlay)
+    error: str | None = None
+    seconds: float = 0.0
+
+
+def stderr_line(msg: str) -> None:
+    """A module-level writer (picklable), for pipelines that travel to other processes."""
+    print(msg, file=sys.stderr, flush=True)
+
+
+def error_message(item: InputItem, err: Exception, action: str) -> str:
+    """One line for a failed input, naming it as the user gave it (unreadable image or a crash)."""
+    if isinstance(err, ImageLoadError):
+        return str(err).replace(f"'{item.path}'", f"'{item.display_path}'")
+    first = (str(err).strip().splitlines() or [""])[0]
+    return f"{action} of '{item.display_path}' failed: {type(err).__name__}: {first}"
+
+
+def inspect_item(
+    pipeline: Pipeline,
+    item: InputItem,
+    limits: ImageLimits,
+    note: Callable[[str], None] = stderr_line,
+    evidence: Evidence | None = None,
+) -> Inspected:
+    """Load and inspect one input. `evidence` is its calibration-sample evidence when it was scored
+    elsewhere (a Ray actor), so the image is concluded from it exactly as the local run would."""
+    t0 = time.perf_counter()
+    try:
+        if evidence is not None:
+            pipeline.remember(evidence)
+        image = limits.load(item.path, note=note)
+        record = pipeline.inspect(item.display_path, image)
+        record.source_size = source_size(image)
+    except Exception as err:  # one image breaking the detector must not stop the batch
+        return Inspected(error=error_message(item, err, "inspection"), seconds=time.perf_counter() - t0)
+    return Inspected(record, image, seconds=time.perf_counter() - t0)
+
+
+def score_item(pipeline: Pipeline, item: InputItem, limits: ImageLimits) -> Evidence | None:
+    """Steps 1-3 for one image of the calibration sample; None when it cannot be read (the sample goes
+    on without it, as `Pipeline.fit_batch` does)."""
+    try:
+        image = limits.load(item.path)
+    except ImageLoadError:
+        return None
+    return pipeline.score(item.display_path, image)
+
+
+@contextlib.contextmanager
+def setup_errors_as_usage() -> Iterator[None]:
+    """Fitting errors (bad detector settings, unusable references or batch) are usage errors."""
+    from tools.detectors import DetectorError
+
+    try:
+        yield
+    except (DetectorError, ValueError, KeyError, TypeError) as err:
+        raise ReportUsageError(str(err)) from None
+
+
+def fitted_pipeline(
+    inspection: InspectionSettings, refs: str | None, limits: ImageLimits, n_images: int, warn: Callable[[str], None]
+) -> Pipeline:
+    """The pipeline fitted on the references for a batch of `n_images` (not yet on the batch)."""
+    from agent.inspection import Pipeline
+
+    with setup_errors_as_usage():
+        references = limits.references(refs, warn=warn)
+        return Pipeline(inspection, warn=warn).fit(references, n_images=n_images)
+
+
+def fits_on_batch(pipeline: Pipeline, n_images: int) -> bool:
+    """Whether the batch itself is learned from: a batch detector, or `--calibration batch`."""
+    assert pipeline.detector is not None
+    batch = pipeline.detector.needs_batch or pipeline.settings.decision.calibration == "batch"
+    return batch and n_images > 1
+
+
+def lazy_batch(items: Sequence[InputItem], limits: ImageLimits) -> Any:
+    """The batch as a lazy image sequence (only the images a detector samples are read)."""
+    from tools.lazy_images import LazyImages
+
+    return LazyImages([item.path for item in items], limits.load)
+
+
+__all__ = [
+    "Inspected",
+    "ReportUsageError",
+    "Todo",
+    "error_message",
+    "fits_on_batch",
+    "fitted_pipeline",
+    "inspect_item",
+    "lazy_batch",
+    "score_item",
+    "setup_errors_as_usage",
+    "stderr_line",
+]
