@@ -64,3 +64,22 @@ def kill_after_commits(proc: subprocess.Popen, out: Path, commits: int, timeout:
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait(timeout=30)
+
+
+def plate(seed: int, size: int, scratch: bool = False) -> Image.Image:
+    """A brushed-steel plate drawn with `seed`, scratched when asked (the report tests' images)."""
+    from instruct_data.synthesis.demo_case import brushed_plate, draw_scratch
+
+    rng = np.random.default_rng(seed)
+    img = brushed_plate(rng, size)
+    if scratch:
+        img, _ = draw_scratch(img, rng)
+    return to_pil(img)
+
+
+def demo_case(root: Path, size: int) -> Path:
+    """The demo case (3 references, seed 1) at `size` px under `root`."""
+    from instruct_data.synthesis.demo_case import make_demo_case
+
+    make_demo_case(root, n_references=3, seed=1, size=size)
+    return root

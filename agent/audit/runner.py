@@ -188,7 +188,8 @@ def run_audit(s: AuditSettings, info: Callable[[str], None] = _stderr) -> Report
     from agent.outputs import unique_stem
     from agent.progress import bar_writer, progress_bar
     from agent.report.files import atomic_write_text, clear_staging, outputs_present, write_image_outputs
-    from agent.report.inputs import InputError, collect_inputs, file_digest, safe_stem
+    from agent.report.inputs import file_digest, safe_stem
+    from agent.report.step import collect_or_usage_error
     from tools.detectors import DETECTORS
     from tools.detectors.choice import AUTO
 
@@ -196,12 +197,7 @@ def run_audit(s: AuditSettings, info: Callable[[str], None] = _stderr) -> Report
         raise ReportUsageError(
             f"unknown detector '{s.detector}'; choose one of: {NO_DETECTOR}, {AUTO}, {', '.join(DETECTORS.names())}"
         )
-    try:
-        items = collect_inputs(s.inputs)
-    except (InputError, OSError) as err:
-        raise ReportUsageError(str(err)) from None
-    if not items:
-        raise ReportUsageError(f"no input images found in: {', '.join(s.inputs)}")
+    items = collect_or_usage_error(s.inputs)
     spec_path = s.spec
     if spec_path is None and s.resume and (Path(s.out) / SPEC_NAME).is_file():
         spec_path = str(Path(s.out) / SPEC_NAME)  # the spec of the first run, not a new (LLM) draft

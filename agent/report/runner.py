@@ -29,11 +29,12 @@ from typing import TYPE_CHECKING, Any, Protocol, TextIO
 from agent.images import ImageLimits
 from agent.inspection.settings import InspectionSettings
 from agent.report.files import STAGING_DIR, clear_staging, outputs_present, write_image_outputs
-from agent.report.inputs import InputError, InputItem, clean_text, collect_inputs, file_digest, safe_stem
+from agent.report.inputs import InputItem, clean_text, file_digest, safe_stem
 from agent.report.step import (
     Inspected,
     ReportUsageError,
     Todo,
+    collect_or_usage_error,
     error_message,
     fits_on_batch,
     fitted_pipeline,
@@ -411,12 +412,7 @@ def run_report(
         )
     if s.inspection.brain.split(":", 1)[0] not in BRAINS:
         raise ReportUsageError(f"unknown brain '{s.inspection.brain}'; choose one of: {', '.join(BRAINS.names())}")
-    try:
-        items = collect_inputs(s.inputs)
-    except (InputError, OSError) as err:
-        raise ReportUsageError(str(err)) from None
-    if not items:
-        raise ReportUsageError(f"no input images found in: {', '.join(s.inputs)}")
+    items = collect_or_usage_error(s.inputs)
     fingerprint = settings_fingerprint(s)
     digest = settings_hash(fingerprint)
     out = Path(s.out)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from agent.images import ImageLimits, source_size
-from agent.report.inputs import InputItem
+from agent.report.inputs import InputError, InputItem, collect_inputs
 from tools.image_io import ImageLoadError
 
 if TYPE_CHECKING:
@@ -26,6 +26,18 @@ if TYPE_CHECKING:
 
 class ReportUsageError(Exception):
     """A problem with the command line or the output folder (exit code 2); one clear line."""
+
+
+def collect_or_usage_error(inputs: Sequence[str]) -> list[InputItem]:
+    """The images named by `inputs` (files, folders, lists) for a batch run; none, or an unreadable
+    input, is a usage error."""
+    try:
+        items = collect_inputs(list(inputs))
+    except (InputError, OSError) as err:
+        raise ReportUsageError(str(err)) from None
+    if not items:
+        raise ReportUsageError(f"no input images found in: {', '.join(inputs)}")
+    return items
 
 
 @dataclass

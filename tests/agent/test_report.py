@@ -15,7 +15,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 
@@ -24,8 +23,7 @@ from agent.inspection import InspectionSettings
 from agent.report.html import json_for_script, render_html
 from agent.report.runner import ReportSettings, ReportUsageError, run_report
 from agent.report.store import STATUS_DONE, STATUS_FAILED, Row
-from instruct_data.synthesis.demo_case import brushed_plate, draw_scratch, make_demo_case
-from tests.helpers import kill_after_commits
+from tests.helpers import demo_case, kill_after_commits, plate
 
 SIZE = 96
 FAST = ["--resolution", "96", "--quiet"]
@@ -33,18 +31,12 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _plate(seed: int, scratch: bool = False) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    img = brushed_plate(rng, SIZE)
-    if scratch:
-        img, _ = draw_scratch(img, rng)
-    return Image.fromarray((img * 255).astype(np.uint8))
+    return plate(seed, SIZE, scratch)
 
 
 @pytest.fixture(scope="module")
 def case(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("report-case")
-    make_demo_case(root, n_references=3, seed=1, size=SIZE)
-    return root
+    return demo_case(tmp_path_factory.mktemp("report-case"), SIZE)
 
 
 @pytest.fixture(scope="module")

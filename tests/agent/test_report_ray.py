@@ -15,15 +15,13 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from agent.commands.report import main
 from agent.inspection import InspectionSettings
 from agent.report.runner import ReportSettings, ReportSummary, run_report
 from agent.report.store import STATUS_DONE
-from instruct_data.synthesis.demo_case import brushed_plate, draw_scratch, make_demo_case
-from tests.helpers import to_pil
+from tests.helpers import demo_case, plate
 from tests.openai_server import ScriptedServer, completion
 
 pytestmark = pytest.mark.slow
@@ -35,9 +33,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def case(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("ray-case")
-    make_demo_case(root, n_references=3, seed=1, size=SIZE)
-    return root
+    return demo_case(tmp_path_factory.mktemp("ray-case"), SIZE)
 
 
 @pytest.fixture(scope="module")
@@ -46,11 +42,7 @@ def plates(tmp_path_factory) -> Path:
     batch stages (partner pool, calibration sample) run."""
     root = tmp_path_factory.mktemp("ray-plates")
     for i in range(N_PLATES):
-        rng = np.random.default_rng(200 + i)
-        img = brushed_plate(rng, SIZE)
-        if i % 3 == 0:
-            img, _ = draw_scratch(img, rng)
-        to_pil(img).save(root / f"plate_{i:02d}.png")
+        plate(200 + i, SIZE, scratch=i % 3 == 0).save(root / f"plate_{i:02d}.png")
     return root
 
 
