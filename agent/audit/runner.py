@@ -185,11 +185,10 @@ def _record(path: str, image, result, structural) -> Any:
 def run_audit(s: AuditSettings, info: Callable[[str], None] = _stderr) -> ReportSummary:
     """Run (or resume) an audit into `s.out`. Raises ReportUsageError / ReportWriteError / StoreError."""
     from agent.audit.check import audit_image
-    from agent.outputs import unique_stem
     from agent.progress import bar_writer, progress_bar
     from agent.report.files import atomic_write_text, clear_staging, outputs_present, write_image_outputs
-    from agent.report.inputs import file_digest, safe_stem
-    from agent.report.step import collect_or_usage_error
+    from agent.report.inputs import file_digest
+    from agent.report.step import assign_stems, collect_or_usage_error
     from tools.detectors import DETECTORS
     from tools.detectors.choice import AUTO
 
@@ -227,11 +226,7 @@ def run_audit(s: AuditSettings, info: Callable[[str], None] = _stderr) -> Report
         except OSError as err:
             raise ReportWriteError(f"cannot write '{out / SPEC_NAME}': {err.strerror or err}") from None
         clear_staging(out)
-        stems = store.stems()
-        taken = set(stems.values())
-        for item in items:
-            if item.key not in stems:
-                stems[item.key] = unique_stem(safe_stem(item.key) + ".x", taken)
+        stems = assign_stems(store.stems(), items)
         inspector = None
         if s.detector != NO_DETECTOR:
             from agent.inspection import MatchSettings, Pipeline

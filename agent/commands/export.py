@@ -28,32 +28,30 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         ),
     )
     fmt = p.add_subparsers(dest="format", metavar="{mmad,lmms-eval}")
-    m = fmt.add_parser(
-        "mmad",
-        help="an eval-dr run's answers in MMAD's result format",
-        **with_examples(
-            "Answers of an `eval-dr` run as [{image, question, question_type, correct_answer, gpt_answer}].",
-            [MMAD_EXAMPLE, "looktwice export mmad --run dr_rule/ --out answers.json --image-prefix MVTec-AD/"],
-        ),
-    )
+    m = _format(fmt, "mmad", "an eval-dr run's answers in MMAD's result format",
+                "Answers of an `eval-dr` run as [{image, question, question_type, correct_answer, gpt_answer}].",
+                [MMAD_EXAMPLE, "looktwice export mmad --run dr_rule/ --out answers.json --image-prefix MVTec-AD/"])
     m.add_argument("--run", required=True, help="eval-dr output folder (with samples.jsonl)")
     m.add_argument("--out", required=True, help="output JSON file")
     m.add_argument("--image-prefix", default="", help="prefix of every `image` (e.g. 'MVTec-AD/')")
     m.set_defaults(func=cmd_export_mmad)
-    e = fmt.add_parser(
-        "lmms-eval",
-        help="an lmms-eval task folder (YAML + utils.py + data) for a QA set",
-        **with_examples(
-            "A task folder (<task>.yaml, utils.py, <task>.jsonl) for a QA set from `looktwice data qa`.",
-            [LMMS_EXAMPLE, "looktwice export lmms-eval --qa qa/ --out lmms_task/ --task looktwice_bottle"],
-        ),
-    )
+    e = _format(fmt, "lmms-eval", "an lmms-eval task folder (YAML + utils.py + data) for a QA set",
+                "A task folder (<task>.yaml, utils.py, <task>.jsonl) for a QA set from `looktwice data qa`.",
+                [LMMS_EXAMPLE, "looktwice export lmms-eval --qa qa/ --out lmms_task/ --task looktwice_bottle"])
     e.add_argument("--qa", required=True, help="QA folder from `looktwice data qa`")
     e.add_argument("--out", required=True, help="output task folder")
     e.add_argument("--task", default="looktwice_dr", help="task name (default looktwice_dr)")
     e.add_argument("--data-root", help="where the QA set's images are (default: meta.json's data_root)")
     e.set_defaults(func=cmd_export_lmms_eval)
     p.set_defaults(func=lambda args: _no_format(p))
+
+
+def _format(fmt: argparse._SubParsersAction, name: str, help: str, description: str,
+            examples: list[str]) -> argparse.ArgumentParser:
+    """One export format's sub-parser, with its description and examples."""
+    from agent.commands import with_examples
+
+    return fmt.add_parser(name, help=help, **with_examples(description, examples))
 
 
 MMAD_EXAMPLE = "looktwice export mmad --run dr_rule/ --out answers.json"

@@ -29,11 +29,12 @@ from typing import TYPE_CHECKING, Any, Protocol, TextIO
 from agent.images import ImageLimits
 from agent.inspection.settings import InspectionSettings
 from agent.report.files import STAGING_DIR, clear_staging, outputs_present, write_image_outputs
-from agent.report.inputs import InputItem, clean_text, file_digest, safe_stem
+from agent.report.inputs import InputItem, clean_text, file_digest
 from agent.report.step import (
     Inspected,
     ReportUsageError,
     Todo,
+    assign_stems,
     collect_or_usage_error,
     error_message,
     fits_on_batch,
@@ -402,7 +403,6 @@ def run_report(
     """Run (or resume) a report. Raises ReportUsageError / ReportWriteError / StoreError (exit 2).
     `inspector` says where images are inspected (default: `LocalInspector`, in this process)."""
     from agent.brains import BRAINS
-    from agent.outputs import unique_stem
     from agent.progress import progress_bar
     from tools.detectors import DETECTORS
 
@@ -423,11 +423,7 @@ def run_report(
         check_settings(store, fingerprint, digest)
         store.set_meta("inputs", json.dumps(s.inputs))
         clear_staging(out)
-        stems = store.stems()
-        taken = set(stems.values())
-        for item in items:
-            if item.key not in stems:
-                stems[item.key] = unique_stem(safe_stem(item.key) + ".x", taken)
+        stems = assign_stems(store.stems(), items)
         bar = progress_bar(len(items), "report", s.progress, progress_file or sys.stderr)
 
         def say(msg: str) -> None:

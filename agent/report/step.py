@@ -28,6 +28,19 @@ class ReportUsageError(Exception):
     """A problem with the command line or the output folder (exit code 2); one clear line."""
 
 
+def assign_stems(stems: dict[str, str], items: Sequence[InputItem]) -> dict[str, str]:
+    """`stems` (input key -> output file stem, as the store has them) completed with a unique, safe
+    stem for every new input; a resumed run keeps the stems of its first."""
+    from agent.outputs import unique_stem
+    from agent.report.inputs import safe_stem
+
+    taken = set(stems.values())
+    for item in items:
+        if item.key not in stems:
+            stems[item.key] = unique_stem(safe_stem(item.key) + ".x", taken)
+    return stems
+
+
 def collect_or_usage_error(inputs: Sequence[str]) -> list[InputItem]:
     """The images named by `inputs` (files, folders, lists) for a batch run; none, or an unreadable
     input, is a usage error."""
