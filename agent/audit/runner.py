@@ -186,9 +186,9 @@ def run_audit(s: AuditSettings, info: Callable[[str], None] = _stderr) -> Report
     """Run (or resume) an audit into `s.out`. Raises ReportUsageError / ReportWriteError / StoreError."""
     from agent.audit.check import audit_image
     from agent.progress import bar_writer, progress_bar
-    from agent.report.files import atomic_write_text, clear_staging, outputs_present, write_image_outputs
+    from agent.report.files import atomic_write_text, clear_staging, write_image_outputs
     from agent.report.inputs import file_digest
-    from agent.report.step import assign_stems, collect_or_usage_error
+    from agent.report.step import assign_stems, collect_or_usage_error, unchanged
     from tools.detectors import DETECTORS
     from tools.detectors.choice import AUTO
 
@@ -264,13 +264,7 @@ def run_audit(s: AuditSettings, info: Callable[[str], None] = _stderr) -> Report
                     summary.processed += 1
                     bar.update(1)
                     continue
-                if (
-                    old is not None
-                    and old.ok
-                    and old.sha256 == sha
-                    and old.settings_hash == digest
-                    and outputs_present(out, old.files)
-                ):
+                if unchanged(old, sha, digest, out):
                     summary.skipped += 1
                     bar.update(1)
                     continue

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -30,28 +31,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     fmt = p.add_subparsers(dest="format", metavar="{mmad,lmms-eval}")
     m = _format(fmt, "mmad", "an eval-dr run's answers in MMAD's result format",
                 "Answers of an `eval-dr` run as [{image, question, question_type, correct_answer, gpt_answer}].",
-                [MMAD_EXAMPLE, "looktwice export mmad --run dr_rule/ --out answers.json --image-prefix MVTec-AD/"])
-    m.add_argument("--run", required=True, help="eval-dr output folder (with samples.jsonl)")
-    m.add_argument("--out", required=True, help="output JSON file")
+                [MMAD_EXAMPLE, "looktwice export mmad --run dr_rule/ --out answers.json --image-prefix MVTec-AD/"],
+                cmd_export_mmad, {"--run": "eval-dr output folder (with samples.jsonl)", "--out": "output JSON file"})
     m.add_argument("--image-prefix", default="", help="prefix of every `image` (e.g. 'MVTec-AD/')")
-    m.set_defaults(func=cmd_export_mmad)
     e = _format(fmt, "lmms-eval", "an lmms-eval task folder (YAML + utils.py + data) for a QA set",
                 "A task folder (<task>.yaml, utils.py, <task>.jsonl) for a QA set from `looktwice data qa`.",
-                [LMMS_EXAMPLE, "looktwice export lmms-eval --qa qa/ --out lmms_task/ --task looktwice_bottle"])
-    e.add_argument("--qa", required=True, help="QA folder from `looktwice data qa`")
-    e.add_argument("--out", required=True, help="output task folder")
+                [LMMS_EXAMPLE, "looktwice export lmms-eval --qa qa/ --out lmms_task/ --task looktwice_bottle"],
+                cmd_export_lmms_eval, {"--qa": "QA folder from `looktwice data qa`", "--out": "output task folder"})
     e.add_argument("--task", default="looktwice_dr", help="task name (default looktwice_dr)")
     e.add_argument("--data-root", help="where the QA set's images are (default: meta.json's data_root)")
-    e.set_defaults(func=cmd_export_lmms_eval)
     p.set_defaults(func=lambda args: _no_format(p))
 
 
-def _format(fmt: argparse._SubParsersAction, name: str, help: str, description: str,
-            examples: list[str]) -> argparse.ArgumentParser:
-    """One export format's sub-parser, with its description and examples."""
+def _format(fmt: argparse._SubParsersAction, name: str, help: str, description: str, examples: list[str],
+            func: Callable[[argparse.Namespace], int], required: dict[str, str]) -> argparse.ArgumentParser:
+    """One export format's sub-parser: description, examples, the command it runs, its required flags."""
     from agent.commands import with_examples
 
-    return fmt.add_parser(name, help=help, **with_examples(description, examples))
+    parser = fmt.add_parser(name, help=help, **with_examples(description, examples))
+    for flag, text in required.items():
+        parser.add_argument(flag, required=True, help=text)
+    parser.set_defaults(func=func)
+    return parser
 
 
 MMAD_EXAMPLE = "looktwice export mmad --run dr_rule/ --out answers.json"

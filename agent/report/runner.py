@@ -42,6 +42,7 @@ from agent.report.step import (
     inspect_item,
     lazy_batch,
     setup_errors_as_usage,
+    unchanged,
 )
 from agent.report.store import DB_NAME, STATUS_DONE, STATUS_FAILED, ResultStore, Row, StoreError
 
@@ -310,13 +311,7 @@ def _plan(
         row = failed_row(item, stem, seq, digest, f"cannot read image '{item.display_path}': {reason}")
         store.put(row)
         return row
-    if (
-        old is not None
-        and old.ok
-        and old.sha256 == sha
-        and old.settings_hash == digest
-        and outputs_present(out, old.files)
-    ):
+    if unchanged(old, sha, digest, out):
         return None
     return Todo(item, stem, seq, size, sha, time.perf_counter() - t0)
 

@@ -28,6 +28,17 @@ class ReportUsageError(Exception):
     """A problem with the command line or the output folder (exit code 2); one clear line."""
 
 
+def unchanged(old: Any, sha: str, digest: str, out: Any) -> bool:
+    """Whether a committed row still stands for a resumed run: done, same file content, same
+    settings, and its output files still there (`old` is the store's `Row` or None)."""
+    from agent.report.files import outputs_present
+
+    return (
+        old is not None and old.ok and old.sha256 == sha and old.settings_hash == digest
+        and outputs_present(out, old.files)
+    )
+
+
 def assign_stems(stems: dict[str, str], items: Sequence[InputItem]) -> dict[str, str]:
     """`stems` (input key -> output file stem, as the store has them) completed with a unique, safe
     stem for every new input; a resumed run keeps the stems of its first."""
