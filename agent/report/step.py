@@ -15,24 +15,27 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from agent.images import ImageLimits, source_size
-from agent.report.inputs import InputError, InputItem, collect_inputs
+from agent.outputs import unique_stem
+from agent.report.files import outputs_present
+from agent.report.inputs import InputError, InputItem, collect_inputs, safe_stem
 from tools.image_io import ImageLoadError
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from agent.inspection import Pipeline
     from agent.inspection.pipeline import Evidence
     from agent.inspection.settings import InspectionSettings
+    from agent.report.store import Row
 
 
 class ReportUsageError(Exception):
     """A problem with the command line or the output folder (exit code 2); one clear line."""
 
 
-def unchanged(old: Any, sha: str, digest: str, out: Any) -> bool:
+def unchanged(old: Row | None, sha: str, digest: str, out: Path) -> bool:
     """Whether a committed row still stands for a resumed run: done, same file content, same
-    settings, and its output files still there (`old` is the store's `Row` or None)."""
-    from agent.report.files import outputs_present
-
+    settings, and its output files still there."""
     return (
         old is not None and old.ok and old.sha256 == sha and old.settings_hash == digest
         and outputs_present(out, old.files)
@@ -42,9 +45,6 @@ def unchanged(old: Any, sha: str, digest: str, out: Any) -> bool:
 def assign_stems(stems: dict[str, str], items: Sequence[InputItem]) -> dict[str, str]:
     """`stems` (input key -> output file stem, as the store has them) completed with a unique, safe
     stem for every new input; a resumed run keeps the stems of its first."""
-    from agent.outputs import unique_stem
-    from agent.report.inputs import safe_stem
-
     taken = set(stems.values())
     for item in items:
         if item.key not in stems:
