@@ -79,7 +79,11 @@ def main(argv: list[str] | None = None) -> int:
                 row = {k: r[k] for k in ("image_AUROC", "pixel_AUROC", "pixel_AUPRO", "throughput_ips")}
                 per_cat[cat].append(row)
                 runs.append({"variant": name, "category": cat, "seed": seed, **row,
-                             "per_defect_image_AUROC": r["per_defect_image_AUROC"]})
+                             "per_defect_image_AUROC": r["per_defect_image_AUROC"],
+                             # raw scores, labels and held-out good scores: decisions can be studied later
+                             "good_samples": r["good_samples"],
+                             "raw_scores": [im["raw_score"] for im in r["images"]],
+                             "labels": [im["defect_type"] != "good" for im in r["images"]]})
         img = [float(np.mean([r["image_AUROC"] for r in per_cat[c]])) for c in cats]
         px = float(np.mean([r["pixel_AUROC"] for c in cats for r in per_cat[c]]))
         pro = float(np.mean([r["pixel_AUPRO"] for c in cats for r in per_cat[c]]))

@@ -8,6 +8,7 @@ reference answers come from the ground truth. Variants (`--variants`):
 
 - `look`: the detector alone (no second look, no part matching);
 - `look+twice`: with the second look;
+- `look+match`: with part matching and rules, without the second look (to measure the match alone);
 - `look+twice+match`: the full loop (what `ask` runs).
 
 Per variant, under `variants`:
@@ -39,7 +40,7 @@ from typing import Any
 import numpy as np
 
 QUESTION = "Is there any defect in this image? Answer Yes or No."
-VARIANTS = ("look", "look+twice", "look+twice+match")
+VARIANTS = ("look", "look+twice", "look+match", "look+twice+match")
 
 
 def top_region_hits(record: Any, gt_mask: np.ndarray) -> bool:

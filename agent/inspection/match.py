@@ -38,6 +38,13 @@ from tools.regions import location_words
 SAME_PLACE = 0.08
 
 
+RuleKey = tuple[str, int | None]
+
+
+def _key(rule: Rule | dict[str, Any]) -> RuleKey:
+    return (rule.kind, rule.colour_class) if isinstance(rule, Rule) else (rule["kind"], rule.get("colour_class"))
+
+
 @dataclass
 class ReferenceModel:
     """What the match step knows about the references (computed once)."""
@@ -47,15 +54,41 @@ class ReferenceModel:
     rules: list[Rule]
     brain_rules: list[Rule] | None = None
     brain_rules_status: dict[str, Any] = field(default_factory=dict)
+    dropped: list[Rule] = field(default_factory=list)  # derived rules a held-out reference breaks itself
 
     def all_rules(self) -> list[Rule]:
         return list(self.rules) + list(self.brain_rules or [])
 
+    def held_out(self, i: int, s: MatchSettings) -> ReferenceModel:
+        """The model without reference `i` (same palette, rules from the others, the same rules kept),
+        for scoring that reference as a good sample."""
+        others = [p for j, p in enumerate(self.parts) if j != i]
+        keep = {_key(r) for r in self.rules}
+        rules = [r for r in derive_rules(others, len(self.palette), s.area_tolerance, s.count_slack) if _key(r) in keep]
+        return ReferenceModel(self.palette, others, rules)
+
+
+def unstable_rule_keys(parts: Sequence[Sequence[Part]], n_classes: int, s: MatchSettings) -> set[RuleKey]:
+    """Rules the references do not keep themselves: derived from all references but one, the one held
+    out breaks them. Such a rule measures something that varies among good parts more than the
+    references show (e.g. part areas on references of different sizes), so it cannot flag a defect."""
+    unstable: set[RuleKey] = set()
+    for i in range(len(parts) if len(parts) >= 2 else 0):
+        others = [p for j, p in enumerate(parts) if j != i]
+        rules = derive_rules(others, n_classes, s.area_tolerance, s.count_slack)
+        unstable |= {_key(b) for b in check_rules(rules, parts[i])}
+    return unstable
+
 
 def reference_model(references: Sequence[Image.Image], s: MatchSettings) -> ReferenceModel:
+    """Palette, parts and the derived rules the references keep when each is held out (with one
+    reference every derived rule is kept: there is no variation to check against)."""
     palette = colour_palette(references, s.palette_size)
     parts = [segment_by_palette(r, palette, s.part_size, s.min_part, s.max_part, s.max_parts) for r in references]
-    return ReferenceModel(palette, parts, derive_rules(parts, len(palette), s.area_tolerance, s.count_slack))
+    rules = derive_rules(parts, len(palette), s.area_tolerance, s.count_slack)
+    unstable = unstable_rule_keys(parts, len(palette), s)
+    kept = [r for r in rules if _key(r) not in unstable]
+    return ReferenceModel(palette, parts, kept, dropped=[r for r in rules if _key(r) in unstable])
 
 
 def ask_brain_rules(brain: Any, refs: ReferenceModel, retries: int) -> tuple[list[Rule], dict[str, Any]]:
@@ -138,13 +171,15 @@ def compare(image: Image.Image, refs: ReferenceModel, s: MatchSettings) -> dict[
         "matching": m.to_dict(),
         "findings": findings,
         "rules_checked": len(rules),
+        "rules_dropped": [r.description for r in refs.dropped],
         "violations": broken,
         "summary": f"{len(parts)} part(s); best reference {best}: {len(m.pairs)} matched, "
         f"{len(m.extra)} extra, {len(m.missing)} missing"
         + (f" ({len(recoloured)} recoloured)" if recoloured else "")
         + f"; {len(broken)} of {len(rules)} rule(s) broken"
+        + (f" ({len(refs.dropped)} derived rule(s) left out: the references break them)" if refs.dropped else "")
         + (": " + "; ".join(v.get("description") or v["kind"] for v in broken[:3]) if broken else ""),
     }
 
 
-__all__ = ["ReferenceModel", "ask_brain_rules", "compare", "recoloured_pairs", "reference_model"]
+__all__ = ["ReferenceModel", "ask_brain_rules", "compare", "recoloured_pairs", "reference_model", "unstable_rule_keys"]

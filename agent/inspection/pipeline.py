@@ -91,6 +91,7 @@ class Pipeline:
         self.calibration: Calibration | None = None
         self.fit_seconds = 0.0
         self._refs_model: ReferenceModel | None = None
+        self._rules_asked = False  # a brain that proposes rules is asked once, on the first image
         self._unit = 1.0  # good-score unit of the raw scores (what one broken rule adds, times its weight)
         self._cache: dict[str, Evidence] = {}
         self._fallback: Brain | None = None
@@ -156,11 +157,11 @@ class Pipeline:
         if self._fusing():
             held = self.detector.held_out_outputs() if self.detector is not None else []
             if held:
-                per_ref = good.size // len(held) if good.size % len(held) == 0 else 1
+                per_ref = good.size // len(held) if good.size % len(held) == 0 else 0
                 fused = []
                 for i, out in enumerate(held):
                     ev = self._evidence(f"reference {i + 1}", self.references[i], out, held_out=i)
-                    views = good[i * per_ref : (i + 1) * per_ref] if per_ref > 1 else np.array([out.raw_score])
+                    views = good[i * per_ref : (i + 1) * per_ref] if per_ref else np.array([out.raw_score])
                     fused.extend(float(v) * ev.factor + ev.match_term for v in views)
                 good = np.array(fused)
             else:
@@ -280,10 +281,13 @@ class Pipeline:
         s = self.settings.match
         if not self.references:
             return None
-        if held_out is not None:
-            return reference_model([r for i, r in enumerate(self.references) if i != held_out], s)
         if self._refs_model is None:
             self._refs_model = reference_model(self.references, s)
+            self._rules_asked = False
+        if held_out is not None:
+            return self._refs_model.held_out(held_out, s)
+        if not self._rules_asked:
+            self._rules_asked = True
             brain = self._brain if self._brain is not None else None
             if s.ask_rules and isinstance(brain, ProposesRules):
                 rules, status = ask_brain_rules(brain, self._refs_model, s.rule_retries)

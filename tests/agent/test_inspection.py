@@ -14,6 +14,7 @@ from agent.brains.base import Brain
 from agent.brains.common import BrainError
 from agent.inspection import InspectionSettings, LookTwiceSettings, MatchSettings, Pipeline
 from agent.inspection.look_twice import suspicious_places, zoom_box
+from agent.inspection.match import reference_model
 from agent.inspection.rules import Rule, RuleParseError, check_rules, derive_rules, parse_rules
 from tests.agent import agent_case as case
 from tools.components import Part, colour_palette, match_parts, segment_by_palette
@@ -234,13 +235,13 @@ def test_a_second_look_changes_the_verdict_when_it_should(full):
         ev.trace.clear()
 
 
-def _dot_scene(extra: bool = False, size: int = 96, seed: int = 0) -> Image.Image:
+def _dot_scene(extra: bool = False, size: int = 96, seed: int = 0, radius: int = 5) -> Image.Image:
     rng = np.random.default_rng(seed)
     arr = np.full((size, size, 3), 210.0)
     yy, xx = np.mgrid[0:size, 0:size]
     for cx, cy in FOUR + ([(48, 48)] if extra else []):
         dx, dy = rng.integers(-2, 3, 2)
-        arr[(xx - cx - dx) ** 2 + (yy - cy - dy) ** 2 <= 25] = (40, 60, 200)
+        arr[(xx - cx - dx) ** 2 + (yy - cy - dy) ** 2 <= radius**2] = (40, 60, 200)
     arr += rng.normal(0, 4, arr.shape)
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
 
@@ -261,6 +262,29 @@ def test_a_broken_rule_raises_the_score_and_is_named():
         else:
             assert step["changed"].startswith("nothing")
     assert weights["on"] > weights["off"]
+
+
+def test_rules_the_references_break_themselves_are_left_out():
+    """References whose parts differ in size: the area rules, derived from all but one reference, are
+    broken by the one held out, so they are left out (named in the trace); the count rule holds and
+    still catches a fifth part. No held-out reference is raised, so the boundary is not lifted."""
+    refs = [_dot_scene(seed=s, radius=r) for s, r in ((0, 3), (1, 5), (2, 8))]
+    settings = MatchSettings(weight=1.0, count_slack=0, area_tolerance=0.0)
+    model = reference_model(refs, settings)
+    dropped = {(r.kind, r.colour_class) for r in model.dropped}
+    kept = {(r.kind, r.colour_class) for r in model.rules}
+    assert any(kind == "area" for kind, _ in dropped) and any(kind == "count" for kind, _ in kept)
+    assert not dropped & kept
+    for i in range(len(refs)):  # every reference keeps the rules derived from the others
+        assert check_rules(model.held_out(i, settings).rules, model.parts[i]) == []
+
+    p = Pipeline(_settings(look_twice=LookTwiceSettings(enabled=False), match=settings)).fit(refs)
+    held = p.detector.held_out_outputs()
+    assert all(p._evidence(f"r{i}", r, o, held_out=i).match_term == 0.0 for i, (r, o) in enumerate(zip(refs, held, strict=True)))
+    record = p.inspect("five.png", _dot_scene(extra=True, seed=9))
+    step = next(e for e in record.trace if e["step"] == "match")
+    assert any(v["kind"] == "count" for v in step["violations"])
+    assert step["rules_dropped"] and "left out" in step["summary"]
 
 
 def test_zero_shot_skips_the_second_look_and_says_why():

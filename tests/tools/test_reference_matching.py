@@ -57,7 +57,11 @@ def test_defects_score_above_good_and_maps_peak_on_the_defect(fitted, case):
 def test_calibration_comes_from_the_references(fitted):
     cal = fitted.calibration()
     assert cal["method"] == "references (leave-one-out)"
-    assert cal["good_samples"] == len(fitted.good_scores()) >= 4  # references and their accepted views
+    # one good sample per reference: its accepted views are scored too, but are not independent parts
+    assert cal["good_samples"] == len(fitted.good_scores()) == 4
+    per_ref = fitted.loo_scores.reshape(4, -1)
+    assert per_ref.shape[1] == 1 + len(fitted.views)
+    np.testing.assert_allclose(fitted.good_scores(), per_ref.max(axis=1))
     assert cal["boundary_raw"] == pytest.approx(max(fitted.good_scores()), abs=1e-5)  # few samples: the finest honest rate
     assert cal["false_alarm_rate"] == pytest.approx(1 / (cal["good_samples"] + 1), abs=1e-4)
     settings = fitted.settings()
@@ -131,3 +135,17 @@ def test_greedy_coreset_is_farthest_point_selection():
     idx = greedy_coreset(pts, 3, seed=0).tolist()
     assert len(set(idx)) == 3
     assert {2, 3} <= set(idx), "the far-apart points must be selected"
+
+
+def test_greedy_coreset_matches_plain_farthest_point_selection():
+    """The fast selection (norms and one matrix-vector product a step) picks what the textbook loop
+    over explicit distances picks, in the same order."""
+    pts = torch.randn(400, 12, generator=torch.Generator().manual_seed(3))
+    idx = greedy_coreset(pts, 40, seed=0).tolist()
+    expected = [idx[0]]
+    min_dist = (pts - pts[idx[0]]).norm(dim=1)
+    for _ in range(39):
+        nxt = int(torch.argmax(min_dist))
+        expected.append(nxt)
+        min_dist = torch.minimum(min_dist, (pts - pts[nxt]).norm(dim=1))
+    assert idx == expected

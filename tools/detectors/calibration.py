@@ -5,7 +5,8 @@ false-alarm rate: the share of good parts that will be called defective. The bou
 without labels, from what good scores look like:
 
 - references mode (one image at a time): the raw scores of good samples that were not part of the
-  bank they were scored against (leave-one-out references and their accepted views). The boundary is
+  bank they were scored against (leave-one-out references; a reference's accepted views are not
+  independent parts, so each reference counts once, with its largest view score). The boundary is
   the split-conformal quantile: with n good scores, the k-th smallest with k = ceil((n+1)(1-a)); a
   new good part scores above it with probability at most (n+1-k)/(n+1). With n scores the finest
   honest rate is 1/(n+1): a finer rate is refused, the finest honest one used, and the record says so.
@@ -203,9 +204,6 @@ class Calibration:
 def _check_rate(rate: float) -> None:
     if not 0.0 < rate < 1.0:
         raise ValueError(f"false-alarm rate must be between 0 and 1 (exclusive), got {rate}")
-
-
-
 
 
 def good_samples(detector: Any, references: list[Any]) -> np.ndarray:
