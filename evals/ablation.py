@@ -6,7 +6,8 @@
 Each `--variant NAME:KEY=VALUE,KEY=VALUE` is a set of detector settings (YAML values; `--detector` for
 all, or `detector=NAME` inside a variant). Prints one markdown row per variant: image AUROC, pixel
 AUROC and AUPRO as the mean over seeds for each category, then the mean over categories; the JSON
-keeps every run. This is how settings are chosen on validation sets and then reported once on test.
+keeps every run with its per-image scores, so `python -m evals.redecide ablation.json` can study the
+decisions (false-alarm rate promised and measured per reference draw) without scoring again. This is how settings are chosen on validation sets and then reported once on test.
 """
 
 from __future__ import annotations
@@ -80,10 +81,8 @@ def main(argv: list[str] | None = None) -> int:
                 per_cat[cat].append(row)
                 runs.append({"variant": name, "category": cat, "seed": seed, **row,
                              "per_defect_image_AUROC": r["per_defect_image_AUROC"],
-                             # raw scores, labels and held-out good scores: decisions can be studied later
-                             "good_samples": r["good_samples"],
-                             "raw_scores": [im["raw_score"] for im in r["images"]],
-                             "labels": [im["defect_type"] != "good" for im in r["images"]]})
+                             # per-image scores and held-out good scores: `evals.redecide` decides again
+                             **{k: r[k] for k in ("images", "good_samples", "good_samples_exchangeable")}})
         img = [float(np.mean([r["image_AUROC"] for r in per_cat[c]])) for c in cats]
         px = float(np.mean([r["pixel_AUROC"] for c in cats for r in per_cat[c]]))
         pro = float(np.mean([r["pixel_AUPRO"] for c in cats for r in per_cat[c]]))

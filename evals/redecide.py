@@ -7,6 +7,7 @@ calibration (`tools.detectors.calibration.decide_calibration`) and the same deci
 (`evals.metrics.decision_scores`) as `eval`.
 
     python -m evals.redecide k4_s0.json --false-alarm-rate 0.05,0.2 --calibration batch,references
+    python -m evals.redecide ablation.json --calibration references   # every run of an ablation
 """
 
 from __future__ import annotations
@@ -40,6 +41,16 @@ def redecide(category: dict[str, Any], mode: str, rate: float, review: bool = Tr
             **decision_scores(labels, verdicts, cal.false_alarm_rate)}
 
 
+def _entries(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The categories of an eval result, or the runs of an ablation (`evals.ablation --json`)."""
+    return list(result.get("categories") or result.get("runs") or [])
+
+
+def _run_of(entry: dict[str, Any]) -> dict[str, Any]:
+    """An ablation run's variant and seed (nothing for an eval category)."""
+    return {k: entry[k] for k in ("variant", "seed") if k in entry}
+
+
 def _floats(text: str) -> list[float]:
     return [float(x) for x in text.split(",") if x.strip()]
 
@@ -48,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m evals.redecide", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("results", nargs="+", help="JSON files written by `looktwice eval --out`")
+    p.add_argument("results", nargs="+", help="JSON files written by `looktwice eval --out` or `evals.ablation --json`")
     p.add_argument("--false-alarm-rate", default="0.05", help="comma-separated rates (default 0.05)")
     p.add_argument("--calibration", default="batch", help=f"comma-separated, of {', '.join(CALIBRATION_MODES)}")
     p.add_argument("--no-review", action="store_true")
@@ -61,17 +72,18 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError) as err:
             print(f"error: {path}: {err}", file=sys.stderr)
             return 2
-        for category in result.get("categories", []):
+        for category in _entries(result):
             for mode in args.calibration.split(","):
                 for rate in _floats(args.false_alarm_rate):
                     try:
-                        row = {"file": path, "category": category["category"],
+                        row = {"file": path, "category": category["category"], **_run_of(category),
                                **redecide(category, mode.strip(), rate, not args.no_review)}
                     except ValueError as err:
                         print(f"error: {path}: {err}", file=sys.stderr)
                         return 2
                     rows.append(row)
-                    print(f"{path} {row['category']} {mode}@{rate:g}: recall {row['recall']:.3f}, false alarms "
+                    run = " ".join(f"{k} {v}" for k, v in _run_of(category).items())
+                    print(f"{path} {row['category']}{' ' + run if run else ''} {mode}@{rate:g}: recall {row['recall']:.3f}, false alarms "
                           f"{row['false_alarm_rate']:.3f} (promised {row['estimated_false_alarm_rate']:.3f}), balanced accuracy {row['balanced_accuracy']:.3f}, review {row['review_rate']:.3f}")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))

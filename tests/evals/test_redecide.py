@@ -45,3 +45,16 @@ def test_cli_writes_rows_and_refuses_results_without_scores(tmp_path, capsys) ->
     old.write_text(json.dumps({"categories": [{"category": "plates"}]}))
     assert main([str(old)]) == 2
     assert "no per-image scores" in capsys.readouterr().err
+
+
+def test_ablation_runs_are_decided_per_run(tmp_path, capsys) -> None:
+    """An ablation's JSON keeps each run's scores: every (variant, seed) is decided again."""
+    runs = [{**_result(seed)["categories"][0], "variant": "base", "seed": seed} for seed in (0, 1)]
+    path = tmp_path / "ablation.json"
+    path.write_text(json.dumps({"runs": runs}))
+    out = tmp_path / "rows.json"
+    assert main([str(path), "--calibration", "references", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert [(r["variant"], r["seed"]) for r in rows] == [("base", 0), ("base", 1)]
+    assert all(0.0 <= r["false_alarm_rate"] <= 0.2 for r in rows)
+    assert "plates variant base seed 1 references@0.05" in capsys.readouterr().out
