@@ -4,7 +4,8 @@ For each image, in this order (each step recorded in `record.trace`, with what i
 
 1. look        the detector on the whole image: anomaly map and raw score.
 2. look twice  the most suspicious places, zoomed in, scored again against the references
-               (`look_twice.py`); the score is multiplied by the evidence.
+               (`look_twice.py`); the score is multiplied by the evidence. Off by default (no gain
+               on validation, `settings.py`); the step is then recorded as skipped, with why.
 3. match       the image's parts matched to the references' parts and the rules checked
                (`match.py`); a rule broken beyond the references' variation adds to the score.
 4. decide      the final score, calibrated (`tools.detectors.calibration`): good, review or defective,
@@ -31,7 +32,14 @@ from PIL import Image
 from agent.brains.abilities import JudgesDefects, ProposesRules, ReportsModelCalls, SeesImages
 from agent.brains.base import Brain
 from agent.inspection.detector_setup import fitted_detector
-from agent.inspection.look_twice import Look, SecondLook, comparable_part, fused_factor, suspicious_places
+from agent.inspection.look_twice import (
+    Look,
+    SecondLook,
+    comparable_part,
+    fused_factor,
+    suspicious_places,
+    zoom_box,
+)
 from agent.inspection.match import ReferenceModel, ask_brain_rules, compare, reference_model
 from agent.inspection.settings import InspectionSettings
 from agent.inspection.trace import change, short, step
@@ -44,6 +52,8 @@ from tools.regions import mask_from_map, measure_regions, peak_relative_mask, to
 
 #: batch mode calibrates on at most this many images of the batch (a seeded sample)
 MAX_CALIBRATION_SAMPLE = 256
+#: Why the second look did not run when it is turned off (the default).
+LOOK_TWICE_OFF = "off (no gain on the validation sets; turn on with `look_twice: {enabled: true}` in --config)"
 
 
 @dataclass
@@ -88,6 +98,7 @@ class Pipeline:
         self.references: list[Image.Image] = []
         self.second: SecondLook | None = None
         self.second_reason = ""
+        self._zoom: tuple[SecondLook | None, str] | None = None  # fitted on request (`second_look`)
         self.calibration: Calibration | None = None
         self.fit_seconds = 0.0
         self._refs_model: ReferenceModel | None = None
@@ -126,22 +137,32 @@ class Pipeline:
             self.detector.fit(self.references)
         else:
             self.detector = fitted_detector(s.detector, s.detector_options, self.references, n_images, self.warn)
-        self.second, self.second_reason = None, ""
+        self.second, self.second_reason, self._zoom = None, "", None
         if s.look_twice.enabled:
-            part = comparable_part(self.detector)
-            if part is None or not self.references:
-                self.second_reason = (
-                    "no references to compare with" if not self.references
-                    else f"{self.detector.name} compares with no references"
-                )
-            else:
-                self.second = SecondLook(part, self.references, s.look_twice)
+            self.second, self.second_reason = self._fit_second_look()
         self._refs_model, self._cache, self._ref_greys = None, {}, None
         good = good_samples(self.detector, self.references)
         self._unit = float(np.median(good)) if good.size else 1.0
         self.calibration = self._reference_calibration(good)
         self.fit_seconds = time.perf_counter() - t0
         return self
+
+    def _fit_second_look(self) -> tuple[SecondLook | None, str]:
+        """The zoomed matcher, or None and why the detector cannot be zoomed like."""
+        part = comparable_part(self.detector) if self.detector is not None else None
+        if part is None or not self.references:
+            why = "no references to compare with" if not self.references else f"{self.detector.name} compares with no references"
+            return None, why
+        return SecondLook(part, self.references, self.settings.look_twice), ""
+
+    def second_look(self) -> tuple[SecondLook | None, str]:
+        """The zoomed matcher for looking again on request (the `zoom` tool), fitted on first use when
+        the loop does not run it for every image; None and why when it cannot be built."""
+        if self.second is not None:
+            return self.second, ""
+        if self._zoom is None:
+            self._zoom = self._fit_second_look()
+        return self._zoom
 
     def _fusing(self) -> bool:
         s = self.settings
@@ -261,8 +282,8 @@ class Pipeline:
         s = self.settings.look_twice
         t0 = time.perf_counter()
         if self.second is None:
-            if s.enabled:
-                step(ev.trace, "look_twice", t0, skipped=self.second_reason, summary=f"skipped: {self.second_reason}")
+            why = self.second_reason if s.enabled else LOOK_TWICE_OFF
+            step(ev.trace, "look_twice", t0, skipped=why, summary=f"skipped: {why}")
             return
         before = ev.raw
         ev.looks = self.second.look(ev.image, ev.raw_map, held_out)
@@ -438,17 +459,23 @@ class Pipeline:
 
     # ------------------------------------------------------------------------------------------ brain
     def _views(self, ev: Evidence) -> list[tuple[str, Image.Image]]:
-        """What a model brain sees besides the whole image: the second look's top place zoomed in, and
-        the same place on the reference that looks most like it there."""
-        if not ev.looks:
-            return []
-        look = ev.looks[0]
-        crop = ev.image.crop(look.box)
-        views = [(f"{look.target} zoomed in (the most suspicious place, box {list(look.box)})", crop)]
+        """What a model brain sees besides the whole image: the most suspicious place zoomed in (the
+        second look's top place, or the first look's when there was no second look), and the same
+        place on the reference that looks most like it there."""
+        if ev.looks:
+            box, target = ev.looks[0].box, ev.looks[0].target
+        else:
+            places = suspicious_places(ev.raw_map, 1, self.settings.look_twice.min_crop)
+            if not places:
+                return []
+            box = zoom_box(places[0][0], ev.image.size, self.settings.look_twice.margin, self.settings.look_twice.min_crop)
+            target = "place 1"
+        crop = ev.image.crop(box)
+        views = [(f"{target} zoomed in (the most suspicious place, box {list(box)})", crop)]
         if self.references:
             w, h = ev.image.size
             grey = np.asarray(crop.convert("L"), dtype=np.float32)
-            crops = [r.resize((w, h), Image.BILINEAR).crop(look.box) for r in self.references]
+            crops = [r.resize((w, h), Image.BILINEAR).crop(box) for r in self.references]
             nearest = min(crops, key=lambda c: float(np.abs(np.asarray(c.convert("L"), dtype=np.float32) - grey).mean()))
             views.append(("the same place on the nearest good reference", nearest))
         return views

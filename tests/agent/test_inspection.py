@@ -117,7 +117,7 @@ REFMATCH = dict(case.DETECTOR_OPTIONS)
 
 
 #: The loop with both fusions on (by default they are recorded but change nothing: BENCHMARKS.md).
-FUSED = {"look_twice": LookTwiceSettings(weight=0.5), "match": MatchSettings(weight=1.0)}
+FUSED = {"look_twice": LookTwiceSettings(enabled=True, weight=0.5), "match": MatchSettings(weight=1.0)}
 
 
 def _settings(**kw) -> InspectionSettings:
@@ -130,13 +130,18 @@ def full():
     return Pipeline(_settings()).fit(case.references(3))
 
 
-def test_by_default_the_second_look_and_rules_are_recorded_only():
-    """Both fusions are off by default (validation showed no gain); the steps still run and say so."""
+def test_by_default_the_second_look_is_off_and_rules_are_recorded_only():
+    """Validation showed no gain: the second look is off (the trace says so and why) and the rules are
+    checked and recorded without changing the score; turned on, the second look runs and is traced."""
     pipeline = Pipeline(InspectionSettings("refmatch", REFMATCH)).fit(case.references(3))
     record = pipeline.inspect("scratch.png", case.scratched())
     steps = {e["step"]: e for e in record.trace}
-    assert steps["look_twice"]["looks"] and "match" in steps
+    assert steps["look_twice"]["skipped"].startswith("off") and "enabled: true" in steps["look_twice"]["summary"]
+    assert "match" in steps and steps["match"]["changed"].startswith("nothing")
     assert pipeline.calibration is not None and pipeline.calibration.method == "references (leave-one-out, the detector's score)"
+    on = Pipeline(InspectionSettings("refmatch", REFMATCH, look_twice=LookTwiceSettings(enabled=True))).fit(case.references(3))
+    looked = next(e for e in on.inspect("scratch.png", case.scratched()).trace if e["step"] == "look_twice")
+    assert looked["looks"] and looked["changed"].startswith("nothing")
 
 
 class ScriptedBrain(Brain):
@@ -288,7 +293,7 @@ def test_rules_the_references_break_themselves_are_left_out():
 
 
 def test_zero_shot_skips_the_second_look_and_says_why():
-    p = Pipeline(InspectionSettings("selfsim", {"resolution": 96})).fit([])
+    p = Pipeline(InspectionSettings("selfsim", {"resolution": 96}, look_twice=LookTwiceSettings(enabled=True))).fit([])
     record = p.inspect("scratch.png", case.scratched())
     look = next(e for e in record.trace if e["step"] == "look_twice")
     assert look["skipped"] == "no references to compare with"

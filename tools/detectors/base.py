@@ -86,7 +86,8 @@ class Detector(ABC):
 
     def good_scores(self) -> np.ndarray:
         """Raw scores of good samples the detector did not learn from (references held out of the
-        bank, their accepted views): what references-mode calibration rests on. Empty when unknown."""
+        bank), one per independent good part: what references-mode calibration rests on. Empty when
+        unknown."""
         return np.empty(0)
 
     def held_out_outputs(self) -> list[DetectorOutput]:
