@@ -30,8 +30,9 @@ class LookTwiceSettings:
     """Step 2: the most suspicious places are scored again, zoomed in, against the references."""
 
     # Off by default: on the validation sets (magnetic tile, weave, bracket; two reference draws each)
-    # it moved neither the verdict nor where the defect is found (localization equal on 4 of 5 draws,
-    # -0.03 and +0.03 on weave) for 2-3x the time of the first look (BENCHMARKS.md, "The loop's steps").
+    # it moved neither the verdict nor where the defect is found (localization equal on 3 of 6 draws,
+    # one image of 32 better on 2 and worse on 1) for 1.8-4x the time of the first look (BENCHMARKS.md,
+    # "The loop's steps").
     # A model brain still sees the most suspicious place zoomed in (the first look's top place).
     enabled: bool = False
     top_k: int = 2  # places looked at twice
