@@ -9,7 +9,7 @@ reference answers come from the ground truth. Variants (`--variants`):
 - `look`: the detector alone (no second look, no part matching);
 - `look+twice`: with the second look;
 - `look+match`: with part matching and rules, without the second look (to measure the match alone);
-- `look+twice+match`: the full loop (what `ask` runs).
+- `look+twice+match`: every step on (`ask` runs this with the second look off, its default).
 
 Per variant, under `variants`:
 - `balanced_accuracy` (mean of recall on defective images and specificity on good ones; an answer
