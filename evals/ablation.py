@@ -7,7 +7,8 @@ Each `--variant NAME:KEY=VALUE,KEY=VALUE` is a set of detector settings (YAML va
 all, or `detector=NAME` inside a variant). Prints one markdown row per variant: image AUROC, pixel
 AUROC and AUPRO as the mean over seeds for each category, then the mean over categories; the JSON
 keeps every run with its per-image scores, so `python -m evals.redecide ablation.json` can study the
-decisions (false-alarm rate promised and measured per reference draw) without scoring again. This is how settings are chosen on validation sets and then reported once on test.
+decisions (false-alarm rate promised and measured per reference draw) without scoring again. This is
+how settings are chosen on validation sets and then reported once on test.
 """
 
 from __future__ import annotations

@@ -55,40 +55,38 @@ class ReferenceModel:
     brain_rules: list[Rule] | None = None
     brain_rules_status: dict[str, Any] = field(default_factory=dict)
     dropped: list[Rule] = field(default_factory=list)  # derived rules a held-out reference breaks itself
+    held_out_rules: list[list[Rule]] = field(default_factory=list)  # per reference: the kept rules, from the others
 
     def all_rules(self) -> list[Rule]:
         return list(self.rules) + list(self.brain_rules or [])
 
-    def held_out(self, i: int, s: MatchSettings) -> ReferenceModel:
-        """The model without reference `i` (same palette, rules from the others, the same rules kept),
-        for scoring that reference as a good sample."""
+    def held_out(self, i: int) -> ReferenceModel:
+        """The model without reference `i` (same palette, the kept rules derived from the others), for
+        scoring that reference as a good sample."""
         others = [p for j, p in enumerate(self.parts) if j != i]
-        keep = {_key(r) for r in self.rules}
-        rules = [r for r in derive_rules(others, len(self.palette), s.area_tolerance, s.count_slack) if _key(r) in keep]
-        return ReferenceModel(self.palette, others, rules)
-
-
-def unstable_rule_keys(parts: Sequence[Sequence[Part]], n_classes: int, s: MatchSettings) -> set[RuleKey]:
-    """Rules the references do not keep themselves: derived from all references but one, the one held
-    out breaks them. Such a rule measures something that varies among good parts more than the
-    references show (e.g. part areas on references of different sizes), so it cannot flag a defect."""
-    unstable: set[RuleKey] = set()
-    for i in range(len(parts) if len(parts) >= 2 else 0):
-        others = [p for j, p in enumerate(parts) if j != i]
-        rules = derive_rules(others, n_classes, s.area_tolerance, s.count_slack)
-        unstable |= {_key(b) for b in check_rules(rules, parts[i])}
-    return unstable
+        return ReferenceModel(self.palette, others, list(self.held_out_rules[i]) if self.held_out_rules else [])
 
 
 def reference_model(references: Sequence[Image.Image], s: MatchSettings) -> ReferenceModel:
-    """Palette, parts and the derived rules the references keep when each is held out (with one
-    reference every derived rule is kept: there is no variation to check against)."""
+    """Palette, parts and the derived rules the references keep when each is held out: a rule derived
+    from all references but one that the one held out breaks measures something that varies among good
+    parts more than the references show (e.g. part areas on references of different sizes), so it
+    cannot flag a defect and is left out. With one reference every derived rule is kept (there is no
+    variation to check against)."""
     palette = colour_palette(references, s.palette_size)
     parts = [segment_by_palette(r, palette, s.part_size, s.min_part, s.max_part, s.max_parts) for r in references]
     rules = derive_rules(parts, len(palette), s.area_tolerance, s.count_slack)
-    unstable = unstable_rule_keys(parts, len(palette), s)
-    kept = [r for r in rules if _key(r) not in unstable]
-    return ReferenceModel(palette, parts, kept, dropped=[r for r in rules if _key(r) in unstable])
+    loo: list[list[Rule]] = []
+    unstable: set[RuleKey] = set()
+    for i in range(len(parts) if len(parts) >= 2 else 0):
+        loo.append(derive_rules([p for j, p in enumerate(parts) if j != i], len(palette), s.area_tolerance, s.count_slack))
+        unstable |= {_key(b) for b in check_rules(loo[-1], parts[i])}
+    return ReferenceModel(
+        palette, parts,
+        rules=[r for r in rules if _key(r) not in unstable],
+        dropped=[r for r in rules if _key(r) in unstable],
+        held_out_rules=[[r for r in rs if _key(r) not in unstable] for rs in loo],
+    )
 
 
 def ask_brain_rules(brain: Any, refs: ReferenceModel, retries: int) -> tuple[list[Rule], dict[str, Any]]:
@@ -182,4 +180,4 @@ def compare(image: Image.Image, refs: ReferenceModel, s: MatchSettings) -> dict[
     }
 
 
-__all__ = ["ReferenceModel", "ask_brain_rules", "compare", "recoloured_pairs", "reference_model", "unstable_rule_keys"]
+__all__ = ["ReferenceModel", "ask_brain_rules", "compare", "recoloured_pairs", "reference_model"]

@@ -102,7 +102,6 @@ class Pipeline:
         self.calibration: Calibration | None = None
         self.fit_seconds = 0.0
         self._refs_model: ReferenceModel | None = None
-        self._rules_asked = False  # a brain that proposes rules is asked once, on the first image
         self._unit = 1.0  # good-score unit of the raw scores (what one broken rule adds, times its weight)
         self._cache: dict[str, Evidence] = {}
         self._fallback: Brain | None = None
@@ -149,10 +148,11 @@ class Pipeline:
 
     def _fit_second_look(self) -> tuple[SecondLook | None, str]:
         """The zoomed matcher, or None and why the detector cannot be zoomed like."""
-        part = comparable_part(self.detector) if self.detector is not None else None
-        if part is None or not self.references:
-            why = "no references to compare with" if not self.references else f"{self.detector.name} compares with no references"
-            return None, why
+        if not self.references or self.detector is None:
+            return None, "no references to compare with" if not self.references else "no detector fitted yet"
+        part = comparable_part(self.detector)
+        if part is None:
+            return None, f"{self.detector.name} compares with no references"
         return SecondLook(part, self.references, self.settings.look_twice), ""
 
     def second_look(self) -> tuple[SecondLook | None, str]:
@@ -304,12 +304,10 @@ class Pipeline:
             return None
         if self._refs_model is None:
             self._refs_model = reference_model(self.references, s)
-            self._rules_asked = False
         if held_out is not None:
-            return self._refs_model.held_out(held_out, s)
-        if not self._rules_asked:
-            self._rules_asked = True
-            brain = self._brain if self._brain is not None else None
+            return self._refs_model.held_out(held_out)
+        if self._refs_model.brain_rules is None:  # a brain that proposes rules is asked once, on the first image
+            brain = self._brain
             if s.ask_rules and isinstance(brain, ProposesRules):
                 rules, status = ask_brain_rules(brain, self._refs_model, s.rule_retries)
                 self._refs_model.brain_rules, self._refs_model.brain_rules_status = rules, status

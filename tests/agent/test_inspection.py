@@ -281,7 +281,7 @@ def test_rules_the_references_break_themselves_are_left_out():
     assert any(kind == "area" for kind, _ in dropped) and any(kind == "count" for kind, _ in kept)
     assert not dropped & kept
     for i in range(len(refs)):  # every reference keeps the rules derived from the others
-        assert check_rules(model.held_out(i, settings).rules, model.parts[i]) == []
+        assert check_rules(model.held_out(i).rules, model.parts[i]) == []
 
     p = Pipeline(_settings(look_twice=LookTwiceSettings(enabled=False), match=settings)).fit(refs)
     held = p.detector.held_out_outputs()

@@ -39,20 +39,23 @@ def greedy_coreset(features: torch.Tensor, n_select: int, projection_dim: int = 
     return selected
 
 
+def distances_less_query_norm(queries: torch.Tensor, bank_t: torch.Tensor, bank_sq: torch.Tensor) -> torch.Tensor:
+    """|b|^2 - 2 q.b for every (query row, bank column) pair in one `addmm`: the squared distance
+    without |q|^2, which is the same for every bank row, so callers add it after their minimum
+    (three times faster than adding it to the whole (Q, B) matrix; the same distances to rounding)."""
+    return torch.addmm(bank_sq, queries, bank_t, beta=1.0, alpha=-2.0)
+
+
 def nearest_distance(queries: torch.Tensor, bank: torch.Tensor, chunk: int = 4096, k: int = 1) -> torch.Tensor:
     """Euclidean distance from each query row to its nearest bank row (mean over the k nearest when
-    k > 1). (Q, C), (B, C) -> (Q,).
-
-    |q - b|^2 = |q|^2 + |b|^2 - 2 q.b: the bank term and the product come from one `addmm`, and |q|^2,
-    the same for every bank row, is added after the minimum (three times faster than adding it to the
-    whole (Q, B) matrix; the same distances to float rounding)."""
+    k > 1). (Q, C), (B, C) -> (Q,)."""
     bank_sq = (bank * bank).sum(1)
     bank_t = bank.T
     k = max(1, min(k, bank.shape[0]))
     out = torch.empty(queries.shape[0], dtype=queries.dtype, device=queries.device)
     for s in range(0, queries.shape[0], chunk):
         q = queries[s : s + chunk]
-        d2 = torch.addmm(bank_sq, q, bank_t, beta=1.0, alpha=-2.0)
+        d2 = distances_less_query_norm(q, bank_t, bank_sq)
         q_sq = (q * q).sum(1)
         if k == 1:
             out[s : s + chunk] = (d2.min(dim=1).values + q_sq).clamp_min_(0).sqrt_()

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from tools.detectors.memory_bank import distances_less_query_norm
+
 
 def per_partner_distances(query: torch.Tensor, partners: Sequence[torch.Tensor], chunk: int = 2048) -> torch.Tensor:
     """query (P, C); partners: one (Pj, C) tensor per partner image -> (P, K) distance of each query
@@ -30,8 +32,7 @@ def per_partner_distances(query: torch.Tensor, partners: Sequence[torch.Tensor],
     bank_t = bank.T
     for s in range(0, query.shape[0], chunk):
         q = query[s : s + chunk]
-        # |b|^2 - 2 q.b in one addmm; |q|^2 (the same for every patch of every partner) after the minimum
-        d2 = torch.addmm(bank_sq, q, bank_t, beta=1.0, alpha=-2.0)
+        d2 = distances_less_query_norm(q, bank_t, bank_sq)  # |q|^2 is added after the minimum
         if owner is None:
             best = d2.view(q.shape[0], k, -1).min(2).values
         else:
