@@ -34,10 +34,30 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def record_overlay(record: InspectionRecord, image: Image.Image) -> Image.Image:
-    """The image with the record's heatmap and mask outline (what `<stem>_overlay.png` holds)."""
+def heat_floor(record: InspectionRecord) -> float:
+    """Where the overlay's heat starts: the review band's start when there is one, else the boundary
+    (nothing below it is suspicious, so nothing below it is tinted)."""
+    review = (record.decision or {}).get("review_from_score")
+    threshold = float(record.threshold)
+    return float(review) if review is not None and float(review) < threshold else threshold
+
+
+def record_overlay(record: InspectionRecord, image: Image.Image, max_side: int | None = None) -> Image.Image:
+    """The picture of a record (what `<stem>_overlay.png` holds): heat above the review band, the
+    regions outlined with their numbers, the ground truth dashed, and the verdict with its score and
+    the heat scale in a corner.
+
+    With `max_side` (a thumbnail), the image is reduced first and drawn at that size, so the colours,
+    outlines and numbers stay sharp; a thumbnail has no legend (its card says the verdict)."""
+    if max_side is not None and max(image.size) > max_side:
+        image = image.copy()
+        image.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
     amap = record.anomaly_map if record.anomaly_map is not None else np.zeros(image.size[::-1], np.float32)
-    return render_overlay(image, amap, record.pred_mask, record.gt_mask)
+    return render_overlay(
+        image, amap, record.pred_mask, record.gt_mask,
+        floor=heat_floor(record), boundary=float(record.threshold), regions=record.regions,
+        verdict=record.verdict, score=float(record.pred_score), legend=max_side is None,
+    )
 
 
 def write_record(

@@ -1,18 +1,25 @@
-"""Pictures of what the detector saw: heatmap overlays, and maps and masks as PNG files.
+"""Pictures of what the detector saw: overlays a person reads at a glance, and maps and masks as PNG files.
 
-Why a module of its own: reports, the chat and the benchmarks all show the same picture (image,
-heatmap, predicted outline, ground-truth outline), and they all store maps beside the JSON results,
-so one implementation keeps them identical and readable by anomalib-style tools.
+Why a module of its own: reports, the chat, the web page and the benchmarks all show the same picture
+(image, heat, numbered outlines, ground truth, verdict), and they all store maps beside the JSON
+results, so one implementation keeps them identical and readable by anomalib-style tools.
 
 Decisions, and why:
 
-- The jet-like colormap is a few lines of numpy: no matplotlib dependency for one colormap.
-- The heatmap is scaled from a fixed [vmin, vmax] (default [0, 1], the calibrated scale every detector
+- The part stays visible. Heat is drawn only where the map reaches `floor` (the start of the review
+  band for an inspection record: below it nothing is suspicious, so nothing is tinted), translucent,
+  and more opaque only as the score rises; everywhere else the image keeps its true colours.
+- The colour map is perceptual and sequential: ColorBrewer's YlOrRd from its yellow on (lightness
+  falls monotonically from yellow to dark red, so "hotter" always reads as "darker and redder", also
+  in grey print and for the common colour-vision deficiencies). A few lines of numpy: no matplotlib.
+- The heat is scaled from a fixed [vmin, vmax] (default [0, 1], the calibrated scale every detector
   speaks), never per image: a per-image stretch would paint a good part's noise as red as a crack.
-- The predicted mask is outlined 2 px *inside* its edge in green, the ground truth 2 px *outside* its
-  edge in dashed white: when the two agree both outlines stay visible side by side, and the dash
-  tells them apart without relying on colour alone. Masks are outlined, not filled, so the defect
-  itself stays visible under the line.
+- Each region is outlined 2 px *inside* its edge in cyan (a colour the heat map never uses) with its
+  number in a tag beside it: the same number as in the explanation, the record's `regions` and the
+  tables. The ground truth is outlined 2 px *outside* its edge in dashed white: when the two agree
+  both outlines stay visible, and the dash tells them apart without relying on colour alone.
+- A small legend (the heat scale from the floor to 1, with the boundary marked) and the verdict with
+  its score go in the corner with the least heat, so they never cover the defect.
 - Maps are stored as 16-bit greyscale PNG scaled from [vmin, vmax]: lossless, viewable, and precise to
   1/65535 of the range (8-bit would lose the detail that pixel AUROC needs). Values outside the range
   are clipped; NaN is stored as vmin.
@@ -21,26 +28,49 @@ Decisions, and why:
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
 from tools.image_io import image_to_array, unit_pixels
+from tools.record import Region
+from tools.regions import region_masks
 
-PRED_COLOR: tuple[int, int, int] = (0, 255, 0)
+PRED_COLOR: tuple[int, int, int] = (0, 229, 255)  # cyan: no heat colour is close to it
 GT_COLOR: tuple[int, int, int] = (255, 255, 255)
+VERDICT_COLORS: dict[str, tuple[int, int, int]] = {
+    "defective": (255, 96, 80), "review": (255, 190, 60), "good": (120, 220, 110),
+}
 OUTLINE_WIDTH = 2
+HEAT_ALPHA = (0.15, 0.45)  # opacity of the heat at the floor and at the top of the scale
 _DASH = 4  # length of one dash (and one gap) of the ground-truth outline, in pixels
 _CROSS = ndimage.generate_binary_structure(2, 1)
+#: ColorBrewer YlOrRd from its yellow (#fed976) to its dark red (#800026), evenly spaced stops
+_YLORRD = np.array(
+    [[254, 217, 118], [254, 178, 76], [253, 141, 60], [252, 78, 42], [227, 26, 28], [189, 0, 38], [128, 0, 38]],
+    dtype=np.float32,
+) / 255.0
 
 
 def jet_colormap(values: np.ndarray) -> np.ndarray:
-    """HxWx3 float32 RGB in [0, 1] for values in [0, 1]: dark blue -> cyan -> yellow -> dark red."""
+    """HxWx3 float32 RGB in [0, 1] for values in [0, 1]: dark blue -> cyan -> yellow -> dark red.
+
+    Kept for pictures of whole maps (a map on its own, not over an image); overlays use `heat_colormap`."""
     v = np.clip(np.nan_to_num(np.asarray(values, dtype=np.float32), nan=0.0), 0.0, 1.0)[..., None]
     centres = np.array([3.0, 2.0, 1.0], dtype=np.float32) / 4.0  # where r, g, b peak
     return np.clip(1.5 - np.abs(4.0 * (v - centres)), 0.0, 1.0).astype(np.float32)
+
+
+def heat_colormap(values: np.ndarray) -> np.ndarray:
+    """...x3 float32 RGB in [0, 1] for values in [0, 1]: yellow -> orange -> red -> dark red (YlOrRd)."""
+    v = np.clip(np.nan_to_num(np.asarray(values, dtype=np.float32), nan=0.0), 0.0, 1.0)
+    pos = v * (len(_YLORRD) - 1)
+    lo = np.floor(pos).astype(np.int64).clip(0, len(_YLORRD) - 2)
+    frac = (pos - lo)[..., None]
+    return ((1.0 - frac) * _YLORRD[lo] + frac * _YLORRD[lo + 1]).astype(np.float32)
 
 
 def _normalize(anomaly_map: np.ndarray, vmin: float, vmax: float) -> np.ndarray:
@@ -109,30 +139,151 @@ def render_overlay(
     anomaly_map: np.ndarray,
     pred_mask: np.ndarray | None,
     gt_mask: np.ndarray | None = None,
-    alpha: float = 0.45,
+    alpha: float = HEAT_ALPHA[1],
     vmin: float = 0.0,
     vmax: float = 1.0,
+    *,
+    floor: float | None = None,
+    boundary: float | None = None,
+    regions: Sequence[Region] | None = None,
+    verdict: str | None = None,
+    score: float | None = None,
+    legend: bool = False,
 ) -> Image.Image:
-    """The image with the heatmap blended in (`alpha` = heatmap weight) and the masks outlined.
+    """The image with translucent heat where the map reaches `floor` (default `vmin`), the predicted
+    mask outlined (per region, numbered, when `regions` are given), the ground truth dashed, and, with
+    `legend`, the heat scale and the verdict with its score in the emptiest corner.
 
-    The result has the image's size; a map or mask of another size is resized to it (bilinear for the
-    map, nearest for masks).
+    `alpha` is the heat's opacity at the top of the scale (it fades to `HEAT_ALPHA[0]` at the floor);
+    `boundary` marks the defect boundary on the legend. The result has the image's size; a map or mask
+    of another size is resized to it (bilinear for the map, nearest for masks).
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     rgb = _as_rgb_float(image)
     h, w = rgb.shape[:2]
     norm = _resize_map(_normalize(anomaly_map, vmin, vmax), (w, h))
-    blended = (1.0 - alpha) * rgb + alpha * jet_colormap(norm)
+    low = 0.0 if floor is None else float(np.clip((floor - vmin) / (vmax - vmin), 0.0, 1.0))
+    hot = norm >= low if floor is not None else norm > 0.0
+    t = np.clip((norm - low) / max(1.0 - low, 1e-6), 0.0, 1.0)
+    a = np.where(hot, min(HEAT_ALPHA[0], alpha) + (alpha - min(HEAT_ALPHA[0], alpha)) * t, 0.0)[..., None]
+    blended = (1.0 - a) * rgb + a * heat_colormap(t)
     out = np.clip(np.rint(blended * 255.0), 0, 255).astype(np.uint8)
     if gt_mask is not None:
         band = outer_outline(_resize_mask(gt_mask, (w, h)))
         diagonal = np.arange(h)[:, None] + np.arange(w)[None, :]
         band &= (diagonal // _DASH) % 2 == 0
         out[band] = GT_COLOR
+    tags: list[tuple[str, tuple[int, int, int, int]]] = []
     if pred_mask is not None:
-        out[inner_outline(_resize_mask(pred_mask, (w, h)))] = PRED_COLOR
-    return Image.fromarray(out)
+        mask = _resize_mask(pred_mask, (w, h))
+        if regions:
+            own = np.asarray(pred_mask).astype(bool)
+            sx, sy = w / own.shape[1], h / own.shape[0]
+            for i, (region, pixels) in enumerate(zip(regions, region_masks(own, list(regions)), strict=True)):
+                out[inner_outline(_resize_mask(pixels, (w, h)))] = PRED_COLOR
+                x0, y0, x1, y1 = region.bbox
+                box = (int(x0 * sx), int(y0 * sy), int(np.ceil(x1 * sx)), int(np.ceil(y1 * sy)))
+                tags.append((str(region.number or i + 1), box))
+        else:
+            out[inner_outline(mask)] = PRED_COLOR
+    picture = Image.fromarray(out)
+    if tags or legend:
+        draw = ImageDraw.Draw(picture, "RGBA")
+        font = _font(max(9, min(28, round(min(w, h) / 20))))
+        taken = [_draw_tag(draw, font, text, box, (w, h)) for text, box in tags]
+        if legend and min(w, h) >= 96:
+            busy = hot if pred_mask is None else hot | _resize_mask(pred_mask, (w, h))
+            mark = None if boundary is None else (boundary - vmin) / (vmax - vmin)
+            _draw_legend(draw, font, (w, h), busy, taken, low, mark, floor, verdict, score)
+    return picture
+
+
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """Pillow's own font at `size` px (no font files needed); its fixed bitmap font without FreeType."""
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError, ImportError):  # Pillow without FreeType
+        return ImageFont.load_default()
+
+
+def _text_size(draw: ImageDraw.ImageDraw, font: ImageFont.ImageFont, text: str) -> tuple[int, int]:
+    x0, y0, x1, y1 = draw.textbbox((0, 0), text, font=font)
+    return int(x1 - x0), int(y1 - y0)
+
+
+def _draw_tag(
+    draw: ImageDraw.ImageDraw, font: ImageFont.ImageFont, text: str, box: tuple[int, int, int, int], size: tuple[int, int]
+) -> tuple[int, int, int, int]:
+    """A region's number in a cyan tag at its box's upper-left corner, outside the box when there is
+    room (so it covers none of the region), kept inside the image. Returns the tag's box."""
+    w, h = size
+    tw, th = _text_size(draw, font, text)
+    pad = max(1, th // 4)
+    bw, bh = tw + 2 * pad, th + 2 * pad
+    x0, y0, x1, y1 = box
+    tx = x0 - bw if x0 - bw >= 0 else x0
+    ty = y0 - bh if y0 - bh >= 0 else (y1 if y1 + bh <= h else y0)
+    tx, ty = int(min(max(tx, 0), w - bw)), int(min(max(ty, 0), h - bh))
+    draw.rectangle((tx, ty, tx + bw - 1, ty + bh - 1), fill=PRED_COLOR + (235,))
+    left, top = draw.textbbox((0, 0), text, font=font)[:2]
+    draw.text((tx + pad - left, ty + pad - top), text, font=font, fill=(0, 0, 0, 255))
+    return tx, ty, tx + bw, ty + bh
+
+
+def _draw_legend(
+    draw: ImageDraw.ImageDraw,
+    font: ImageFont.ImageFont,
+    size: tuple[int, int],
+    busy: np.ndarray,
+    taken: list[tuple[int, int, int, int]],
+    low: float,
+    boundary: float | None,
+    floor: float | None,
+    verdict: str | None,
+    score: float | None,
+) -> None:
+    """Verdict and score on one line, the heat scale under it, in the corner with the least heat."""
+    w, h = size
+    title = verdict.upper() if verdict else ""
+    if score is not None:
+        title = f"{title} {score:.2f}".strip()
+    lo_text = f"{floor:.2f}" if floor is not None else "0"
+    tw, th = _text_size(draw, font, title or "0")
+    lw, _ = _text_size(draw, font, lo_text)
+    pad = max(2, th // 3)
+    bar_w = max(tw, 4 * lw, w // 5)
+    bar_h = max(4, th // 2)
+    bw = bar_w + 2 * pad
+    bh = (th + pad if title else 0) + bar_h + th + 3 * pad
+    margin = max(2, min(w, h) // 60)
+    corners = [(margin, margin), (w - bw - margin, margin), (margin, h - bh - margin), (w - bw - margin, h - bh - margin)]
+
+    def cost(c: tuple[int, int]) -> float:
+        x, y = c
+        overlap = sum(max(0, min(x + bw, t[2]) - max(x, t[0])) * max(0, min(y + bh, t[3]) - max(y, t[1])) for t in taken)
+        return float(busy[max(0, y):y + bh, max(0, x):x + bw].sum()) + overlap
+
+    x, y = min(corners, key=cost)
+    x, y = max(0, x), max(0, y)
+    draw.rectangle((x, y, x + bw - 1, y + bh - 1), fill=(0, 0, 0, 170))
+    cy = y + pad
+    if title:
+        left, top = draw.textbbox((0, 0), title, font=font)[:2]
+        draw.text((x + pad - left, cy - top), title, font=font, fill=VERDICT_COLORS.get(verdict or "", (255, 255, 255)) + (255,))
+        cy += th + pad
+    colours = np.rint(heat_colormap(np.linspace(0.0, 1.0, bar_w)) * 255).astype(int)
+    for i, (r, g, b) in enumerate(colours):
+        draw.line((x + pad + i, cy, x + pad + i, cy + bar_h - 1), fill=(int(r), int(g), int(b), 255))
+    if boundary is not None and low < boundary < 1.0:
+        bx = x + pad + round((boundary - low) / max(1.0 - low, 1e-6) * (bar_w - 1))
+        draw.line((bx, cy - 2, bx, cy + bar_h + 1), fill=(255, 255, 255, 255), width=1)
+    cy += bar_h + pad // 2
+    left, top = draw.textbbox((0, 0), lo_text, font=font)[:2]
+    draw.text((x + pad - left, cy - top), lo_text, font=font, fill=(255, 255, 255, 255))
+    hi_w, _ = _text_size(draw, font, "1")
+    left, top = draw.textbbox((0, 0), "1", font=font)[:2]
+    draw.text((x + pad + bar_w - hi_w - left, cy - top), "1", font=font, fill=(255, 255, 255, 255))
 
 
 def save_map_png(

@@ -30,6 +30,7 @@ class Region:
     touches_border: bool = False  # the region reaches the image's edge (a break or a frayed edge)
     kind: str = ""  # a defect word from shape and tone ("crack", "hole", ...): `tools.regions.defect_word`
     reference_contrast: float | None = None  # mean grey inside minus the references' there (None: unknown)
+    number: int = 0  # 1, 2, ...: the number on the overlay, in the explanation and the tables (0: not numbered)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -39,11 +40,13 @@ class Region:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Region:
-        d = dict(d)
+        d = {k: v for k, v in d.items() if k in _REGION_FIELDS}
         d["bbox"] = tuple(d["bbox"])
         d["centroid"] = tuple(d["centroid"])
         return cls(**d)
 
+
+_REGION_FIELDS = frozenset(Region.__dataclass_fields__)
 
 #: the three outcomes of an inspection: `pred_label` is True only for "defective"
 VERDICTS = ("good", "review", "defective")

@@ -12,7 +12,8 @@ Decisions, and why:
   a uniform pixel added. A single pixel then has elongation 1, a 1-pixel-wide line of length L has
   elongation L, and no division by zero is possible.
 - Regions are ordered by their peak score (most suspicious first); ties by area, then position, so the
-  order is deterministic.
+  order is deterministic. They are numbered 1, 2, ... in that order (`number_regions`); a caller that
+  orders them otherwise numbers them again, and that number is the one every picture and text shows.
 - The ring for `intensity_contrast` (what the region is compared with) excludes every pixel of the
   predicted mask, not only the region itself: a neighbouring defect is not "the surroundings". Only
   when that leaves nothing is the ring taken as "dilated region minus region".
@@ -25,6 +26,7 @@ Decisions, and why:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
@@ -243,26 +245,63 @@ def measure_regions(
         )
         region.kind = defect_word(region) if grey is not None else ""
         regions.append(region)
-    return regions
+    return number_regions(regions)
 
 
 #: |intensity contrast| (0..1 grey) below which a region counts as "similar in tone"
 TONE_THRESHOLD = 0.05
+#: |grey difference to the references at the same place| below which it is not a tone of its own
+REFERENCE_TONE_THRESHOLD = 0.02
 #: area fraction below which a compact mark is small enough to be a hole or a spot
 SMALL_MARK = 0.01
 
 
+@dataclass(frozen=True)
+class Tone:
+    """A region's tone from ONE comparison: darker, brighter or similar, against what, by how much.
+
+    Why one: the ring around a region and the references at the same place can disagree (a mark whose
+    ring is as dark as it is, on a plate darker than every reference there); a description that says
+    both "similar in tone to its surroundings" and "darker than every reference there" contradicts itself.
+    """
+
+    direction: str  # "darker", "brighter" or "similar"
+    against: str  # "surroundings" or "references"
+    amount: float  # grey difference on the 0..1 scale (negative: darker)
+
+
+def region_tone(region: Region) -> Tone | None:
+    """The one tone a region is described with, or None when no tone was measured.
+
+    The region against its own surroundings when it differs from them (what a person sees at the
+    place); otherwise the references at the same place when the region is outside their range (the
+    whole place is off, not only the mark); otherwise similar to its surroundings.
+    `intensity_contrast == 0.0` exactly means "not measured" (no image was given to the measurer).
+    """
+    ring = float(region.intensity_contrast)
+    ring_known = ring == ring and ring != 0.0
+    if ring_known and abs(ring) >= TONE_THRESHOLD:
+        return Tone("darker" if ring < 0 else "brighter", "surroundings", ring)
+    ref = region.reference_contrast
+    if ref is not None and ref == ref and abs(ref) >= REFERENCE_TONE_THRESHOLD:
+        return Tone("darker" if ref < 0 else "brighter", "references", float(ref))
+    if ring_known:
+        return Tone("similar", "surroundings", ring)
+    return None
+
+
 def defect_word(region: Region) -> str:
     """What a measured region looks like, in the words of the shop floor: from its shape, its tone
-    against the surroundings and whether it reaches the image's edge.
+    (`region_tone`, one comparison) and whether it reaches the image's edge.
 
     thin, long, darker: crack; thin, long, brighter or alike: scratch; small, round, darker: hole;
     small, round, brighter: spot; at the edge, long: fray; at the edge, compact, darker: broken area;
     broad with little contrast: uneven surface; otherwise a broad or large darker or brighter change:
     stain. (Words of `prompts/qa_templates.yaml`'s defect types, so causes can be looked up.)
     """
-    c = float(region.intensity_contrast)
-    darker, brighter = c <= -TONE_THRESHOLD, c >= TONE_THRESHOLD
+    tone = region_tone(region)
+    direction = tone.direction if tone is not None else "similar"
+    darker, brighter = direction == "darker", direction == "brighter"
     shape = region.shape or classify_shape(region.elongation, region.area_fraction)
     if region.touches_border and shape == "elongated":
         return "fray"
@@ -275,3 +314,55 @@ def defect_word(region: Region) -> str:
     if not (darker or brighter):
         return "uneven surface"
     return "stain"
+
+
+#: every word `defect_word` can give (the report counts them in explanations)
+DEFECT_WORDS: tuple[str, ...] = ("crack", "scratch", "hole", "spot", "stain", "uneven surface", "fray", "broken area")
+
+
+def number_regions(regions: list[Region]) -> list[Region]:
+    """Number the regions 1, 2, ... in their final order and settle their defect words with every
+    measurement in (the reference contrast is measured after the regions): the number is the one the
+    overlay, the explanation, the record and the tables show. Returns the same list."""
+    for i, region in enumerate(regions, start=1):
+        region.number = i
+        if region.kind:  # measured with an image: the word follows the one tone of the region
+            region.kind = defect_word(region)
+    return regions
+
+
+def edge_response(region: Region, strongest: Region) -> bool:
+    """Whether `region` is a weak response at the image's edge beside a stronger mark: small, touching
+    the border and weaker than the strongest region. Patch detectors respond at borders (padding, the
+    part's outline), so such a response is not described as a mark of its own; a region at the edge
+    that is the strongest or large (a break, a frayed edge) still is."""
+    return (
+        region is not strongest
+        and region.touches_border
+        and region.area_fraction < SMALL_MARK
+        and region.max_score < strongest.max_score
+    )
+
+
+def region_masks(pred_mask: np.ndarray, regions: list[Region]) -> list[np.ndarray]:
+    """The pixels of each region, as measured by `measure_regions` on `pred_mask` (8-connected
+    components): the component with the region's bounding box, else the one covering most of that box."""
+    mask = np.asarray(pred_mask).astype(bool, copy=False)
+    if not regions:
+        return []
+    if not mask.any():
+        return [np.zeros(mask.shape, bool) for _ in regions]
+    labels, n = ndimage.label(mask, structure=EIGHT_CONNECTED)
+    boxes = ndimage.find_objects(labels)
+    by_box = {(sl[1].start, sl[0].start, sl[1].stop, sl[0].stop): i + 1 for i, sl in enumerate(boxes) if sl is not None}
+    out = []
+    for r in regions:
+        x0, y0, x1, y1 = (int(v) for v in r.bbox)
+        label = by_box.get((x0, y0, x1, y1))
+        if label is None:
+            inside = labels[max(0, y0):max(0, y1), max(0, x0):max(0, x1)]
+            counts = np.bincount(inside.ravel(), minlength=n + 1)
+            counts[0] = 0
+            label = int(counts.argmax()) if counts.any() else 0
+        out.append(labels == label if label else np.zeros(mask.shape, bool))
+    return out

@@ -58,8 +58,7 @@ def write_image_outputs(
     written = write_record(record, image, staging, stem, overlay=overlay)
 
     thumb_name = f"{stem}.jpg"
-    thumb = overlay.convert("RGB")
-    thumb.thumbnail((THUMB_SIZE, THUMB_SIZE), Image.Resampling.BILINEAR)
+    thumb = record_overlay(record, image, max_side=THUMB_SIZE).convert("RGB")
     thumb.save(staging / thumb_name, format="JPEG", quality=82)
 
     images, thumbs = out_dir / IMAGES_DIR, out_dir / THUMBS_DIR

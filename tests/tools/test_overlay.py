@@ -7,9 +7,13 @@ import pytest
 from PIL import Image
 
 from tools.image_io import load_mask
+from tools.record import Region
+from tools.regions import measure_regions
 from tools.overlay import (
     GT_COLOR,
+    HEAT_ALPHA,
     PRED_COLOR,
+    heat_colormap,
     jet_colormap,
     load_map_png,
     render_overlay,
@@ -34,20 +38,62 @@ def test_jet_endpoints_and_middle():
     np.testing.assert_allclose(cmap[4], cmap[0])  # NaN as the minimum
 
 
-def test_overlay_size_mode_and_heat_blend():
+def test_heat_colormap_is_perceptually_ordered():
+    cmap = heat_colormap(np.linspace(0.0, 1.0, 50))
+    luma = cmap @ np.array([0.299, 0.587, 0.114])
+    assert (np.diff(luma) < 0).all()  # hotter is always darker: readable in grey and by colour-blind eyes
+    assert cmap[0, 0] > 0.9 and cmap[0, 1] > 0.7  # starts yellow
+    assert cmap[-1, 0] > 0.4 and cmap[-1, 1] < 0.05  # ends dark red
+    np.testing.assert_allclose(heat_colormap(np.array([2.0, np.nan])), heat_colormap(np.array([1.0, 0.0])))
+
+
+def test_heat_only_above_the_floor_and_translucent():
     image = np.full((40, 60, 3), 100, dtype=np.uint8)
     amap = np.zeros((40, 60), dtype=np.float32)
-    amap[:, 30:] = 1.0
-    out = render_overlay(image, amap, None, alpha=0.5)
-    assert isinstance(out, Image.Image)
-    assert out.mode == "RGB"
-    assert out.size == (60, 40)
+    amap[:, 20:40] = 0.45  # below the floor: untouched
+    amap[:, 40:] = 1.0
+    out = render_overlay(image, amap, None, floor=0.5)
+    assert isinstance(out, Image.Image) and out.mode == "RGB" and out.size == (60, 40)
     arr = np.asarray(out).astype(int)
-    low = np.rint(0.5 * 100 + 0.5 * 255 * np.array([0.0, 0.0, 0.5]))
-    high = np.rint(0.5 * 100 + 0.5 * 255 * np.array([0.5, 0.0, 0.0]))
-    np.testing.assert_allclose(arr[5, 5], low, atol=1)
-    np.testing.assert_allclose(arr[5, 50], high, atol=1)
-    assert arr[5, 50, 0] > arr[5, 5, 0]  # hot side redder
+    assert (arr[:, :40] == 100).all()  # the image keeps its true colours below the floor
+    top = np.rint((1 - HEAT_ALPHA[1]) * 100 + HEAT_ALPHA[1] * 255 * heat_colormap(np.array(1.0)))
+    np.testing.assert_allclose(arr[5, 50], top, atol=1)
+    assert arr[5, 50, 0] > arr[5, 50, 2]  # red, not the grey of the image, but the image still shows through
+    assert arr[5, 50, 0] < 255 * 0.9
+
+
+def test_numbered_outlines_legend_and_verdict():
+    image = np.full((120, 160, 3), 90, dtype=np.uint8)
+    amap = np.zeros((120, 160), dtype=np.float32)
+    amap[20:40, 20:50] = 0.9
+    amap[80:100, 110:140] = 0.7
+    mask = amap > 0.5
+    regions = measure_regions(amap, mask, image)
+    assert [r.number for r in regions] == [1, 2]
+    plain = np.asarray(render_overlay(image, amap, mask, floor=0.5))
+    full = np.asarray(render_overlay(image, amap, mask, floor=0.5, boundary=0.5, regions=regions,
+                                     verdict="defective", score=0.93, legend=True))
+    outline = np.all(plain == PRED_COLOR, axis=2)
+    assert outline[20, 20] and outline[80, 110] and not outline[30, 35]
+    changed = np.any(full != plain, axis=2)
+    # each number's tag sits just outside its region's box (upper-left), so the region stays visible
+    assert changed[5:20, 0:20].any() and changed[65:80, 90:110].any()
+    assert not changed[24:38, 24:48].any() and not changed[84:98, 114:138].any()
+    # the legend with the verdict goes in a corner without heat or tags (the upper-right here)
+    assert changed[0:20, 120:160].any()
+    assert not changed[105:120, 0:60].any()
+
+
+def test_tags_follow_region_numbers():
+    image = np.zeros((100, 100, 3), dtype=np.uint8)
+    mask = np.zeros((100, 100), bool)
+    mask[30:60, 30:60] = True
+    region = Region(bbox=(30, 30, 60, 60), area_px=900, area_fraction=0.09, centroid=(45.0, 45.0), elongation=1.0,
+                    mean_score=0.9, max_score=0.9, intensity_contrast=0.0, location="center", number=7)
+    a = np.asarray(render_overlay(image, np.zeros((100, 100)), mask, regions=[region]))
+    region.number = 1
+    b = np.asarray(render_overlay(image, np.zeros((100, 100)), mask, regions=[region]))
+    assert (a != b).any()  # the tag shows the region's own number
 
 
 def test_pred_outline_is_drawn_inside_the_mask_edge():
