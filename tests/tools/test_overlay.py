@@ -7,8 +7,6 @@ import pytest
 from PIL import Image
 
 from tools.image_io import load_mask
-from tools.record import Region
-from tools.regions import measure_regions
 from tools.overlay import (
     GT_COLOR,
     HEAT_ALPHA,
@@ -20,6 +18,8 @@ from tools.overlay import (
     save_map_png,
     save_mask_png,
 )
+from tools.record import Region
+from tools.regions import measure_regions
 
 
 def _square_mask(h: int = 40, w: int = 60) -> np.ndarray:
