@@ -28,17 +28,20 @@ from agent.report.store import Row
 
 HIST_BINS = 20
 MAX_STATIC_FAILURES = 1000
-# defect word -> pattern that finds it (and its inflections) in an explanation
+# defect word -> pattern that finds it (and its inflections) in an explanation: every word the rule
+# brain's measurements give (`tools.regions.DEFECT_WORDS`) and the words a model brain often uses
 DEFECT_WORDS: dict[str, str] = {
-    "scratch": r"scratch",
     "crack": r"crack",
-    "stain": r"stain",
-    "spot": r"spots?\b",
+    "scratch": r"scratch",
     "hole": r"holes?\b",
+    "spot": r"spots?\b",
+    "stain": r"stain",
+    "uneven surface": r"uneven",
+    "fray": r"fray",
+    "broken area": r"broken",
     "dent": r"dent(s|ed)?\b",
     "discolouration": r"discolou?r",
     "contamination": r"contaminat",
-    "unevenness": r"uneven",
     "chip": r"chip(s|ped)?\b",
     "missing": r"missing",
     "deformation": r"deform",
@@ -74,6 +77,7 @@ def summarize(rows: Sequence[Row]) -> dict[str, Any]:
         b = min(HIST_BINS - 1, max(0, int(score * HIST_BINS)))
         (bins_bad if r.record.get("pred_label") else bins_good)[b] += 1
     thresholds = sorted(float(r.record.get("threshold", 0.5)) for r in done)
+    detectors = Counter(str(r.record.get("detector")) for r in done if r.record.get("detector"))
     shape_regions: Counter[str] = Counter()
     shape_images: Counter[str] = Counter()
     for r in defective:
@@ -98,6 +102,7 @@ def summarize(rows: Sequence[Row]) -> dict[str, Any]:
         "shape_regions": dict(shape_regions.most_common()),
         "shape_images": dict(shape_images.most_common()),
         "defect_words": dict(words.most_common()),
+        "detectors": [name for name, _ in detectors.most_common()],
     }
 
 
@@ -150,9 +155,9 @@ def _row_data(i: int, r: Row) -> dict[str, Any]:
         "n": len(regions) if r.ok else None,
         "sh": sorted({str(g.get("shape") or "") for g in regions} - {""}),
         "rg": [
-            f"{g.get('location', '')} {g.get('shape', '')}, {100 * float(g.get('area_fraction', 0)):.2f}% of the image, "
-            f"score {float(g.get('max_score', 0)):.2f}"
-            for g in regions[:10]
+            f"({g.get('number') or k}) {g.get('location', '')} {g.get('kind') or g.get('shape', '')}, "
+            f"{100 * float(g.get('area_fraction', 0)):.2f}% of the image, score {float(g.get('max_score', 0)):.2f}"
+            for k, g in enumerate(regions[:10], start=1)
         ],
         "e": rec.get("explanation", "") if r.ok else "",
         "err": r.error or "",
@@ -187,7 +192,7 @@ def render_html(rows: Sequence[Row], meta: dict[str, Any]) -> str:
         nonce=nonce,
         title=_e(meta.get("title") or "LookTwice report"),
         generated=_e(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime())),
-        detector=_e(settings.get("detector", "")),
+        detector=_e(_detector_line(s["detectors"], str(settings.get("detector", "")))),
         brain=_e(settings.get("brain", "")),
         n_refs=_e(len(settings.get("references") or [])),
         settings=_e(json.dumps(settings, indent=1, ensure_ascii=False)),
@@ -205,6 +210,14 @@ def render_html(rows: Sequence[Row], meta: dict[str, Any]) -> str:
         failures=(f"<ul>{fail_items}</ul>" if failures else "<p class=muted>none</p>"),
         data=json_for_script(data),
     )
+
+
+def _detector_line(ran: Sequence[str], asked: str) -> str:
+    """The detector(s) that ran, as the records say, and what was asked for when that differs ('auto')."""
+    if not ran:
+        return asked
+    line = ", ".join(ran)
+    return line if asked in ("", *ran) else f"{line} (asked: {asked})"
 
 
 def write_html(rows: Iterable[Row], meta: dict[str, Any], out_dir: Path) -> Path:

@@ -240,14 +240,15 @@ def build_app(
                     mark_bad = gr.Button("It is defective (missed)", size="sm", elem_id="mark-defective")
             with gr.Column(scale=4, min_width=360):  # the evidence behind the last answer
                 overlay = _picture(
-                    gr, "Overlay: heatmap and outline of the defect", 400, ["download", "fullscreen"], "overlay"
+                    gr, "Overlay: heat above the review band, numbered outlines, verdict", 400, ["download", "fullscreen"], "overlay"
                 )
                 regions = gr.Dataframe(
                     headers=list(REGION_HEADERS),
-                    label="Regions (bbox: x0, y0, x1, y1 in pixels; score: mean anomaly score inside)",
+                    label="Regions (#: the number on the overlay and in the answer; bbox: x0, y0, x1, y1 in pixels; "
+                    "score: mean anomaly score inside)",
                     interactive=False,
                     wrap=True,
-                    column_widths=["8%", "20%", "26%", "14%", "14%", "18%"],
+                    column_widths=["7%", "18%", "19%", "26%", "14%", "16%"],
                     max_height=260,
                     elem_id="regions",
                 )

@@ -38,9 +38,9 @@ from tools.image_io import ImageLoadError, load_image
 
 MB = 1024 * 1024
 
-#: Columns of the region table (`region_rows`).
-#: bbox: x0, y0, x1, y1 in image pixels (x1, y1 exclusive); score: the mean anomaly score inside.
-REGION_HEADERS: tuple[str, ...] = ("id", "location", "bbox", "area %", "score", "shape")
+#: Columns of the region table (`region_rows`). #: the region's number, as on the overlay and in the
+#: answer; bbox: x0, y0, x1, y1 in image pixels (x1, y1 exclusive); score: the mean anomaly score inside.
+REGION_HEADERS: tuple[str, ...] = ("#", "location", "looks like", "bbox", "area %", "score")
 
 #: What a user may upload (for messages; the loader decides by content, not by name).
 IMAGE_KINDS = "PNG, JPEG, TIFF, BMP or WebP"
@@ -91,18 +91,19 @@ def images_digest(images: Sequence[Image.Image]) -> str:
 
 
 def region_rows(record: Any) -> list[list[Any]]:
-    """One row per region of an inspection record, in `REGION_HEADERS` order (score: mean map value)."""
+    """One row per region of an inspection record, in `REGION_HEADERS` order: its number (the one on
+    the overlay and in the answer), where, what it looks like (defect word, else shape), box, size, score."""
     rows = []
     for i, r in enumerate(record.regions, start=1):
         x0, y0, x1, y1 = (int(v) for v in r.bbox)
         rows.append(
             [
-                i,
+                int(r.number or i),
                 r.location,
+                r.kind or r.shape,
                 f"{x0}, {y0}, {x1}, {y1}",
                 round(100.0 * float(r.area_fraction), 2),
                 round(float(r.mean_score), 2),
-                r.shape,
             ]
         )
     return rows
