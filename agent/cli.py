@@ -192,9 +192,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
+    """`parser.parse_args`, except that unknown flags after a command (`inspect --refz x`) are reported
+    with that command's usage, not the top-level one (argparse hands them up to the top parser)."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        commands = next((a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction)), {})
+        (commands.get(getattr(args, "command", None) or "") or parser).error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE

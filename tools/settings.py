@@ -6,7 +6,10 @@ dataclass (`ReferenceMatchingConfig`) or as the typed parameters of its construc
 so one generic check gives every setting, present and future, a one-line message with its name, the
 value given and what is allowed, instead of a `TypeError` deep inside the detector. Ranges and
 choices a type cannot express (a resolution that must be a multiple of 32) stay the detector's own
-checks; `typing.Literal[...]` choices are checked here.
+checks; `typing.Literal[...]` choices are checked here, and so are numeric ranges: declared with
+`typing.Annotated[float, Range(0, 1)]`, or, for a number whose default is not negative and that
+declares no range, "0 or more" (sigmas, sizes, weights, fractions and counts are; `--set
+blur_sigma=-3` is refused here instead of failing, or silently doing something else, in the detector).
 """
 
 from __future__ import annotations
@@ -21,6 +24,24 @@ from dataclasses import dataclass
 from typing import Any
 
 _MISSING = object()
+
+
+@dataclass(frozen=True)
+class Range:
+    """The bounds of a numeric setting, declared as `Annotated[float, Range(0.0, 1.0)]` (None: open)."""
+
+    min: float | None = None
+    max: float | None = None
+
+    def holds(self, value: float) -> bool:
+        return (self.min is None or value >= self.min) and (self.max is None or value <= self.max)
+
+    def words(self) -> str:
+        if self.min is not None and self.max is not None:
+            return f"from {show(self.min)} to {show(self.max)}"
+        if self.min is not None:
+            return "0 or more" if self.min == 0 else f"at least {show(self.min)}"
+        return f"at most {show(self.max)}"
 
 
 @dataclass(frozen=True)
@@ -71,12 +92,33 @@ def setting_problems(detector: str, factory: Callable[..., Any], options: Mappin
         problems.append(f"unknown {detector} settings {unknown}; known: {sorted(declared)}")
     for key, value in options.items():
         setting = declared.get(key)
-        if setting is not None and not matches(setting.hint, value):
-            default = "" if setting.default is _MISSING else f"; default {show(setting.default)}"
+        if setting is None:
+            continue
+        default = "" if setting.default is _MISSING else f"; default {show(setting.default)}"
+        if not matches(setting.hint, value):
             problems.append(
                 f"{detector} setting {key}={show(value)}: expected {describe(setting.hint)}{default}"
             )
+            continue
+        bounds = value_range(setting)
+        if bounds is not None and _is_number(value) and not bounds.holds(float(value)):
+            problems.append(f"{detector} setting {key}={show(value)}: must be {bounds.words()}{default}")
     return problems
+
+
+def value_range(setting: Setting) -> Range | None:
+    """The range a numeric setting declares (`Annotated[..., Range(...)]`), else "0 or more" for a
+    number whose default is not negative, else None."""
+    for meta in getattr(setting.hint, "__metadata__", ()):
+        if isinstance(meta, Range):
+            return meta
+    if _is_number(setting.default) and setting.default >= 0:
+        return Range(min=0)
+    return None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def matches(hint: Any, value: Any) -> bool:
@@ -86,6 +128,8 @@ def matches(hint: Any, value: Any) -> bool:
     if hint is None or hint is type(None):
         return value is None
     origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Annotated:
+        return matches(args[0], value)
     if origin in (typing.Union, types.UnionType):
         return any(matches(a, value) for a in args)
     if origin is typing.Literal:
@@ -119,6 +163,8 @@ def describe(hint: Any) -> str:
     if hint is None or hint is type(None):
         return "null"
     origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Annotated:
+        return describe(args[0])
     if origin in (typing.Union, types.UnionType):
         return " or ".join(dict.fromkeys(describe(a) for a in args))
     if origin is typing.Literal:
@@ -151,7 +197,7 @@ def _hints(func: Callable[..., Any]) -> dict[str, Any]:
     """Type hints of `func`'s parameters; one that names a type imported only for type checkers
     (a `TYPE_CHECKING` import) counts as `Any` instead of hiding every other hint."""
     try:
-        return typing.get_type_hints(func)
+        return typing.get_type_hints(func, include_extras=True)
     except NameError:
         pass
     out: dict[str, Any] = {}
@@ -165,7 +211,7 @@ def _hints(func: Callable[..., Any]) -> dict[str, Any]:
 
 
 def _dataclass_settings(config: type) -> dict[str, Setting]:
-    field_hints = typing.get_type_hints(config)
+    field_hints = typing.get_type_hints(config, include_extras=True)
     out = {}
     for f in dataclasses.fields(config):
         default = f.default if f.default is not dataclasses.MISSING else _MISSING
@@ -183,4 +229,4 @@ def _config_dataclass(hint: Any) -> type | None:
     return None
 
 
-__all__ = ["Setting", "declared_settings", "describe", "matches", "setting_problems", "show"]
+__all__ = ["Range", "Setting", "declared_settings", "value_range", "describe", "matches", "setting_problems", "show"]

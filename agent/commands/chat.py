@@ -51,6 +51,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_chat)
 
 
+def line_editing(interactive: bool | None = None) -> bool:
+    """Turn on line editing and history for `input()` (arrow keys, Ctrl-R) when reading from a
+    terminal and Python has readline (not on every platform); True when it is on."""
+    if not (sys.stdin.isatty() if interactive is None else interactive):
+        return False
+    try:
+        import readline  # noqa: F401 - importing it is what makes input() edit lines
+    except ImportError:
+        return False
+    return True
+
+
 def _read_line(prompt: str) -> str | None:
     if sys.stdin.isatty():
         try:
@@ -82,6 +94,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
         error_line(str(err))
         return EXIT_SOME_FAILED
     print(HELP, flush=True)
+    line_editing()
     while True:
         line = _read_line("you> ")
         if line is None:

@@ -1,7 +1,8 @@
 """`looktwice feedback IMAGE --good|--defective --refs DIR`: teach the tool what a person saw.
 
 --good: a false alarm. The image joins the references (`<refs>/feedback-good/`), so the next inspection
-compares with it and the boundary is re-estimated; the command shows the verdict before and after.
+compares with it and the boundary is re-estimated; the command says where it was kept, then the
+verdict before the feedback and with it among the references.
 --defective: a missed defect. It is kept beside the references (`<refs>.defects/`, never used as a
 reference) and the command says whether the current boundary would catch it.
 """
@@ -73,15 +74,15 @@ def cmd_feedback(args: argparse.Namespace) -> int:
         record = before.inspect(args.image, image)
     except (ImageLoadError, DetectorError, ValueError) as err:
         return usage_error(err)
-    info_line(f"{args.image}: now {_verdict(record)}")
     try:
         path, new = add_feedback(image, label, args.refs, Path(args.image).stem)
     except OSError as err:
         return usage_error(f"cannot store the feedback: {err.strerror or err}")
     info_line(f"{'kept' if new else 'already kept'} as {label}: {path}")
+    info_line(f"{args.image}: before the feedback: {_verdict(record)}")
     if label == "good":
         after = Pipeline(settings, warn=lambda m: None).fit(limits.references(args.refs, warn=info_line))
-        info_line(f"{args.image}: with it among the references, {_verdict(after.inspect(args.image, image))}")
+        info_line(f"{args.image}: with it among the references: {_verdict(after.inspect(args.image, image))}")
     elif record.verdict != "defective":
         info_line(
             "the current boundary does not catch this defect; more references of the good variation, a "

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -48,10 +50,14 @@ def plates(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def ray_instance():
+    """One Ray for the in-process runs, its session folder in a folder of its own, removed after (no
+    session folder is left in the system's temporary folder)."""
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    folder = tempfile.mkdtemp(prefix="looktwice-ray-test-")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", _temp_dir=folder)
     yield ray
     ray.shutdown()
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _settings(plates: Path, case: Path, out: Path, **kw) -> ReportSettings:
@@ -150,8 +156,11 @@ def test_a_killed_driver_resumes_with_nothing_lost_or_doubled(tmp_path, case, pl
     argv = [str(plates), "--refs", str(case / "references"), "--out", str(out), "--resolution", str(SIZE),
             "--quiet", "--ray", "--workers", "2"]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    # the killed driver cannot remove its Ray's session folder: it goes in a short folder of the test's
+    # own (Ray's socket paths must stay under 107 characters), removed at the end
+    scratch = tempfile.mkdtemp(prefix="lt-")
     proc = subprocess.Popen([sys.executable, "-m", "agent.commands.report", *argv], cwd=ROOT,
-                            env=dict(env, PYTHONPATH=str(ROOT)), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            env=dict(env, PYTHONPATH=str(ROOT), TMPDIR=scratch), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 240  # Ray starting on a loaded 2-core machine takes a while
         while time.monotonic() < deadline and proc.poll() is None and _committed(out) < 3:
@@ -159,6 +168,8 @@ def test_a_killed_driver_resumes_with_nothing_lost_or_doubled(tmp_path, case, pl
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait(timeout=30)
+        time.sleep(2)  # the killed driver's Ray processes notice and exit
+        shutil.rmtree(scratch, ignore_errors=True)
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
     before = {r[0]: r for r in _rows(out)}
     assert 3 <= len(before) < N_PLATES, "the kill should land in the middle of the run"

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+
+from PIL import Image
 
 from tools.detectors import DETECTORS
-from tools.settings import declared_settings, describe, matches, setting_problems
+from tools.settings import Range, declared_settings, describe, matches, setting_problems
 
 
 def test_refmatch_settings_come_from_its_config_dataclass():
@@ -79,3 +81,35 @@ def test_matches_and_describe_basics():
     assert matches(tuple[int, int], [1, 2]) and not matches(tuple[int, int], [1, 2, 3])
     assert matches(dict[str, Any], {"a": 1}) and not matches(dict[str, Any], [1])
     assert describe(int | None) == "a whole number or null"
+
+
+@dataclass
+class _RangedConfig:
+    blur_sigma: float = 4.0
+    offset: Annotated[float, Range(-1.0, 1.0)] = 0.0
+    shift: float = -0.5  # a negative default declares a signed setting
+
+
+class _RangedDetector:
+    def __init__(self, config: _RangedConfig | None = None, **overrides: object) -> None:
+        pass
+
+
+def test_numeric_ranges_declared_or_not_negative_by_default():
+    assert setting_problems("demo", _RangedDetector, {"blur_sigma": 0, "offset": -0.5, "shift": -3}) == []
+    problems = setting_problems("demo", _RangedDetector, {"blur_sigma": -3, "offset": 2})
+    assert problems == [
+        "demo setting blur_sigma=-3: must be 0 or more; default 4.0",
+        "demo setting offset=2: must be from -1.0 to 1.0; default 0.0",
+    ]
+
+
+def test_negative_blur_is_refused_by_the_command_line(tmp_path, capsys):
+    from agent.cli import main
+
+    image = tmp_path / "part.png"
+    Image.new("RGB", (32, 32), (120, 120, 120)).save(image)
+    assert main(["inspect", str(image), "--set", "blur_sigma=-3", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "blur_sigma=-3: must be 0 or more" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
