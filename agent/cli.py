@@ -88,11 +88,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
             DetectionBenchmarkSettings,
             args,
             detector_options=detector_options(args),
-            calibration=decision.calibration or "batch",
+            calibration=decision.calibration,
             false_alarm_rate=decision.false_alarm_rate,
             review=decision.review,
         )
-        result = run_detection_benchmark(settings, show_progress=wants_progress(not args.quiet))
+        bar = wants_progress(not args.quiet)
+        result = run_detection_benchmark(settings, show_progress=bar, progress_lines=not bar and not args.quiet)
     except (DatasetError, DetectorError, ValueError, KeyError) as err:
         return usage_error(err)
     print(_format_table(result))
@@ -149,9 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
         "eval",
         help="detection benchmark on an MVTec-layout data set (AUROC, AUPRO, F1-max, throughput)",
         **with_examples(
-            "k-shot references are drawn from train/good with --seed; all test images are scored.",
+            "k-shot references are drawn from train/good with --seed; all test images (or a stratified "
+            "--limit of them) are inspected and decided as `report` does for a folder.",
             [
                 "looktwice eval --data mvtec_root --category bottle --shots 4 --seed 0 --out bottle.json",
+                "looktwice eval --data mvtec_root --shots 4 --limit 100      # a quick look: 100 images in all",
                 "looktwice eval --data mvtec_root --shots 1 --set augment=[hflip,vflip] --quiet",
                 "looktwice eval --data mvtec_root --shots 0                 # zero-shot: the batch detector",
                 "looktwice eval --data mvtec_root --detector refmatch --calibration references --false-alarm-rate 0.1",
@@ -163,8 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shots", type=int, default=4, help="number of good references (default 4)")
     p.add_argument("--seed", type=int, default=0, help="seed for drawing the references (default 0)")
     p.add_argument("--metric-size", type=int, default=256, help="long side of maps/masks for pixel metrics")
+    p.add_argument("--limit", type=int, metavar="N",
+                   help="N test images in all: a seeded sample spread over categories, good and each defect type")
     p.add_argument("--out", help="write the full results as JSON here")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress (a bar on a terminal, else a line every 10%%)")
     add_detector_args(p)
     add_decision_args(p, calibration=True)
     p.set_defaults(func=cmd_eval)

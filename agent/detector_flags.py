@@ -10,6 +10,7 @@ them.
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,14 +30,27 @@ def add_detector_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resolution", type=int, help="working resolution of the detector (multiple of 32)")
     p.add_argument("--config", help="YAML/JSON file of detector settings")
     p.add_argument("--model", help="model of model-based detectors: hub id or local folder (see `looktwice models`)")
-    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default cpu)")
+    p.add_argument(
+        "--device",
+        help="auto (default: CUDA when present, else the CPU), cpu, cuda, cuda:N; with --brain llava on the "
+        "same checkpoint the detector uses the brain's model and device",
+    )
+    p.add_argument(
+        "--fallback", action="store_true",
+        help="when an explicitly named detector or brain cannot be loaded, go on with the embedded detector / "
+        "the rule brain (said once) instead of stopping with a usage error",
+    )
     p.add_argument("--object", help="object name for text prompts of CLIP detectors, e.g. 'metal plate'")
     p.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="one detector setting, e.g. --set blur_sigma=3 (repeatable)"
     )
 
 
-BRAIN_HELP = "rule | llava:<id-or-folder> | openai:<base-url>#<model> (default rule)"
+BRAIN_HELP = (
+    "rule | llava:<id-or-folder>[?device=auto|cpu|cuda[:N]&dtype=auto|bf16|fp16|fp32&quant=none|4bit|8bit"
+    "&attn=sdpa|eager|flash_attention_2&expert=auto|none|FILE] | openai:<base-url>#<model>[?views=on] "
+    "(default rule; device auto: CUDA when present, else the CPU in float32)"
+)
 
 
 def add_brain_arg(p: argparse.ArgumentParser, help_text: str = BRAIN_HELP) -> None:
@@ -46,11 +60,16 @@ def add_brain_arg(p: argparse.ArgumentParser, help_text: str = BRAIN_HELP) -> No
 
 #: keys of the `--config` file that set the decision or the loop rather than the detector
 DECISION_KEYS = ("false_alarm_rate", "review", "calibration")
-LOOP_KEYS = ("look_twice", "match", "brain_weight", "show_verdict_to_brain", "first_opinion")
+LOOP_KEYS = (
+    "zoom_recheck", "look_twice", "match", "brain_weight", "show_verdict_to_brain", "first_opinion", "trace", "fallback",
+)
+#: old names of `--config` sections -> their names now (accepted, with a note)
+DEPRECATED_SECTIONS = {"look_twice": "zoom_recheck"}
 
 
 def add_decision_args(p: argparse.ArgumentParser, calibration: bool = False) -> None:
-    """`--false-alarm-rate`, `--no-review` (and `--calibration` where a command offers both modes)."""
+    """`--false-alarm-rate`, `--no-review` (and `--calibration` where a command offers both modes),
+    and `--trace` (how much of the loop runs and is recorded)."""
     p.add_argument(
         "--false-alarm-rate", type=float, metavar="RATE",
         help="share of good parts allowed to be called defective (default 0.05); the boundary is set "
@@ -63,6 +82,11 @@ def add_decision_args(p: argparse.ArgumentParser, calibration: bool = False) -> 
             help="where good scores come from: the references (leave-one-out) or the batch itself, "
             "robustly (default batch)",
         )
+    p.add_argument(
+        "--trace", choices=("brief", "full"),
+        help="full: also run and record the steps that do not change the answer (the part match with "
+        "weight 0); default brief",
+    )
 
 
 def decision_settings(args: argparse.Namespace) -> DecisionSettings:
@@ -97,13 +121,19 @@ def _config_file(args: argparse.Namespace) -> dict[str, Any]:
 
 def inspection_settings(args: argparse.Namespace, brain: str | None = None) -> InspectionSettings:
     """Everything the flags and the `--config` file say about how to inspect, as one settings object.
-    The file may hold detector settings and the sections `look_twice:` and `match:` (their fields, see
-    `agent.inspection.settings`); a `ValueError` names each bad key."""
-    from agent.inspection.settings import InspectionSettings, LookTwiceSettings, MatchSettings
+    The file may hold detector settings and the sections `zoom_recheck:` (old name `look_twice:`) and
+    `match:` (their fields, see `agent.inspection.settings`); a `ValueError` names each bad key."""
+    from agent.inspection.settings import InspectionSettings, MatchSettings, ZoomRecheckSettings
 
-    config = _config_file(args)
+    config = dict(_config_file(args))
+    for old, new in DEPRECATED_SECTIONS.items():
+        if old in config:
+            if new in config:
+                raise ValueError(f"config keys {old} and {new}: give only {new} ({old} is its old name)")
+            print(f"note: config key {old}: is now called {new}:", file=sys.stderr)
+            config[new] = config.pop(old)
     loop: dict[str, Any] = {}
-    for key, kind in (("look_twice", LookTwiceSettings), ("match", MatchSettings)):
+    for key, kind in (("zoom_recheck", ZoomRecheckSettings), ("match", MatchSettings)):
         section = config.get(key) or {}
         if not isinstance(section, dict):
             raise ValueError(f"config key {key}: expected a mapping of its settings")
@@ -112,9 +142,16 @@ def inspection_settings(args: argparse.Namespace, brain: str | None = None) -> I
         if bad:
             raise ValueError(f"config key {key}: unknown settings {bad}; known: {sorted(known)}")
         loop[key] = kind(**section)
-    for key in ("brain_weight", "show_verdict_to_brain", "first_opinion"):
+    for key in ("brain_weight", "show_verdict_to_brain", "first_opinion", "trace"):
         if key in config:
             loop[key] = config[key]
+    if getattr(args, "trace", None):
+        loop["trace"] = args.trace
+    if loop.get("trace", "brief") not in ("brief", "full"):
+        raise ValueError(f"trace {loop['trace']!r}: expected brief or full")
+    if "fallback" in config or getattr(args, "fallback", False):
+        loop["fallback"] = bool(config.get("fallback", False)) or bool(getattr(args, "fallback", False))
+    _check_brain(brain or getattr(args, "brain", None) or "rule")
     return InspectionSettings(
         detector=getattr(args, "detector", None) or "auto",
         detector_options=detector_options(args),
@@ -122,6 +159,16 @@ def inspection_settings(args: argparse.Namespace, brain: str | None = None) -> I
         decision=decision_settings(args),
         **loop,
     )
+
+
+def _check_brain(spec: str) -> None:
+    """A malformed `--brain` (an unknown option or value included) as a `ValueError` (a usage error)."""
+    from agent.brains.spec import BrainError, parse_brain_spec
+
+    try:
+        parse_brain_spec(spec)
+    except BrainError as err:
+        raise ValueError(str(err)) from None
 
 
 def detector_options(args: argparse.Namespace) -> dict[str, Any]:

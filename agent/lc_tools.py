@@ -161,9 +161,9 @@ def make_tools(session: InspectionSession) -> list[Any]:
         if region >= len(session.regions):
             raise ToolException(f"no region {region}: there are {len(session.regions)} (indices from 0)")
         r = session.regions[region]
-        second, why = session.pipeline.second_look()
+        second, why = session.pipeline.zoom_recheck()
         if second is None:
-            raise ToolException(f"no second look: {why}")
+            raise ToolException(f"no zoomed re-check: {why}")
         look = second.look_at(img, tuple(r.bbox), f"region {region}", margin)
         text = (
             f"region {region} zoomed (box {list(look.box)}): {look.ratio:.2f} times what the references score "

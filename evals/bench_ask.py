@@ -58,11 +58,11 @@ def most_suspicious_place(record: Any) -> tuple[int, int, int, int] | None:
     """The box the loop found most suspicious: the second look's top place when it ran, else the
     box around the first map's peak."""
     for entry in record.trace:
-        if entry.get("step") == "look_twice" and entry.get("looks"):
+        if entry.get("step") == "zoom_recheck" and entry.get("looks"):
             return tuple(entry["looks"][0]["place"])
     if record.anomaly_map is None:
         return None
-    from agent.inspection.look_twice import suspicious_places
+    from tools.region_views import suspicious_places
 
     places = suspicious_places(np.asarray(record.anomaly_map), 1, 32)
     return places[0][0] if places else None
@@ -85,7 +85,7 @@ def variant_settings(name: str, base: Any) -> Any:
     match = "match" in name
     return replace(
         base,
-        look_twice=replace(base.look_twice, enabled=twice),
+        zoom_recheck=replace(base.zoom_recheck, enabled=twice),
         match=replace(base.match, enabled=match),
     )
 

@@ -1,16 +1,25 @@
-"""Detection benchmark on MVTec-layout data: k-shot references drawn with a seed, standard metrics.
+"""Detection benchmark on MVTec-layout data: k-shot references drawn with a seed, standard metrics,
+and decisions made exactly as `inspect` and `report` make them.
 
-Image metrics use every test image; pixel metrics compare anomaly maps and ground-truth masks resized
-so their long side is `metric_size` (maps bilinear, masks nearest), the usual practice that keeps
-memory bounded on large data sets. Throughput counts `predict` (and, for batch detectors, `fit_batch` over
-the test split), not model loading or reading the files.
+Each category's test split is treated as the folder a user would inspect: one `Pipeline` is fitted on
+the references for that many images (so `auto` chooses the detector as `report` does), learns from
+the batch and sets its boundary where `report` would (`Pipeline.uses_batch`, `Pipeline.fit_batch`:
+the same seeded, order-independent sample), and every image is scored and decided by the pipeline
+(`Pipeline.score`, `Pipeline.decide`). So every `at_threshold` figure is what a user gets.
+
+Image metrics use every test image (or a stratified `limit` of them); pixel metrics compare anomaly
+maps and ground-truth masks resized so their long side is `metric_size` (maps bilinear, masks
+nearest), the usual practice that keeps memory bounded on large data sets. Throughput counts the
+scoring (and, in batch mode, learning from the batch), not loading the model or reading the files.
 """
 
 from __future__ import annotations
 
 import inspect
 import random
+import sys
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,14 +28,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from agent.inspection import DecisionSettings, InspectionSettings, Pipeline
 from evals.metrics import decision_scores, f1_max, image_auroc, iou, pixel_metrics
 from instruct_data.datasets import Dataset, Sample, open_dataset
-from tools.detectors import DETECTORS, Detector
-from tools.detectors.calibration import decide_calibration, good_samples
+from tools.detectors import DETECTORS
 from tools.detectors.choice import choose_detector
 from tools.image_io import ImageLoadError, load_image
 from tools.lazy_images import LazyImages
-from tools.regions import peak_relative_mask
 
 
 @dataclass
@@ -35,14 +43,14 @@ class DetectionBenchmarkSettings:
     category: str | None = None
     shots: int = 4
     seed: int = 0
-    detector: str = "auto"  # see `tools.detectors.choice`: the batch detector (with the references) here
+    detector: str = "auto"  # as `report` chooses: the batch detector (with the references) for a test split
     detector_options: dict[str, Any] = field(default_factory=dict)
     metric_size: int = 256
-    batch_size: int = 8
     fpr_limit: float = 0.3
-    calibration: str = "batch"  # "references" (leave-one-out) or "batch" (the test split, unlabeled)
+    calibration: str | None = None  # as `report`: None = batch for a batch detector, else references
     false_alarm_rate: float = 0.05
     review: bool = True  # a review band under the boundary
+    limit: int | None = None  # a stratified seeded sample of this many test images in all
 
 
 def draw_references(dataset: Dataset, category: str, shots: int, seed: int) -> list[Path]:
@@ -54,6 +62,32 @@ def draw_references(dataset: Dataset, category: str, shots: int, seed: int) -> l
     if shots > len(pool):
         raise ValueError(f"category {category!r} has {len(pool)} good training images, fewer than --shots {shots}")
     return sorted(random.Random(seed).sample(pool, shots))
+
+
+def stratified_limit(by_category: dict[str, list[Sample]], limit: int | None, seed: int) -> dict[str, list[Sample]]:
+    """At most `limit` samples in all, drawn with `seed` and spread over categories and, within each,
+    over good and every defect type (round-robin over the groups, so small groups are kept); each
+    category keeps its samples in their order."""
+    if limit is None or limit >= sum(len(v) for v in by_category.values()):
+        return by_category
+    if limit <= 0:
+        raise ValueError(f"--limit must be positive, got {limit}")
+    rng = random.Random(seed)
+    groups: list[list[Sample]] = []
+    for cat in sorted(by_category):
+        per_type: dict[str, list[Sample]] = defaultdict(list)
+        for s in by_category[cat]:
+            per_type[s.defect_type].append(s)
+        for kind in sorted(per_type):
+            members = list(per_type[kind])
+            rng.shuffle(members)
+            groups.append(members)
+    chosen: set[int] = set()
+    while len(chosen) < limit and any(groups):
+        for members in groups:
+            if members and len(chosen) < limit:
+                chosen.add(id(members.pop()))
+    return {cat: [s for s in samples if id(s) in chosen] for cat, samples in by_category.items()}
 
 
 def _resize_for_metrics(array: np.ndarray, long_side: int, nearest: bool) -> np.ndarray:
@@ -77,79 +111,77 @@ def _auroc_by_defect(samples: list[Sample], scores: np.ndarray) -> dict[str, flo
     return out
 
 
+def category_pipeline(settings: DetectionBenchmarkSettings, category: str, n_images: int, warn: Callable[[str], None]) -> Pipeline:
+    """The pipeline `report` would build for this category's folder of `n_images` (not yet fitted)."""
+    options = dict(settings.detector_options)
+    name, _ = choose_detector(settings.detector, settings.shots, n_images)
+    factory = DETECTORS.get(name)
+    if "category" in inspect.signature(factory).parameters and "category" not in options:
+        options["category"] = category  # text-prompted detectors name the object after the category
+    decision = DecisionSettings(settings.false_alarm_rate, settings.review, settings.calibration)
+    return Pipeline(InspectionSettings(settings.detector, options, decision=decision), warn=warn)
+
+
 def evaluate_category(
     dataset: Dataset,
     category: str,
     settings: DetectionBenchmarkSettings,
     progress: Callable[[int], None] | None = None,
     warn: Callable[[str], None] = print,
+    samples: list[Sample] | None = None,
 ) -> dict[str, Any]:
-    """Fit on k references of one category, score its test set, compute the metrics."""
+    """Fit on k references of one category, inspect its test set (or `samples` of it) as `report`
+    would, compute the metrics."""
     ref_paths = draw_references(dataset, category, settings.shots, settings.seed)
     ref_set = {Path(p).resolve() for p in ref_paths}
-    samples = [s for s in dataset.test_samples(category) if Path(s.image_path).resolve() not in ref_set]
-    name, why = choose_detector(settings.detector, len(ref_paths), len(samples))
-    if why:
-        warn(why)
-    options = dict(settings.detector_options)
-    factory = DETECTORS.get(name)
-    if "category" in inspect.signature(factory).parameters and "category" not in options:
-        options["category"] = category  # text-prompted detectors name the object after the category
-    detector: Detector = DETECTORS.build(name, **options)
+    if samples is None:
+        samples = dataset.test_samples(category)
+    samples = [s for s in samples if Path(s.image_path).resolve() not in ref_set]
+    pipeline = category_pipeline(settings, category, len(samples), warn)
     t0 = time.perf_counter()
     references = [load_image(p) for p in ref_paths]
-    detector.fit(references)
+    pipeline.fit(references, n_images=len(samples))
     fit_seconds = time.perf_counter() - t0
-
-    batch_seconds = 0.0
-    if detector.needs_batch:  # the test split is scored as one unlabeled batch
-        t = time.perf_counter()
-        detector.fit_batch(LazyImages([s.image_path for s in samples], load_image))
-        batch_seconds = time.perf_counter() - t
+    assert pipeline.detector is not None
+    paths = [str(s.image_path) for s in samples]
+    t = time.perf_counter()
+    if pipeline.uses_batch(len(samples)):
+        pipeline.fit_batch(LazyImages(paths, load_image), paths)
+    score_seconds = time.perf_counter() - t
     kept: list[Sample] = []
-    scores, raws, maps, masks, raw_maps = [], [], [], [], []
-    infer_seconds, failed = 0.0, []
-    for start in range(0, len(samples), settings.batch_size):
-        batch_samples, images = [], []
-        for s in samples[start : start + settings.batch_size]:
-            try:
-                images.append(load_image(s.image_path))
-                batch_samples.append(s)
-            except ImageLoadError as err:
-                failed.append(str(err))
-                warn(f"skipped: {err}")
-        if images:
-            t = time.perf_counter()
-            outputs = detector.predict(images)
-            infer_seconds += time.perf_counter() - t
-            for s, im, out in zip(batch_samples, images, outputs, strict=True):
-                kept.append(s)
-                scores.append(out.pred_score)
-                raws.append(out.raw_score)
-                gt = s.load_mask(im.size)
-                if gt is None:
-                    gt = np.full((im.size[1], im.size[0]), bool(s.gt_label))
-                maps.append(_resize_for_metrics(out.anomaly_map, settings.metric_size, nearest=False))
-                masks.append(_resize_for_metrics(gt, settings.metric_size, nearest=True))
-                raw_map = out.extras.get("raw_map")
-                raw_maps.append(None if raw_map is None else _resize_for_metrics(raw_map, settings.metric_size, nearest=False))
+    scores, raws, verdicts, maps, masks, pred_masks = [], [], [], [], [], []
+    failed: list[str] = []
+    megapixels = 0.0
+    for s in samples:
+        try:
+            image = load_image(s.image_path)
+        except ImageLoadError as err:
+            failed.append(str(err))
+            warn(f"skipped: {err}")
+            if progress:
+                progress(1)
+            continue
+        t = time.perf_counter()
+        ev = pipeline.score(str(s.image_path), image)
+        d = pipeline.decide(ev)
+        score_seconds += time.perf_counter() - t
+        megapixels += image.size[0] * image.size[1] / 1e6
+        kept.append(s)
+        scores.append(d.pred_score)
+        raws.append(ev.raw)
+        verdicts.append(d.verdict)
+        gt = s.load_mask(image.size)
+        if gt is None:
+            gt = np.full((image.size[1], image.size[0]), bool(s.gt_label))
+        maps.append(_resize_for_metrics(d.anomaly_map, settings.metric_size, nearest=False))
+        masks.append(_resize_for_metrics(gt, settings.metric_size, nearest=True))
+        pred_masks.append(_resize_for_metrics(d.mask, settings.metric_size, nearest=True))
         if progress:
-            progress(len(samples[start : start + settings.batch_size]))
+            progress(1)
 
     labels = np.array([s.gt_label for s in kept], dtype=bool)
     score_arr = np.array(scores, dtype=np.float64)
-    raw_arr = np.array(raws, dtype=np.float64)
-    good = good_samples(detector, references)
-    cal = decide_calibration(
-        settings.calibration, good, raw_arr, settings.false_alarm_rate, 2.0 if settings.review else None,
-        exchangeable_good=not detector.learns_from_references,
-    )
-    if cal is not None:
-        verdicts = [cal.verdict(float(r)) for r in raw_arr]
-        pred_masks = [_decided_mask(m, cal.boundary, maps[i], v) for i, (m, v) in enumerate(zip(raw_maps, verdicts, strict=True))]
-    else:  # the detector's own boundary (no good samples to calibrate from)
-        verdicts = ["defective" if p > detector.threshold else "good" for p in score_arr]
-        pred_masks = [(maps[i] > detector.pixel_threshold) & (v == "defective") for i, v in enumerate(verdicts)]
+    cal = pipeline.calibration
     f1, _ = f1_max(labels, score_arr)
     px = pixel_metrics(masks, maps, fpr_limit=settings.fpr_limit)
     defective = [i for i, s in enumerate(kept) if s.gt_label]
@@ -163,49 +195,69 @@ def evaluate_category(
         "at_threshold": decision_scores(labels, verdicts, cal.false_alarm_rate if cal is not None else float("nan")),
         "defect_IoU_at_threshold": iou([pred_masks[i] for i in defective], [masks[i] for i in defective]),
         "per_defect_image_AUROC": _auroc_by_defect(kept, score_arr),
-        "throughput_ips": len(kept) / (infer_seconds + batch_seconds) if infer_seconds > 0 else float("nan"),
+        "throughput_ips": len(kept) / score_seconds if score_seconds > 0 else float("nan"),
+        "seconds_per_megapixel": score_seconds / megapixels if megapixels > 0 else float("nan"),
         "fit_seconds": fit_seconds,
         "n_images": len(kept),
         "n_failed": len(failed),
         "failed": failed,
         "references": [str(p) for p in ref_paths],
-        "detector": name,
-        "detector_settings": detector.settings(),
-        "calibration": cal.to_dict() if cal is not None else {"method": "the detector's own", **detector.calibration()},
-        "good_samples": [round(float(g), 6) for g in good],  # the references' held-out scores (raw)
-        "good_samples_exchangeable": not detector.learns_from_references,  # may they join a batch calibration
+        "detector": pipeline.detector.name,
+        "detector_settings": pipeline.detector.settings(),
+        "calibration": cal.to_dict() if cal is not None else {"method": "the detector's own", **pipeline.detector.calibration()},
+        "good_samples": [round(float(g), 6) for g in pipeline.good_samples],  # the references' held-out final scores (raw)
+        "good_samples_exchangeable": not pipeline.detector.learns_from_references,  # may they join a batch calibration
         "images": [  # per image, to study ranking and calibration without rerunning
             {"path": str(s.image_path), "defect_type": s.defect_type, "raw_score": round(float(r), 6),
              "pred_score": round(float(p), 6), "verdict": v}
-            for s, r, p, v in zip(kept, raw_arr, score_arr, verdicts, strict=True)
+            for s, r, p, v in zip(kept, raws, score_arr, verdicts, strict=True)
         ],
     }
 
 
-def _decided_mask(raw_map: np.ndarray | None, boundary: float, calibrated: np.ndarray, verdict: str) -> np.ndarray:
-    """The predicted defect mask at metric size: empty unless the verdict is `defective`."""
-    if verdict != "defective":
-        return np.zeros(calibrated.shape, dtype=bool)
-    if raw_map is None:
-        return calibrated > 0.5
-    return peak_relative_mask(raw_map, boundary)
+class ProgressLines:
+    """Progress as plain lines, one every 10 % (`eval: 30% (18/60 images)`), for logs and pipes where
+    no bar is drawn."""
+
+    def __init__(self, total: int, desc: str = "eval", stream: Any = None) -> None:
+        self.total, self.desc, self.done, self.next_tenth = max(total, 1), desc, 0, 1
+        self.stream = stream if stream is not None else sys.stderr
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        while self.next_tenth <= 10 and self.done * 10 >= self.next_tenth * self.total:
+            print(f"{self.desc}: {self.next_tenth * 10}% ({self.done}/{self.total} images)", file=self.stream, flush=True)
+            self.next_tenth += 1
+
+    def write(self, msg: str) -> None:
+        print(msg, file=self.stream, flush=True)
 
 
-def run_detection_benchmark(settings: DetectionBenchmarkSettings, show_progress: bool = True) -> dict[str, Any]:
-    """Evaluate every selected category; top-level metrics are the mean over categories."""
+def run_detection_benchmark(settings: DetectionBenchmarkSettings, show_progress: bool = True, progress_lines: bool = False) -> dict[str, Any]:
+    """Evaluate every selected category; top-level metrics are the mean over categories. A bar is
+    drawn with `show_progress` (a terminal); else `progress_lines` prints a line every 10 %."""
     from tqdm import tqdm
 
     dataset = open_dataset(settings.data)
     categories = dataset.categories() if settings.category in (None, "all") else [settings.category]
     if settings.category not in (None, "all") and settings.category not in dataset.categories():
         raise ValueError(f"no category {settings.category!r} in {settings.data}; found: {', '.join(dataset.categories())}")
-    total = sum(len(dataset.test_samples(c)) for c in categories)
+    chosen = stratified_limit({c: dataset.test_samples(c) for c in categories}, settings.limit, settings.seed)
+    total = sum(len(v) for v in chosen.values())
     per_category = []
-    with tqdm(total=total, desc="eval", unit="img", disable=not show_progress, leave=False) as bar:
+    bar: Any = tqdm(total=total, desc="eval", unit="img", leave=False) if show_progress else ProgressLines(total) if progress_lines else None
+    try:
         for cat in categories:
-            bar.set_postfix_str(cat)
-            per_category.append(evaluate_category(dataset, cat, settings, progress=bar.update, warn=bar.write))
-    keys = ("image_AUROC", "pixel_AUROC", "pixel_AUPRO", "image_F1Max", "pixel_F1Max", "throughput_ips")
+            if bar is not None and hasattr(bar, "set_postfix_str"):
+                bar.set_postfix_str(cat)
+            per_category.append(evaluate_category(
+                dataset, cat, settings, progress=bar.update if bar is not None else None,
+                warn=bar.write if bar is not None else print, samples=chosen[cat],
+            ))
+    finally:
+        if bar is not None and hasattr(bar, "close"):
+            bar.close()
+    keys = ("image_AUROC", "pixel_AUROC", "pixel_AUPRO", "image_F1Max", "pixel_F1Max", "throughput_ips", "seconds_per_megapixel")
     result: dict[str, Any] = {k: float(np.nanmean([c[k] for c in per_category])) for k in keys}
     if len(per_category) == 1:
         result["per_defect_image_AUROC"] = per_category[0]["per_defect_image_AUROC"]

@@ -18,6 +18,19 @@ class LazyImages(Sequence[Image.Image]):
         self.paths = list(paths)
         self.loader = loader
 
+    def keys(self) -> list[str]:
+        """A content key per item from its file's bytes (nothing is decoded); an unreadable file gets
+        a key of its path, and is reported where it is read."""
+        from tools.content_key import file_key
+
+        out = []
+        for p in self.paths:
+            try:
+                out.append(file_key(p))
+            except OSError:
+                out.append(f"unreadable:{p}")
+        return out
+
     def __len__(self) -> int:
         return len(self.paths)
 

@@ -17,7 +17,6 @@ tests pass a tiny random `SamModel` and `SamProcessor` directly.
 
 from __future__ import annotations
 
-import hashlib
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,6 +25,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 from scipy import ndimage
+
+from tools.content_key import image_key
 
 EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
@@ -105,12 +106,6 @@ def mask_nms(masks: np.ndarray, scores: np.ndarray, iou_threshold: float = 0.7) 
     return keep
 
 
-def _image_key(image: Image.Image) -> str:
-    h = hashlib.sha1(image.tobytes())
-    h.update(f"{image.mode}{image.size}".encode())
-    return h.hexdigest()
-
-
 @dataclass
 class _Embedded:
     embeddings: Any  # torch (1, C, h, w)
@@ -166,7 +161,7 @@ class SamTool:
 
         self._load()
         image = image.convert("RGB")
-        key = _image_key(image)
+        key = image_key(image)
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]

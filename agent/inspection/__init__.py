@@ -1,6 +1,7 @@
-"""One inspection pipeline for every command: look, look twice, match, decide, explain."""
+"""One inspection pipeline for every command: look, zoom re-check, match, decide, explain."""
 
-from agent.inspection.pipeline import Evidence, Pipeline
-from agent.inspection.settings import DecisionSettings, InspectionSettings, LookTwiceSettings, MatchSettings
+from agent.inspection.evidence import Evidence
+from agent.inspection.pipeline import Pipeline
+from agent.inspection.settings import DecisionSettings, InspectionSettings, MatchSettings, ZoomRecheckSettings
 
-__all__ = ["DecisionSettings", "Evidence", "InspectionSettings", "LookTwiceSettings", "MatchSettings", "Pipeline"]
+__all__ = ["DecisionSettings", "Evidence", "InspectionSettings", "MatchSettings", "Pipeline", "ZoomRecheckSettings"]

@@ -11,6 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+#: `--trace`: "brief" runs only the steps that can change the answer; "full" runs the others too
+TRACE_LEVELS = ("brief", "full")
+
 
 @dataclass
 class DecisionSettings:
@@ -26,8 +29,9 @@ class DecisionSettings:
 
 
 @dataclass
-class LookTwiceSettings:
-    """Step 2: the most suspicious places are scored again, zoomed in, against the references."""
+class ZoomRecheckSettings:
+    """Step 2: the most suspicious places are scored again, zoomed in, against the references (the
+    `zoom_recheck:` section of a config file; `look_twice:` is its deprecated old name)."""
 
     # Off by default: on the validation sets (magnetic tile, weave, bracket; two reference draws each)
     # it moved neither the verdict nor where the defect is found (localization equal on 3 of 6 draws,
@@ -71,12 +75,16 @@ class InspectionSettings:
     detector: str = "auto"
     detector_options: dict[str, Any] = field(default_factory=dict)
     brain: str = "rule"
-    look_twice: LookTwiceSettings = field(default_factory=LookTwiceSettings)
+    zoom_recheck: ZoomRecheckSettings = field(default_factory=ZoomRecheckSettings)
     match: MatchSettings = field(default_factory=MatchSettings)
     decision: DecisionSettings = field(default_factory=DecisionSettings)
     brain_weight: float = 0.5  # an MLLM brain's P(Yes) fused with the detector's calibrated score; 0 = off
     show_verdict_to_brain: bool = True  # the prompt states the detector's verdict (off for evaluation)
-    first_opinion: bool = False  # ask the brain once after the first look as well (for display)
+    first_opinion: bool = False  # also ask the brain for an opinion on the first look alone (before re-check and match)
+    trace: str = "brief"  # "full": also run (and record) the steps whose result does not change the answer
+    # an explicitly named detector or brain that cannot be loaded: False stops with a usage error (exit 2),
+    # True goes on with the embedded detector / the rule brain, said once (`--fallback`)
+    fallback: bool = False
 
     def fingerprint(self) -> dict[str, Any]:
         """What decides a result, for resumable reports (JSON-ready)."""
@@ -85,4 +93,4 @@ class InspectionSettings:
         return asdict(self)
 
 
-__all__ = ["DecisionSettings", "InspectionSettings", "LookTwiceSettings", "MatchSettings"]
+__all__ = ["TRACE_LEVELS", "DecisionSettings", "InspectionSettings", "MatchSettings", "ZoomRecheckSettings"]

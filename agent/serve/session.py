@@ -18,7 +18,6 @@ lives here, so it is unit-tested without a browser and the UI cannot leak one us
 
 from __future__ import annotations
 
-import hashlib
 import re
 import secrets
 import shutil
@@ -34,6 +33,7 @@ from PIL import Image
 from agent.brains.abilities import SeesImages
 from agent.conversation import Conversation, SetupError, trace_warnings
 from agent.images import ANALYSIS_MAX_SIDE
+from tools.content_key import images_key
 from tools.image_io import ImageLoadError, load_image
 
 MB = 1024 * 1024
@@ -83,11 +83,7 @@ def display_name(path: str | Path, limit: int = 60) -> str:
 
 def images_digest(images: Sequence[Image.Image]) -> str:
     """A content hash of decoded images (mode, size, pixels): the key of a fitted loop."""
-    h = hashlib.sha256()
-    for im in images:
-        h.update(f"{im.mode}:{im.size[0]}x{im.size[1]};".encode())
-        h.update(im.tobytes())
-    return h.hexdigest()
+    return images_key(images)
 
 
 def region_rows(record: Any) -> list[list[Any]]:

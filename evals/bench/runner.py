@@ -146,7 +146,7 @@ def run_bench(
     import torch
 
     from agent.brains.spec import build_brain
-    from agent.inspection import InspectionSettings, LookTwiceSettings, MatchSettings, Pipeline
+    from agent.inspection import InspectionSettings, MatchSettings, Pipeline, ZoomRecheckSettings
 
     if not images:
         raise ValueError("no images to time")
@@ -161,7 +161,8 @@ def run_bench(
     brain_load = time.perf_counter() - t
     t = time.perf_counter()
     settings = InspectionSettings(
-        detector, options, look_twice=LookTwiceSettings(enabled=loop), match=MatchSettings(enabled=loop)
+        detector, options, zoom_recheck=ZoomRecheckSettings(enabled=loop), match=MatchSettings(enabled=loop),
+        trace="full" if loop else "brief",
     )
     pipeline = Pipeline(settings, warn=warn, brain=the_brain).fit(references, n_images=1)
     detector_load = time.perf_counter() - t

@@ -84,10 +84,10 @@ class MeanDiffDetector(Detector):
 def pipeline(detector=None, refs=None, brain=None, **settings):
     """An inspection pipeline fitted on `refs` (default: the two references) with `detector` (default:
     refmatch at 96 px) and `brain` (default: the rule brain); `settings` are `InspectionSettings` fields."""
-    from agent.inspection import InspectionSettings, LookTwiceSettings, Pipeline
+    from agent.inspection import InspectionSettings, Pipeline, ZoomRecheckSettings
 
-    if detector is not None and "look_twice" not in settings:
-        settings["look_twice"] = LookTwiceSettings(enabled=False)  # a stand-in detector has no zoom
+    if detector is not None and "zoom_recheck" not in settings:
+        settings["zoom_recheck"] = ZoomRecheckSettings(enabled=False)  # a stand-in detector has no zoom
     s = InspectionSettings("refmatch", dict(DETECTOR_OPTIONS), **settings)
     refs = references() if refs is None else refs
     return Pipeline(s, warn=lambda m: None, brain=brain, detector=detector).fit(refs)

@@ -77,7 +77,7 @@ def test_ask_json_with_openai_brain(files, tmp_path, capsys):
     assert data["pred_label"] is True and data["pred_score"] > 0.5 and data["regions"]
     assert data["brain"] == "openai" and (tmp_path / data["overlay"]).is_file()
     steps = [e["step"] for e in data["trace"]]
-    assert "propose_rules" in steps and "look_twice" in steps and "match" in steps and "brain_judgement" in steps
+    assert "propose_rules" in steps and "zoom_recheck" in steps and "match" in steps and "brain_judgement" in steps
     judged = next(e for e in data["trace"] if e["step"] == "brain_judgement")
     assert judged["source"] == "parsed answer" and judged["p_yes"] == 1.0
     assert server.requests[-1]["body"]["model"] == "tiny"

@@ -12,12 +12,13 @@ from PIL import Image
 
 from agent.brains.base import Brain
 from agent.brains.common import BrainError
-from agent.inspection import InspectionSettings, LookTwiceSettings, MatchSettings, Pipeline
-from agent.inspection.look_twice import suspicious_places, zoom_box
+from agent.inspection import InspectionSettings, MatchSettings, Pipeline, ZoomRecheckSettings
+from agent.inspection.evidence import zoom_recheck_step
 from agent.inspection.match import reference_model
 from agent.inspection.rules import Rule, RuleParseError, check_rules, derive_rules, parse_rules
 from tests.agent import agent_case as case
 from tools.components import Part, colour_palette, match_parts, segment_by_palette
+from tools.region_views import suspicious_places, zoom_box
 
 # ---------------------------------------------------------------------------------------------- pure parts
 
@@ -117,7 +118,7 @@ REFMATCH = dict(case.DETECTOR_OPTIONS)
 
 
 #: The loop with both fusions on (by default they are recorded but change nothing: BENCHMARKS.md).
-FUSED = {"look_twice": LookTwiceSettings(enabled=True, weight=0.5), "match": MatchSettings(weight=1.0)}
+FUSED = {"zoom_recheck": ZoomRecheckSettings(enabled=True, weight=0.5), "match": MatchSettings(weight=1.0)}
 
 
 def _settings(**kw) -> InspectionSettings:
@@ -130,17 +131,21 @@ def full():
     return Pipeline(_settings()).fit(case.references(3))
 
 
-def test_by_default_the_second_look_is_off_and_rules_are_recorded_only():
-    """Validation showed no gain: the second look is off (the trace says so and why) and the rules are
-    checked and recorded without changing the score; turned on, the second look runs and is traced."""
+def test_by_default_the_zoom_recheck_is_off_and_rules_are_not_run():
+    """Validation showed no gain: the zoomed re-check is off (the trace says so and why) and the match
+    step, whose weight is 0, does not run at all (its result would be thrown away); `trace: full` runs
+    and records it without changing the score; turned on, the re-check runs and is traced."""
     pipeline = Pipeline(InspectionSettings("refmatch", REFMATCH)).fit(case.references(3))
     record = pipeline.inspect("scratch.png", case.scratched())
     steps = {e["step"]: e for e in record.trace}
-    assert steps["look_twice"]["skipped"].startswith("off") and "enabled: true" in steps["look_twice"]["summary"]
-    assert "match" in steps and steps["match"]["changed"].startswith("nothing")
+    assert steps["zoom_recheck"]["skipped"].startswith("off") and "enabled: true" in steps["zoom_recheck"]["summary"]
+    assert "match" not in steps
+    traced = Pipeline(InspectionSettings("refmatch", REFMATCH, trace="full")).fit(case.references(3))
+    full_steps = {e["step"]: e for e in traced.inspect("scratch.png", case.scratched()).trace}
+    assert full_steps["match"]["changed"].startswith("nothing")
     assert pipeline.calibration is not None and pipeline.calibration.method == "references (leave-one-out, the detector's score)"
-    on = Pipeline(InspectionSettings("refmatch", REFMATCH, look_twice=LookTwiceSettings(enabled=True))).fit(case.references(3))
-    looked = next(e for e in on.inspect("scratch.png", case.scratched()).trace if e["step"] == "look_twice")
+    on = Pipeline(InspectionSettings("refmatch", REFMATCH, zoom_recheck=ZoomRecheckSettings(enabled=True))).fit(case.references(3))
+    looked = next(e for e in on.inspect("scratch.png", case.scratched()).trace if e["step"] == "zoom_recheck")
     assert looked["looks"] and looked["changed"].startswith("nothing")
 
 
@@ -180,11 +185,11 @@ class ScriptedBrain(Brain):
 def test_full_loop_traces_every_step_and_says_what_it_changed(full):
     record = full.inspect("scratch.png", case.scratched(), question="Where is the defect?")
     steps = [e["step"] for e in record.trace]
-    assert steps == ["load", "look", "look_twice", "match", "decide", "explain", "answer", "conclude"]
+    assert steps == ["load", "look", "zoom_recheck", "match", "decide", "explain", "answer", "conclude"]
     assert record.verdict == "defective" and record.pred_label and record.regions and record.answer
-    look_twice = record.trace[2]
-    assert look_twice["looks"] and look_twice["looks"][0]["outcome"] == "confirmed"
-    assert look_twice["changed"].startswith("raw score")
+    recheck = record.trace[2]
+    assert recheck["looks"] and recheck["looks"][0]["outcome"] == "confirmed"
+    assert recheck["changed"].startswith("raw score")
     match = record.trace[3]
     assert "changed" in match and "findings" in match
     decide = record.trace[4]
@@ -215,7 +220,7 @@ class _OneLook:
         self.ratio = ratio
 
     def look(self, image, raw_map, held_out=None):
-        from agent.inspection.look_twice import Look
+        from agent.inspection.zoom_recheck import Look
 
         return [Look("place 1", (0, 0, 32, 32), (8, 8, 24, 24), 1.0, self.ratio, self.ratio)]
 
@@ -231,12 +236,12 @@ def test_a_second_look_changes_the_verdict_when_it_should(full):
         ev.match_term = 0.0
         pipeline = Pipeline(_settings(decision=full.settings.decision))
         pipeline.detector, pipeline.calibration, pipeline._brain = full.detector, full.calibration, full.brain
-        pipeline.second = _OneLook(ratio)
+        pipeline.recheck = _OneLook(ratio)
         ev.looks, ev.factor = [], 1.0
-        pipeline._look_twice(ev, None)
+        zoom_recheck_step(ev, pipeline.recheck, pipeline.settings.zoom_recheck, "", None)
         record = pipeline.conclude(ev)
         assert record.verdict == expected, (first, ratio, record.verdict)
-        assert "raw score" in next(e for e in ev.trace if e["step"] == "look_twice")["changed"]
+        assert "raw score" in next(e for e in ev.trace if e["step"] == "zoom_recheck")["changed"]
         ev.trace.clear()
 
 
@@ -257,7 +262,7 @@ def test_a_broken_rule_raises_the_score_and_is_named():
     refs = [_dot_scene(seed=s) for s in range(3)]
     weights = {}
     for name, match in (("off", MatchSettings(weight=0.0, count_slack=0)), ("on", MatchSettings(weight=1.0, count_slack=0))):
-        p = Pipeline(_settings(look_twice=LookTwiceSettings(enabled=False), match=match)).fit(refs)
+        p = Pipeline(_settings(zoom_recheck=ZoomRecheckSettings(enabled=False), match=match, trace="full")).fit(refs)
         record = p.inspect("five.png", _dot_scene(extra=True, seed=9))
         step = next(e for e in record.trace if e["step"] == "match")
         assert any(v["kind"] == "count" for v in step["violations"]) and "broken" in step["summary"]
@@ -283,7 +288,7 @@ def test_rules_the_references_break_themselves_are_left_out():
     for i in range(len(refs)):  # every reference keeps the rules derived from the others
         assert check_rules(model.held_out(i).rules, model.parts[i]) == []
 
-    p = Pipeline(_settings(look_twice=LookTwiceSettings(enabled=False), match=settings)).fit(refs)
+    p = Pipeline(_settings(zoom_recheck=ZoomRecheckSettings(enabled=False), match=settings)).fit(refs)
     held = p.detector.held_out_outputs()
     assert all(p._evidence(f"r{i}", r, o, held_out=i).match_term == 0.0 for i, (r, o) in enumerate(zip(refs, held, strict=True)))
     record = p.inspect("five.png", _dot_scene(extra=True, seed=9))
@@ -293,9 +298,9 @@ def test_rules_the_references_break_themselves_are_left_out():
 
 
 def test_zero_shot_skips_the_second_look_and_says_why():
-    p = Pipeline(InspectionSettings("selfsim", {"resolution": 96}, look_twice=LookTwiceSettings(enabled=True))).fit([])
+    p = Pipeline(InspectionSettings("selfsim", {"resolution": 96}, zoom_recheck=ZoomRecheckSettings(enabled=True), trace="full")).fit([])
     record = p.inspect("scratch.png", case.scratched())
-    look = next(e for e in record.trace if e["step"] == "look_twice")
+    look = next(e for e in record.trace if e["step"] == "zoom_recheck")
     assert look["skipped"] == "no references to compare with"
     match = next(e for e in record.trace if e["step"] == "match")
     assert match["skipped"] == "no references"
@@ -305,7 +310,7 @@ def test_zero_shot_skips_the_second_look_and_says_why():
 def test_brain_rules_repaired_rejected_and_failures_fall_back():
     good_json = '{"rules": [{"kind": "count", "colour_class": 0, "min": 0, "max": 50}]}'
     brain = ScriptedBrain(rule_replies=["I think four holes.", good_json])
-    settings = _settings(look_twice=LookTwiceSettings(enabled=False))
+    settings = _settings(zoom_recheck=ZoomRecheckSettings(enabled=False))
     pipeline = Pipeline(settings, brain=brain, detector=case.MeanDiffDetector()).fit(case.references())
     record = pipeline.inspect("scratch.png", case.scratched())
     proposed = next(e for e in record.trace if e["step"] == "propose_rules")
@@ -343,7 +348,7 @@ def test_sam_refines_the_mask():
     from tools.sam import SamTool
 
     model, processor = tiny_sam()
-    settings = _settings(look_twice=LookTwiceSettings(enabled=False))
+    settings = _settings(zoom_recheck=ZoomRecheckSettings(enabled=False))
     sam = SamTool(sam_model=model, processor=processor)
     pipeline = Pipeline(settings, sam=sam, detector=case.MeanDiffDetector()).fit(case.references())
     record = pipeline.inspect("scratch.png", case.scratched())
@@ -369,7 +374,7 @@ def test_the_detector_is_fitted_once_per_pipeline():
             fits.append(len(references))
             super().fit(references)
 
-    pipeline = Pipeline(_settings(look_twice=LookTwiceSettings(enabled=False)), detector=Counting()).fit(case.references())
+    pipeline = Pipeline(_settings(zoom_recheck=ZoomRecheckSettings(enabled=False)), detector=Counting()).fit(case.references())
     for _ in range(3):
         pipeline.inspect("scratch.png", case.scratched())
     assert fits == [2]

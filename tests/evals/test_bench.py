@@ -66,7 +66,7 @@ def test_synthetic_appends_one_line_per_run(tmp_path, capsys):
     # warm-up runs are not counted: 3 images x 2 passes
     assert res["warmup_runs"] == 2 and res["timed_runs"] == 6
     # the second look is off there: its step is recorded as skipped (with why), match not at all
-    assert set(res["steps"]) == {"load", "look", "look_twice", "decide", "explain", "conclude"}
+    assert set(res["steps"]) == {"load", "look", "zoom_recheck", "decide", "explain", "conclude"}
     assert all(s["calls"] == 6 for s in res["steps"].values())
     assert "tokens_per_second" not in res  # the RuleBrain generates no tokens
     assert {"cpu", "cores", "torch_threads", "torch"} <= set(res["machine"])
@@ -80,7 +80,7 @@ def test_synthetic_appends_one_line_per_run(tmp_path, capsys):
     first, second = _lines(out)
     assert first == res and second == line
     assert second["mode"] == "loop" and second["timed_runs"] == 3 and second["warmup_runs"] == 0
-    assert {"look", "look_twice", "match", "answer"} <= set(second["steps"])
+    assert {"look", "zoom_recheck", "match", "answer"} <= set(second["steps"])
     _non_negative_seconds(second)
     assert md.read_text(encoding="utf-8").count("### bench ") == 2
 

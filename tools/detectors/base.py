@@ -75,9 +75,10 @@ class Detector(ABC):
     def fit(self, references: Sequence[Image.Image]) -> None:
         """Learn what good looks like from reference images (RGB PIL images). May be empty."""
 
-    def fit_batch(self, images: Sequence[Image.Image]) -> None:
+    def fit_batch(self, images: Sequence[Image.Image], keys: Sequence[str] | None = None) -> None:
         """Learn from the unlabeled batch about to be scored (only where `needs_batch`). `images` may
-        be a lazy sequence: a detector reads only the images it samples."""
+        be a lazy sequence: a detector reads only the images it samples. `keys` (one content key per
+        image, `tools.content_key`) make what is sampled independent of the order of the images."""
         return None
 
     @abstractmethod

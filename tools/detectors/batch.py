@@ -25,13 +25,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from tools.content_key import image_key, seeded_sample
 from tools.detectors import DETECTORS
 from tools.detectors.base import CalibratedDetector, DetectorError, DetectorOutput
 from tools.detectors.calibration import Calibration
 from tools.detectors.map_scoring import image_scores
 from tools.detectors.mutual_scoring import (
     choose_partners,
-    image_key,
     mutual_scores,
     neighbour_refined,
     per_partner_distances,
@@ -145,15 +145,19 @@ class BatchDetector(CalibratedDetector):
             self.reference_part.fit(references)
         self._calibration = None
 
-    def fit_batch(self, images: Sequence[Image.Image]) -> None:
+    def fit_batch(self, images: Sequence[Image.Image], keys: Sequence[str] | None = None) -> None:
         """Learn from the batch: sample the partner pool (lazy sequences are read only there), extract
-        its features and score the pool images against each other."""
+        its features and score the pool images against each other. With `keys` the pool is drawn
+        from the images' contents, whatever their order."""
         cfg = self.config
         if len(images) < 2:
             raise DetectorError(f"the batch detector needs at least 2 images in the batch, got {len(images)}")
         t0 = time.perf_counter()
         n = len(images)
-        order = np.random.default_rng(cfg.seed).permutation(n)[: min(n, cfg.max_pool)]
+        if keys is not None and len(keys) == n:
+            order = seeded_sample(keys, cfg.max_pool, cfg.seed)
+        else:
+            order = np.random.default_rng(cfg.seed).permutation(n)[: min(n, cfg.max_pool)]
         pool = []
         for i in sorted(order):
             try:
@@ -166,7 +170,7 @@ class BatchDetector(CalibratedDetector):
             self.scale = self.reference_part.scale
         else:
             self.scale = cfg.resolution / typical_side(pool)
-        self.pool_keys = [image_key(im.tobytes()) for im in pool]
+        self.pool_keys = [image_key(im) for im in pool]
         with torch.inference_mode():
             raw_feats = [self._features(im) for im in pool]
             flat = torch.cat([f[0].reshape(-1, f[0].shape[-1]) for f in raw_feats])
@@ -230,7 +234,7 @@ class BatchDetector(CalibratedDetector):
             raise DetectorError("batch: call fit(references) and fit_batch(images) before predict()")
         cfg = self.config
         imgs = [_rgb(im) for im in images]
-        keys = [image_key(im.tobytes()) for im in imgs]
+        keys = [image_key(im) for im in imgs]
         todo = [i for i, k in enumerate(keys) if k not in self._cache]
         scored: dict[int, _Scored] = {i: self._cache[k] for i, k in enumerate(keys) if k in self._cache}
         if todo:

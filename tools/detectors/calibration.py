@@ -101,6 +101,51 @@ def good_model_from_batch(batch_scores: np.ndarray, known_good: np.ndarray | Non
     return GoodModel(mode, sigma, good_share, int(round(good_share * x.size)), shift)
 
 
+def good_model_anchored(batch_scores: np.ndarray, anchor: np.ndarray, shift: float) -> GoodModel:
+    """The good-score model of a batch whose lower bulk cannot be trusted (many defects, or defects
+    that look alike), anchored on known-good scores: the centre is the anchors' median, the spread
+    comes from the batch scores below that centre (defects hardly reach there) and from the anchors'
+    own spread, whichever is larger."""
+    x = np.log(np.maximum(np.asarray(batch_scores, dtype=np.float64).ravel() - shift, 1e-12))
+    a = np.log(np.maximum(np.asarray(anchor, dtype=np.float64).ravel() - shift, 1e-12))
+    centre = float(np.median(a))
+    below = centre - x[x < centre]
+    half_normal = float(np.median(below)) / 0.6745 if below.size >= 5 else 0.0
+    own = _robust_spread(a) if a.size >= 3 else 0.0
+    sigma = max(half_normal, own, 1e-3)
+    good_share = min(1.0, 2.0 * float(np.mean(x < centre))) if x.size else 1.0
+    return GoodModel(centre, sigma, good_share, int(round(good_share * x.size)) + int(a.size), shift)
+
+
+def batch_contradiction(model: GoodModel, anchor: np.ndarray, rate: float) -> str:
+    """Why known-good `anchor` scores (the references held out) contradict a batch's good model, or ''.
+
+    The batch model assumes that most of the batch is good. Two signs that it is not: the references
+    sit far below what the batch takes for good (the batch's mode is made of defects), or more of them
+    score above the batch's boundary than the promised rate allows (p < 0.01, binomial)."""
+    a = np.asarray(anchor, dtype=np.float64).ravel()
+    a = a[np.isfinite(a)]
+    if a.size < 2:
+        return ""
+    z = (np.log(np.maximum(a - model.shift, 1e-12)) - model.centre) / model.spread
+    low = float(np.median(z))
+    if low < -ANCHOR_LOW_SPREADS:
+        return (f"the references score {abs(low):.1f} spreads below what the batch takes for good "
+                f"(estimated good share {model.good_share:.2f}): most of the batch may be defective")
+    boundary = model.quantile(rate)
+    k = int(np.sum(a > boundary))
+    n = a.size
+    tail = sum(math.comb(n, j) * rate**j * (1 - rate) ** (n - j) for j in range(k, n + 1))
+    if k and tail < 0.01:
+        return (f"{k} of {n} references score above the batch's boundary, more than a false-alarm rate of "
+                f"{rate:g} allows: the batch's good parts may be rarer or more alike than it seems")
+    return ""
+
+
+#: anchors this many batch spreads below the batch's good centre contradict it
+ANCHOR_LOW_SPREADS = 2.0
+
+
 @dataclass(frozen=True)
 class Calibration:
     """A boundary on raw scores with the false-alarm rate it promises, and the review band under it."""
@@ -141,11 +186,21 @@ class Calibration:
     @classmethod
     def from_batch(
         cls, batch_scores: np.ndarray, rate: float = 0.05, review_factor: float | None = 2.0,
-        known_good: np.ndarray | None = None, method: str = "batch",
+        known_good: np.ndarray | None = None, method: str = "batch", anchor: np.ndarray | None = None,
     ) -> Calibration:
-        """Batch mode: the boundary from the batch's lower bulk (see `good_model_from_batch`)."""
+        """Batch mode: the boundary from the batch's lower bulk (see `good_model_from_batch`). With
+        `anchor` (known-good scores on the batch's scale, e.g. the references held out), the batch's
+        assumption is checked against them (`batch_contradiction`); when it fails, the good model is
+        anchored on them instead (`good_model_anchored`) and the calibration's note says why."""
         _check_rate(rate)
         model = good_model_from_batch(batch_scores, known_good)
+        note = ""
+        if anchor is not None and len(anchor):
+            why = batch_contradiction(model, anchor, rate)
+            if why:
+                model = good_model_anchored(batch_scores, anchor, model.shift)
+                method = f"{method}, anchored on the references"
+                note = f"{why}; the good scores are modelled from the references instead"
         boundary = model.quantile(rate)
         review = model.quantile(min(0.5, rate * review_factor)) if review_factor and review_factor > 1 else None
         centre = math.exp(model.centre) + model.shift
@@ -154,6 +209,7 @@ class Calibration:
         return cls(
             boundary, review, spread, rate, rate, model.n_good,
             f"{method} ({len(np.ravel(batch_scores))} image(s){extra}; estimated good share {model.good_share:.2f})",
+            note,
         )
 
     @classmethod
@@ -247,6 +303,8 @@ __all__ = [
     "conformal_threshold",
     "decide_calibration",
     "finest_rate",
+    "batch_contradiction",
+    "good_model_anchored",
     "good_model_from_batch",
     "good_samples",
 ]

@@ -9,12 +9,12 @@ batch where many images are defective still works, because the good partners dec
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
+from tools.content_key import seeded_rank
 from tools.detectors.memory_bank import distances_less_query_norm
 
 
@@ -48,19 +48,13 @@ def mutual_scores(per_partner: torch.Tensor, fraction: float) -> torch.Tensor:
     return per_partner.topk(min(k, per_partner.shape[1]), dim=1, largest=False).values.mean(1)
 
 
-def image_key(image_bytes: bytes) -> str:
-    """A content key, so an image is never its own partner however it was loaded or ordered."""
-    return hashlib.blake2b(image_bytes, digest_size=12).hexdigest()
-
-
 def choose_partners(key: str, pool_keys: Sequence[str], k: int, seed: int) -> list[int]:
     """Up to `k` pool indices (never the image itself), drawn from a generator seeded by the image's
     content and `seed`: the same image gets the same partners whatever the order or the machine."""
     candidates = [i for i, pk in enumerate(pool_keys) if pk != key]
     if len(candidates) <= k:
         return candidates
-    digest = int(hashlib.blake2b(f"{seed}:{key}".encode(), digest_size=8).hexdigest(), 16)
-    rng = np.random.default_rng(digest)
+    rng = np.random.default_rng(seeded_rank(key, seed))
     return sorted(int(i) for i in rng.choice(candidates, size=k, replace=False))
 
 
@@ -83,4 +77,4 @@ def neighbour_refined(scores: np.ndarray, descriptors: np.ndarray, query_scores:
     return out / len(ks)
 
 
-__all__ = ["choose_partners", "image_key", "mutual_scores", "neighbour_refined", "per_partner_distances"]
+__all__ = ["choose_partners", "mutual_scores", "neighbour_refined", "per_partner_distances"]

@@ -1,4 +1,5 @@
-"""Step 2 of the loop, look twice: the most suspicious places, zoomed in, against the references.
+"""Step 2 of the loop, the zoomed re-check: the most suspicious places, zoomed in, scored again against
+the references. (Not the LTFM expert's "look twice" token selection, which lives in `tools.ltfm`.)
 
 The first look scores the whole image at the detector's working resolution, where a pit a few pixels
 wide is a fraction of a patch. The second look crops each of the `top_k` most suspicious places of
@@ -23,51 +24,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from agent.inspection.settings import LookTwiceSettings
+from agent.inspection.settings import ZoomRecheckSettings
 from tools.detectors import Detector
 from tools.detectors.patch_features import round_to_grid
 from tools.detectors.reference_matching import ReferenceMatchingDetector
+from tools.region_views import suspicious_places, zoom_box
 
 RATIO_RANGE = (0.25, 4.0)  # a single look cannot move the score by more than this factor
-
-
-def zoom_box(bbox: Sequence[int], size: tuple[int, int], margin: float = 0.5, min_side: int = 32) -> tuple[int, int, int, int]:
-    """A square crop box around `bbox` (x0, y0, x1, y1, exclusive) with context, shifted to lie inside
-    the image; a side longer than the image is cut to the image (so the box can be non-square)."""
-    w, h = size
-    x0, y0, x1, y1 = (int(v) for v in bbox)
-    side = int(max(min_side, max(x1 - x0, y1 - y0) * (1.0 + 2.0 * margin)))
-    sw, sh = min(side, w), min(side, h)
-    cx, cy = (x0 + x1) / 2.0, (y0 + y1) / 2.0
-    bx0 = min(max(0, int(round(cx - sw / 2.0))), w - sw)
-    by0 = min(max(0, int(round(cy - sh / 2.0))), h - sh)
-    return bx0, by0, bx0 + sw, by0 + sh
-
-
-def suspicious_places(raw_map: np.ndarray, k: int, min_side: int) -> list[tuple[tuple[int, int, int, int], float]]:
-    """Up to `k` (box, peak value) around the map's highest peaks, each peak's surroundings suppressed
-    before the next is taken, so the places are distinct. Boxes span the area above half the peak."""
-    amap = np.nan_to_num(np.asarray(raw_map, dtype=np.float64), nan=-np.inf).copy()
-    h, w = amap.shape
-    floor = float(np.median(amap))
-    places = []
-    for _ in range(max(0, k)):
-        idx = int(np.argmax(amap))
-        y, x = divmod(idx, w)
-        peak = float(amap[y, x])
-        if not np.isfinite(peak) or (places and peak <= floor):
-            break
-        half = floor + 0.5 * (peak - floor)
-        ys, xs = np.nonzero(amap >= half)
-        near = (np.abs(ys - y) <= max(h, w) // 4) & (np.abs(xs - x) <= max(h, w) // 4)
-        ys, xs = ys[near], xs[near]
-        x0, x1 = int(xs.min()) if xs.size else x, int(xs.max()) + 1 if xs.size else x + 1
-        y0, y1 = int(ys.min()) if ys.size else y, int(ys.max()) + 1 if ys.size else y + 1
-        r = max(min_side // 2, 1)
-        x0, y0, x1, y1 = min(x0, x - r), min(y0, y - r), max(x1, x + r), max(y1, y + r)
-        places.append(((max(0, x0), max(0, y0), min(w, x1), min(h, y1)), peak))
-        amap[max(0, y0) : y1, max(0, x0) : x1] = -np.inf
-    return places
 
 
 @dataclass
@@ -105,13 +68,13 @@ def comparable_part(detector: Detector) -> ReferenceMatchingDetector | None:
 
 
 #: Bank size of the zoomed matcher below which no coreset is selected (about 16 references at 2x).
-SECOND_LOOK_BANK = 65536
+ZOOM_RECHECK_BANK = 65536
 
 
-class SecondLook:
+class ZoomRecheck:
     """The zoomed reference matcher: fitted once on the references, then asked about crops."""
 
-    def __init__(self, first: ReferenceMatchingDetector, references: Sequence[Image.Image], s: LookTwiceSettings) -> None:
+    def __init__(self, first: ReferenceMatchingDetector, references: Sequence[Image.Image], s: ZoomRecheckSettings) -> None:
         self.settings = s
         cfg = first.config
         self.detector = ReferenceMatchingDetector(
@@ -121,7 +84,7 @@ class SecondLook:
             # no views: at twice the size, flipped copies would quadruple a bank that already holds four
             # times the patches, and push it past `max_bank` into a coreset selection (minutes per fit)
             augment=(),
-            max_bank=max(cfg.max_bank, SECOND_LOOK_BANK),
+            max_bank=max(cfg.max_bank, ZOOM_RECHECK_BANK),
             align="off",  # crops are not registered; the first look was position-aware where it could be
             head_weight=0.0,
             global_weight=0.0,
@@ -160,4 +123,4 @@ def fused_factor(looks: Sequence[Look], weight: float) -> float:
     return float(max(lk.ratio for lk in looks) ** weight)
 
 
-__all__ = ["Look", "SecondLook", "comparable_part", "fused_factor", "suspicious_places", "zoom_box"]
+__all__ = ["ZOOM_RECHECK_BANK", "Look", "ZoomRecheck", "comparable_part", "fused_factor"]
