@@ -131,6 +131,8 @@ class BatchDetector(CalibratedDetector):
         self.pool_descriptors = np.empty((0, 0))
         self.pool_scores = np.empty(0)
         self._cache: dict[str, _Scored] = {}
+        self._references: list[Image.Image] = []
+        self._held_out: list[tuple[tuple[int, int], _Scored]] = []  # each reference scored as a query, held out
         self._norms = (1.0, 1.0)  # typical batch-map and reference-map values, for fusing
         self.mask_peak_fraction = self.config.mask_peak_fraction
         self.fit_seconds = 0.0
@@ -139,6 +141,8 @@ class BatchDetector(CalibratedDetector):
     def fit(self, references: Sequence[Image.Image]) -> None:
         """Optional good references: they join the batch evidence (see the module docstring)."""
         self.reference_part = None
+        self._references = [_rgb(r) for r in references]
+        self._held_out = []
         if references:
             opts = {"resolution": self.config.resolution, "device": self.config.device, **(self.config.reference_options or {})}
             self.reference_part = ReferenceMatchingDetector(**opts)
@@ -194,7 +198,37 @@ class BatchDetector(CalibratedDetector):
                     self._cache[k].raw = float(r)
             self.pool_scores = raw
         self._calibration = Calibration.from_batch(self.pool_scores, method="batch pool")
+        self._held_out = self._score_references_held_out()
         self.fit_seconds = time.perf_counter() - t0
+
+    def _score_references_held_out(self) -> list[tuple[tuple[int, int], _Scored]]:
+        """Each reference scored as a batch image would be, its reference map from the others only:
+        the known-good scores of references-mode calibration, and the anchor that checks a batch
+        calibration (`Calibration.from_batch`)."""
+        if self.reference_part is None or len(self._references) < 2:
+            return []
+        cfg = self.config
+        out = []
+        with torch.inference_mode():
+            for i, ref in enumerate(self._references):
+                raw_f = self._features(ref)
+                feats = [(g * self.channel_scale).reshape(-1, g.shape[-1]) for g in raw_f]
+                bmap = self._batch_map(image_key(ref), feats, raw_f[0].shape[:2])
+                ref_map = self.reference_part.raw_maps([ref], exclude=i)[0][1]
+                out.append((ref.size, self._score(bmap, ref_map, feats[0].mean(0).numpy())))
+            if cfg.refine_neighbours:
+                refined = neighbour_refined(self.pool_scores, self.pool_descriptors, np.array([o.raw for _, o in out]),
+                                            np.stack([o.descriptor for _, o in out]), cfg.refine_neighbours)
+                for (_, scored), r in zip(out, refined, strict=True):
+                    scored.raw = float(r)
+        return out
+
+    def good_scores(self) -> np.ndarray:
+        """The references' held-out scores (after `fit_batch`; empty before, or with under 2 references)."""
+        return np.array([scored.raw for _, scored in self._held_out], dtype=np.float64)
+
+    def held_out_outputs(self) -> list[DetectorOutput]:
+        return [self.calibrated_output(size, scored.raw, scored.smooth) for size, scored in self._held_out]
 
     # ------------------------------------------------------------------ scoring
     def _features(self, image: Image.Image) -> list[torch.Tensor]:
