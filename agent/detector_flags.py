@@ -15,6 +15,8 @@ from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agent.inspection.settings import CALIBRATION_MODES
+
 if TYPE_CHECKING:
     from agent.inspection.settings import DecisionSettings, InspectionSettings
 
@@ -78,7 +80,7 @@ def add_decision_args(p: argparse.ArgumentParser, calibration: bool = False) -> 
     p.add_argument("--no-review", action="store_true", help="no 'review' band: every part is good or defective")
     if calibration:
         p.add_argument(
-            "--calibration", choices=("references", "batch"),
+            "--calibration", choices=CALIBRATION_MODES,
             help="where good scores come from: the references (leave-one-out) or the batch itself, "
             "robustly (default batch)",
         )
@@ -100,7 +102,7 @@ def decision_settings(args: argparse.Namespace) -> DecisionSettings:
         raise ValueError(f"false-alarm rate {rate!r}: expected a number between 0 and 1, e.g. 0.05")
     review = bool(config.get("review", True)) and not getattr(args, "no_review", False)
     mode = getattr(args, "calibration", None) or config.get("calibration")
-    if mode not in (None, "references", "batch"):
+    if mode is not None and mode not in CALIBRATION_MODES:
         raise ValueError(f"calibration {mode!r}: expected references or batch")
     return DecisionSettings(float(rate), review, mode)
 

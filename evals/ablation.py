@@ -1,4 +1,4 @@
-"""Ablation runs: detector variants x categories x seeds, through the same code as `looktwice eval`.
+"""Ablation runs: detector variants x categories x shots x seeds, through the same code as `looktwice eval`.
 
     python -m evals.ablation --data val/ --categories magnetic_tile,weave,bracket --seeds 0,1,2 \\
         --variant base: --variant no-views:augment=[] --json ablation.json
@@ -8,16 +8,23 @@ all, or `detector=NAME` inside a variant). Prints one markdown row per variant: 
 AUROC and AUPRO as the mean over seeds for each category, then the mean over categories; the JSON
 keeps every run with its per-image scores, so `python -m evals.redecide ablation.json` can study the
 decisions (false-alarm rate promised and measured per reference draw) without scoring again. This is
-how settings are chosen on validation sets and then reported once on test.
+how settings are chosen on validation sets and then reported once on test. `evals.suite` runs the
+same grid over every product of a root and tabulates it for reporting.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+
+#: what a run keeps of `evaluate_category`'s result besides the metrics
+RUN_KEYS = ("image_AUROC", "pixel_AUROC", "pixel_AUPRO", "throughput_ips", "seconds_per_megapixel", "at_threshold",
+            "per_defect_image_AUROC", "images", "good_samples", "good_samples_exchangeable", "calibration_seed", "detector",
+            "calibration")
 
 
 def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
@@ -45,6 +52,45 @@ def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
     return name.strip() or "default", settings
 
 
+def run_grid(
+    data: str,
+    categories: Sequence[str],
+    seeds: Sequence[int],
+    shots: Sequence[int],
+    variants: Sequence[tuple[str, dict[str, Any]]],
+    detector: str = "auto",
+    metric_size: int = 128,
+    calibration: str | None = None,
+    false_alarm_rate: float = 0.05,
+    limit: int | None = None,
+    on_run: Callable[[dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Every variant x category x shots x seed through `evals.detection.evaluate_category`; one run dict
+    each (variant, category, shots, seed and `RUN_KEYS`), passed to `on_run` as it finishes."""
+    from evals.detection import DetectionBenchmarkSettings, evaluate_category, stratified_limit
+    from instruct_data.datasets import open_dataset
+
+    dataset = open_dataset(data)
+    runs: list[dict[str, Any]] = []
+    for name, options in variants:
+        options = dict(options)
+        det = options.pop("detector", detector)
+        for cat in categories:
+            for k in shots:
+                for seed in seeds:
+                    settings = DetectionBenchmarkSettings(
+                        data=data, category=cat, shots=k, seed=seed, detector=det, detector_options=options,
+                        metric_size=metric_size, calibration=calibration, false_alarm_rate=false_alarm_rate,
+                    )
+                    samples = stratified_limit({cat: dataset.test_samples(cat)}, limit, seed)[cat]
+                    r = evaluate_category(dataset, cat, settings, warn=lambda _m: None, samples=samples)
+                    run = {"variant": name, "category": cat, "shots": k, "seed": seed, **{key: r[key] for key in RUN_KEYS}}
+                    runs.append(run)
+                    if on_run:
+                        on_run(run)
+    return runs
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True)
@@ -52,42 +98,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--shots", type=int, default=4)
     p.add_argument("--detector", default="refmatch")
+    p.add_argument("--calibration", choices=("references", "batch"), help="default: as report (batch for a batch detector)")
+    p.add_argument("--limit", type=int, help="a stratified sample of this many test images per category")
     p.add_argument("--variant", action="append", default=[], help="NAME:KEY=VALUE,... (repeatable)")
     p.add_argument("--metric-size", type=int, default=128)
     p.add_argument("--json", help="write every run here")
     args = p.parse_args(argv)
 
-    from evals.detection import DetectionBenchmarkSettings, evaluate_category
-    from instruct_data.datasets import open_dataset
-
-    dataset = open_dataset(args.data)
     cats = [c.strip() for c in args.categories.split(",") if c.strip()]
     seeds = [int(s) for s in args.seeds.split(",")]
     variants = [parse_variant(v) for v in (args.variant or ["default:"])]
-    runs: list[dict[str, Any]] = []
     print("| variant | " + " | ".join(cats) + " | mean image | mean pixel | mean AUPRO | img/s |")
     print("|---" * (len(cats) + 5) + "|")
+    runs: list[dict[str, Any]] = []
     for name, options in variants:
-        options = dict(options)
-        detector = options.pop("detector", args.detector)
-        per_cat: dict[str, list[dict[str, float]]] = {c: [] for c in cats}
-        for cat in cats:
-            for seed in seeds:
-                settings = DetectionBenchmarkSettings(
-                    data=args.data, category=cat, shots=args.shots, seed=seed, detector=detector,
-                    detector_options=options, metric_size=args.metric_size,
-                )
-                r = evaluate_category(dataset, cat, settings, warn=lambda _m: None)
-                row = {k: r[k] for k in ("image_AUROC", "pixel_AUROC", "pixel_AUPRO", "throughput_ips")}
-                per_cat[cat].append(row)
-                runs.append({"variant": name, "category": cat, "seed": seed, **row,
-                             "per_defect_image_AUROC": r["per_defect_image_AUROC"],
-                             # per-image scores and held-out good scores: `evals.redecide` decides again
-                             **{k: r[k] for k in ("images", "good_samples", "good_samples_exchangeable")}})
-        img = [float(np.mean([r["image_AUROC"] for r in per_cat[c]])) for c in cats]
-        px = float(np.mean([r["pixel_AUROC"] for c in cats for r in per_cat[c]]))
-        pro = float(np.mean([r["pixel_AUPRO"] for c in cats for r in per_cat[c]]))
-        ips = float(np.mean([r["throughput_ips"] for c in cats for r in per_cat[c]]))
+        mine = run_grid(args.data, cats, seeds, [args.shots], [(name, options)], args.detector, args.metric_size,
+                        args.calibration, limit=args.limit)
+        runs.extend(mine)
+        img = [float(np.mean([r["image_AUROC"] for r in mine if r["category"] == c])) for c in cats]
+        px = float(np.mean([r["pixel_AUROC"] for r in mine]))
+        pro = float(np.mean([r["pixel_AUPRO"] for r in mine]))
+        ips = float(np.mean([r["throughput_ips"] for r in mine]))
         cells = " | ".join(f"{v:.3f}" for v in img)
         print(f"| {name} | {cells} | {np.mean(img):.3f} | {px:.3f} | {pro:.3f} | {ips:.1f} |", flush=True)
     if args.json:

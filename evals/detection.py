@@ -31,6 +31,7 @@ from PIL import Image
 from agent.inspection import DecisionSettings, InspectionSettings, Pipeline
 from evals.metrics import decision_scores, f1_max, image_auroc, iou, pixel_metrics
 from instruct_data.datasets import Dataset, Sample, open_dataset
+from tools.content_key import file_key
 from tools.detectors import DETECTORS
 from tools.detectors.choice import choose_detector
 from tools.image_io import ImageLoadError, load_image
@@ -207,9 +208,10 @@ def evaluate_category(
         "calibration": cal.to_dict() if cal is not None else {"method": "the detector's own", **pipeline.detector.calibration()},
         "good_samples": [round(float(g), 6) for g in pipeline.good_samples],  # the references' held-out final scores (raw)
         "good_samples_exchangeable": not pipeline.detector.learns_from_references,  # may they join a batch calibration
-        "images": [  # per image, to study ranking and calibration without rerunning
-            {"path": str(s.image_path), "defect_type": s.defect_type, "raw_score": round(float(r), 6),
-             "pred_score": round(float(p), 6), "verdict": v}
+        "calibration_seed": int(pipeline.settings.detector_options.get("seed", 0)),  # of the batch sample
+        "images": [  # per image, to study ranking and calibration without rerunning (`evals.redecide`)
+            {"path": str(s.image_path), "key": file_key(s.image_path), "defect_type": s.defect_type,
+             "raw_score": round(float(r), 6), "pred_score": round(float(p), 6), "verdict": v}
             for s, r, p, v in zip(kept, raws, score_arr, verdicts, strict=True)
         ],
     }

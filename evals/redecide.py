@@ -2,9 +2,10 @@
 scoring the images again.
 
 Why: the scores do not depend on the rate asked for, only the boundary does, and scoring a large test
-set is the slow part. This reads the per-image raw scores that `eval --out` saves and runs the same
-calibration (`tools.detectors.calibration.decide_calibration`) and the same decision metrics
-(`evals.metrics.decision_scores`) as `eval`.
+set is the slow part. This reads the per-image raw scores and content keys that `eval --out` saves and
+decides with the code `inspect`, `report` and `eval` decide with (`agent.inspection.decision`: the
+references held out, or the same seeded sample of the batch, checked against the references), then
+computes the same decision metrics (`evals.metrics.decision_scores`) as `eval`.
 
     python -m evals.redecide k4_s0.json --false-alarm-rate 0.05,0.2 --calibration batch,references
     python -m evals.redecide ablation.json --calibration references   # every run of an ablation
@@ -20,8 +21,9 @@ from typing import Any
 
 import numpy as np
 
+from agent.inspection.decision import batch_calibration, calibration_sample, reference_calibration
+from agent.inspection.settings import CALIBRATION_MODES, DecisionSettings
 from evals.metrics import decision_scores
-from tools.detectors.calibration import CALIBRATION_MODES, decide_calibration
 
 
 def redecide(category: dict[str, Any], mode: str, rate: float, review: bool = True) -> dict[str, Any]:
@@ -29,11 +31,20 @@ def redecide(category: dict[str, Any], mode: str, rate: float, review: bool = Tr
     images = category.get("images")
     if not images:
         raise ValueError(f"{category.get('category')}: no per-image scores (run `looktwice eval --out` again)")
+    if mode not in CALIBRATION_MODES:
+        raise ValueError(f"unknown calibration mode {mode!r}; available: {', '.join(CALIBRATION_MODES)}")
     raw = np.array([i["raw_score"] for i in images], dtype=np.float64)
     labels = np.array([i["defect_type"] != "good" for i in images], dtype=bool)
     good = np.array(category.get("good_samples", []), dtype=np.float64)
-    cal = decide_calibration(mode, good, raw, rate, 2.0 if review else None,
-                             exchangeable_good=bool(category.get("good_samples_exchangeable", False)))
+    d = DecisionSettings(rate, review, mode)
+    if mode == "batch" and len(raw) >= 3:
+        if any("key" not in i for i in images):
+            raise ValueError(f"{category.get('category')}: no content keys saved (run `looktwice eval --out` again)")
+        sample = calibration_sample([i["key"] for i in images], int(category.get("calibration_seed", 0)))
+        known = good if category.get("good_samples_exchangeable") else None
+        cal = batch_calibration(raw[sample], d, known, good)
+    else:
+        cal = reference_calibration(good, d, "references (leave-one-out)")
     if cal is None:
         raise ValueError(f"{category.get('category')}: {mode} calibration needs good samples, and there are none")
     verdicts = [cal.verdict(float(r)) for r in raw]

@@ -1,7 +1,17 @@
-"""One inspection pipeline for every command: look, zoom re-check, match, decide, explain."""
+"""One inspection pipeline for every command: look, zoom re-check, match, decide, explain.
 
-from agent.inspection.evidence import Evidence
-from agent.inspection.pipeline import Pipeline
-from agent.inspection.settings import DecisionSettings, InspectionSettings, MatchSettings, ZoomRecheckSettings
+Importing this package is cheap (the settings are plain dataclasses); the pipeline and its steps
+load numpy, PIL and the detectors when first used.
+"""
 
-__all__ = ["DecisionSettings", "Evidence", "InspectionSettings", "MatchSettings", "Pipeline", "ZoomRecheckSettings"]
+from __future__ import annotations
+
+from agent.mllm.lazy_exports import lazy_exports
+
+_EXPORTS = {
+    "agent.inspection.evidence": ("Evidence",),
+    "agent.inspection.pipeline": ("Pipeline",),
+    "agent.inspection.settings": ("DecisionSettings", "InspectionSettings", "MatchSettings", "ZoomRecheckSettings"),
+}
+
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+#: where the good scores that set the boundary come from (`decision.py`)
+CALIBRATION_MODES = ("references", "batch")
 #: `--trace`: "brief" runs only the steps that can change the answer; "full" runs the others too
 TRACE_LEVELS = ("brief", "full")
 
@@ -93,4 +95,4 @@ class InspectionSettings:
         return asdict(self)
 
 
-__all__ = ["TRACE_LEVELS", "DecisionSettings", "InspectionSettings", "MatchSettings", "ZoomRecheckSettings"]
+__all__ = ["CALIBRATION_MODES", "TRACE_LEVELS", "DecisionSettings", "InspectionSettings", "MatchSettings", "ZoomRecheckSettings"]

@@ -42,29 +42,49 @@ def _is_grey(image: np.ndarray) -> bool:
     return image.ndim == 2 or bool(np.all(image[..., 0] == image[..., 1]) and np.all(image[..., 1] == image[..., 2]))
 
 
+def _synthesize_small(rgb: np.ndarray, kind: str, rng: np.random.Generator, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """One defect drawn inside a random crop of `scale` times the image's sides, pasted back: the
+    defect is `scale`^2 times as small a share of the image (small pits on a large part)."""
+    from instruct_data.synthesis.anomalies import synthesize
+
+    if scale >= 1.0:
+        result = synthesize(rgb, kind, rng)
+        return result.image, result.mask
+    h, w = rgb.shape[:2]
+    ch, cw = max(8, round(h * scale)), max(8, round(w * scale))
+    y0, x0 = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+    result = synthesize(rgb[y0 : y0 + ch, x0 : x0 + cw], kind, rng)
+    image, mask = rgb.copy(), np.zeros((h, w), bool)
+    image[y0 : y0 + ch, x0 : x0 + cw] = result.image
+    mask[y0 : y0 + ch, x0 : x0 + cw] = result.mask
+    return image, mask
+
+
 def faint_defect(
-    clean: np.ndarray, kind: str, rng: np.random.Generator, min_change: float = 2.0, tries: int = 10
+    clean: np.ndarray, kind: str, rng: np.random.Generator, min_change: float = 2.0, tries: int = 10,
+    scale: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """`clean` (uint8 HxW or HxWx3) with one defect of `kind` at a random strength, and its mask."""
-    from instruct_data.synthesis.anomalies import as_rgb_uint8, synthesize
+    """`clean` (uint8 HxW or HxWx3) with one defect of `kind` at a random strength, and its mask;
+    `scale` < 1 draws it in a crop of that share of the sides (a smaller defect)."""
+    from instruct_data.synthesis.anomalies import as_rgb_uint8
 
     grey = _is_grey(clean)
     rgb = as_rgb_uint8(clean)
     best: tuple[float, np.ndarray, np.ndarray] | None = None
     for _ in range(tries):
-        result = synthesize(rgb, kind, rng)
+        drawn, drawn_mask = _synthesize_small(rgb, kind, rng, scale)
         strength = rng.uniform(0.5, 1.0)
-        edited = rgb.astype(np.float64) + strength * (result.image.astype(np.float64) - rgb)
+        edited = rgb.astype(np.float64) + strength * (drawn.astype(np.float64) - rgb)
         out = np.clip(np.rint(edited), 0, 255).astype(np.uint8)
         if grey:
             out = np.asarray(Image.fromarray(out).convert("L"))
         before = np.asarray(Image.fromarray(rgb).convert("L"), dtype=np.float64)
         after = out if grey else np.asarray(Image.fromarray(out).convert("L"))
-        change = float(np.abs(after.astype(np.float64) - before)[result.mask].mean())
+        change = float(np.abs(after.astype(np.float64) - before)[drawn_mask].mean())
         if change >= min_change:
-            return out, result.mask
+            return out, drawn_mask
         if best is None or change > best[0]:
-            best = (change, out, result.mask)
+            best = (change, out, drawn_mask)
     assert best is not None
     return best[1], best[2]
 
@@ -83,9 +103,11 @@ def _write_set(
     kinds: Sequence[str],
     seed: int,
     progress: Callable[[int], None] | None,
+    defect_scale: float = 1.0,
 ) -> SetCounts:
     """`goods(i)` gives the i-th clean good image; the first `train_good` are the reference pool, the
-    next `test_good` the good test images, the rest receive one defect each (kinds cycled)."""
+    next `test_good` the good test images, the rest receive one defect each (kinds cycled), drawn at
+    `defect_scale` (see `faint_defect`)."""
     counts = SetCounts(root=root)
     for i in range(train_good + test_good + test_bad):
         image = goods(i)
@@ -98,7 +120,7 @@ def _write_set(
         else:
             j = i - train_good - test_good
             kind = kinds[j % len(kinds)]
-            defective, mask = faint_defect(image, kind, np.random.default_rng([seed, 7, j]))
+            defective, mask = faint_defect(image, kind, np.random.default_rng([seed, 7, j]), scale=defect_scale)
             _save(defective, root / "test" / kind / f"{i:04d}.png")
             _save(mask.astype(np.uint8) * 255, root / "ground_truth" / kind / f"{i:04d}_mask.png")
             counts.test_bad[kind] = counts.test_bad.get(kind, 0) + 1
@@ -140,9 +162,11 @@ def make_held_out_set(
     kinds: Sequence[str] = VALIDATION_KINDS,
     seed: int = 0,
     progress: Callable[[int], None] | None = None,
+    defect_scale: float = 1.0,
 ) -> SetCounts:
     """A validation set from real good images (e.g. a data set's `train/good`), shuffled with `seed`:
-    `train_good` become the reference pool, half of the rest stay good, the other half get a defect."""
+    `train_good` become the reference pool, half of the rest stay good, the other half get a defect
+    (drawn at `defect_scale`, see `faint_defect`)."""
     from tools.image_io import load_image
 
     paths = sorted(Path(p) for p in good_images)
@@ -157,14 +181,16 @@ def make_held_out_set(
         arr = np.asarray(image)
         return arr[..., 0].copy() if _is_grey(arr) else arr
 
-    return _write_set(Path(root) / name, load, train_good, n_good, rest - n_good, kinds, seed, progress)
+    return _write_set(Path(root) / name, load, train_good, n_good, rest - n_good, kinds, seed, progress, defect_scale)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description="Write validation sets (good images + synthetic defects, MVTec layout) for choosing settings.",
         epilog="example:\n  python -m instruct_data.synthesis.validation --out val/ "
-        "--held-out ../shared/data/magnetic_tile/train/good --name magnetic_tile",
+        "--held-out ../shared/data/magnetic_tile/train/good --name magnetic_tile\n"
+        "  python -m instruct_data.synthesis.validation --out val/ --products --held-out "
+        "../shared/data/ball_screw/train/good --name ball_screw --train-good 20 --defect-scale 0.5",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--out", required=True, help="root folder; one category folder per product")
@@ -172,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--held-out", help="folder of real good images the test split never sees (e.g. train/good)")
     p.add_argument("--name", default="held_out", help="category name of the --held-out set")
     p.add_argument("--train-good", type=int, default=120, help="reference pool of the --held-out set")
+    p.add_argument("--defect-scale", type=float, default=1.0,
+                   help="draw each defect of the --held-out set in a crop of this share of the sides (0.5: "
+                   "a quarter of the area; small defects on large images)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     from tqdm import tqdm
@@ -184,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
             bar.write(f"{c.root}: {c.train_good} reference pool, {c.test_good} good, {sum(c.test_bad.values())} defective")
         if args.held_out:
             goods = list_images(Path(args.held_out), recursive=True)
-            c = make_held_out_set(args.out, goods, args.name, args.train_good, seed=args.seed, progress=bar.update)
+            c = make_held_out_set(args.out, goods, args.name, args.train_good, seed=args.seed, progress=bar.update,
+                                  defect_scale=args.defect_scale)
             bar.write(f"{c.root}: {c.train_good} reference pool, {c.test_good} good, {sum(c.test_bad.values())} defective")
     return 0
 

@@ -13,8 +13,8 @@ def _result(seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     good = np.exp(rng.normal(0.0, 0.2, 600))  # log-normal good scores, as the batch model assumes
     bad = np.exp(rng.normal(0.8, 0.3, 200))
-    images = [{"defect_type": "good", "raw_score": float(g)} for g in good]
-    images += [{"defect_type": "scratch", "raw_score": float(b)} for b in bad]
+    images = [{"defect_type": "good", "raw_score": float(g), "key": f"{seed}-good-{i}"} for i, g in enumerate(good)]
+    images += [{"defect_type": "scratch", "raw_score": float(b), "key": f"{seed}-bad-{i}"} for i, b in enumerate(bad)]
     refs = np.exp(rng.normal(0.0, 0.2, 40))
     return {"categories": [{"category": "plates", "images": images, "good_samples": refs.tolist(),
                             "good_samples_exchangeable": True}]}

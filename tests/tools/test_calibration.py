@@ -11,7 +11,6 @@ import pytest
 from tools.detectors.calibration import (
     Calibration,
     conformal_threshold,
-    decide_calibration,
     finest_rate,
     good_model_from_batch,
 )
@@ -76,17 +75,21 @@ def test_batch_estimate_keeps_the_rate_with_many_defective_images(rate, defectiv
     assert abs(model.good_share - (1 - defective_share)) < 0.2
 
 
-def test_decide_calibration_modes():
+def test_decision_modes():
+    """References mode rests on the held-out references; batch mode on the batch, the references
+    joining it only when exchangeable, and checking it always."""
+    from agent.inspection.decision import batch_calibration, reference_calibration
+    from agent.inspection.settings import DecisionSettings
+
+    d = DecisionSettings(0.05, True, None)
     good = np.array([1.0, 1.1, 1.2, 0.9, 1.05])
     batch = np.random.default_rng(2).lognormal(0, 0.2, 100)
-    ref = decide_calibration("references", good, batch)
+    ref = reference_calibration(good, d, "references (leave-one-out)")
     assert ref is not None and ref.method.startswith("references")
-    bat = decide_calibration("batch", good, batch)
-    assert bat is not None and bat.method.startswith("batch") and "reference" not in bat.method
-    pooled = decide_calibration("batch", good, batch, exchangeable_good=True)
-    assert pooled is not None and "5 reference score(s)" in pooled.method
-    assert decide_calibration("references", np.empty(0), batch) is None
-    with pytest.raises(ValueError, match="calibration mode"):
-        decide_calibration("nope", good)
+    bat = batch_calibration(batch, d, None, good)
+    assert bat.method.startswith("batch") and "reference" not in bat.method and not bat.note
+    pooled = batch_calibration(batch, d, good, good)
+    assert "5 reference score(s)" in pooled.method
+    assert reference_calibration(np.empty(0), d, "references") is None
     with pytest.raises(ValueError, match="between 0 and 1"):
         Calibration.from_good_scores(good, rate=1.5)

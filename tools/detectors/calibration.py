@@ -101,6 +101,10 @@ def good_model_from_batch(batch_scores: np.ndarray, known_good: np.ndarray | Non
     return GoodModel(mode, sigma, good_share, int(round(good_share * x.size)), shift)
 
 
+#: anchors this many batch spreads below the batch's good centre contradict it
+ANCHOR_LOW_SPREADS = 2.0
+
+
 def good_model_anchored(batch_scores: np.ndarray, anchor: np.ndarray, shift: float) -> GoodModel:
     """The good-score model of a batch whose lower bulk cannot be trusted (many defects, or defects
     that look alike), anchored on known-good scores: the centre is the anchors' median, the spread
@@ -140,10 +144,6 @@ def batch_contradiction(model: GoodModel, anchor: np.ndarray, rate: float) -> st
         return (f"{k} of {n} references score above the batch's boundary, more than a false-alarm rate of "
                 f"{rate:g} allows: the batch's good parts may be rarer or more alike than it seems")
     return ""
-
-
-#: anchors this many batch spreads below the batch's good centre contradict it
-ANCHOR_LOW_SPREADS = 2.0
 
 
 @dataclass(frozen=True)
@@ -271,37 +271,11 @@ def good_samples(detector: Any, references: list[Any]) -> np.ndarray:
     return scores[np.isfinite(scores)]
 
 
-def decide_calibration(
-    mode: str,
-    good: np.ndarray,
-    batch: np.ndarray | None = None,
-    rate: float = 0.05,
-    review_factor: float | None = 2.0,
-    exchangeable_good: bool = False,
-) -> Calibration | None:
-    """The calibration for `mode` ("references" or "batch"); None when references mode has no good
-    samples (the detector's own boundary then stands, and says so).
-
-    In batch mode the good samples join the batch only when they are `exchangeable_good` (scored like
-    any batch image, not held out of a bank they belong to, whose scores run high)."""
-    if mode not in CALIBRATION_MODES:
-        raise ValueError(f"unknown calibration mode {mode!r}; available: {', '.join(CALIBRATION_MODES)}")
-    if mode == "batch" and batch is not None and len(batch) >= 3:
-        return Calibration.from_batch(batch, rate, review_factor, known_good=good if exchangeable_good else None)
-    if len(good):
-        return Calibration.from_good_scores(good, rate, review_factor)
-    return None
-
-
-CALIBRATION_MODES = ("references", "batch")
-
 __all__ = [
-    "CALIBRATION_MODES",
     "Calibration",
     "GoodModel",
     "VERDICTS",
     "conformal_threshold",
-    "decide_calibration",
     "finest_rate",
     "batch_contradiction",
     "good_model_anchored",
