@@ -46,7 +46,8 @@ def run_inspect(
     from agent.images import ImageLimits, source_size
     from agent.inspection import InspectionSettings, Pipeline
     from agent.outputs import unique_stem, write_record
-    from agent.progress import bar_writer, progress_bar
+    from agent.progress import Stages, bar_writer, progress_bar
+    from agent.report.step import ReportUsageError, fits_on_batch, learn_from_batch
     from tools.detectors import DetectorError
     from tools.image_io import ImageLoadError, list_images
     from tools.lazy_images import LazyImages
@@ -60,19 +61,26 @@ def run_inspect(
         p = Path(item)
         paths.extend(list_images(p, recursive=True) if p.is_dir() else [p])
     if not paths:
-        return usage_error("no input images found")
+        return usage_error(f"no input images found in: {', '.join(images)}")
     pipeline = Pipeline(settings, warn=info_line)
+    stages = Stages(info_line if progress else None, "inspect: ")
     try:
-        references = limits.references(refs, warn=info_line)
-        pipeline.fit(references, n_images=len(paths))
-        if len(paths) > 1 and (pipeline.detector.needs_batch or settings.decision.calibration == "batch"):
-            pipeline.fit_batch(LazyImages([str(p) for p in paths], limits.load), [str(p) for p in paths])
-    except (DetectorError, ValueError, KeyError, RuntimeError) as err:
+        with stages.stage("read", f"reading the references in '{refs}'" if refs else ""):
+            references = limits.references(refs, warn=info_line)
+        what = settings.detector if settings.detector != "auto" else "the detector"
+        with stages.stage("references", f"fitting {what} on {len(references)} reference(s)" if references else ""):
+            pipeline.fit(references, n_images=len(paths))
+        if fits_on_batch(pipeline, len(paths)):
+            names = [str(p) for p in paths]
+            learn_from_batch(pipeline, LazyImages(names, limits.load), names, stages, progress)
+    except (DetectorError, ValueError, KeyError, RuntimeError, ReportUsageError) as err:
         return usage_error(err)
     out.mkdir(parents=True, exist_ok=True)
     taken: set[str] = set()
     failed, worst = 0, 0
-    with progress_bar(len(paths), "inspect", progress) as bar:
+    if len(paths) > 1 and stages.say is not None:
+        stages.say(f"inspect: inspecting {len(paths)} image(s) with {pipeline.detector.name}")
+    with stages.stage("inspect"), progress_bar(len(paths), "inspect", progress) as bar:
         say = bar_writer(bar)
         for p in paths:
             try:
@@ -107,11 +115,15 @@ def run_inspect(
                 print(f"  -> {out / files['record']}, {out / files['overlay']}", flush=True)
     done = len(paths) - failed
     cal = pipeline.calibration
+    if done == 0:
+        info_line(f"inspected 0 of {len(paths)} image(s): none could be read (see the error{'s' * (failed > 1)} above)")
+        return EXIT_SOME_FAILED
     promise = (
         f"; boundary from {cal.method}, false-alarm rate {cal.false_alarm_rate:.3g} ({cal.good_samples} good samples)"
         if cal is not None else ""
     )
-    info_line(f"inspected {done} of {len(paths)} image(s) with {pipeline.detector.name}{promise}; results in {out}")
+    timing = f" in {stages.total():.1f} s ({stages.line()})" if progress and stages.line() else ""
+    info_line(f"inspected {done} of {len(paths)} image(s) with {pipeline.detector.name}{promise}{timing}; results in {out}")
     if cal is not None and cal.note:
         info_line(cal.note)
     if fail_on is not None and worst >= _SEVERITY[fail_on]:
@@ -145,7 +157,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     code = run_inspect([str(q) for q in case.queries], str(root / "case" / "references"), root / "results")
     print(
         f"\nOutputs are in {root / 'results'}: <name>.json (verdict, score, regions, explanation), "
-        "<name>_overlay.png (heatmap + outline), <name>_anomaly_map.png, <name>_mask.png"
+        "<name>_overlay.png (heat above the review band, numbered outlines, verdict and score), "
+        "<name>_anomaly_map.png, <name>_mask.png"
     )
     return code
 

@@ -22,7 +22,9 @@ import contextlib
 import itertools
 import logging
 import os
+import shutil
 import signal
+import tempfile
 import threading
 import time
 from collections import deque
@@ -32,6 +34,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from agent.images import ImageLimits
+from agent.progress import Stages
 from agent.report.inputs import InputItem
 from agent.report.runner import ReportSettings
 from agent.report.step import (
@@ -42,8 +45,8 @@ from agent.report.step import (
     fitted_pipeline,
     inspect_item,
     lazy_batch,
+    learn_from_batch,
     score_item,
-    setup_errors_as_usage,
     stderr_line,
 )
 
@@ -231,13 +234,19 @@ def connected(ray: ModuleType, rs: RaySettings) -> Iterator[None]:
         yield
         return
     options: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
+    own_dir: str | None = None
     if rs.address is None:
         need = rs.workers * rs.cpus_per_worker
-        options.update(num_cpus=max(os.cpu_count() or 1, int(need + 0.999)), include_dashboard=False)
+        # a Ray of our own keeps its session folder (logs, sockets) in a folder removed at the end,
+        # not in the system's /tmp/ray, where every run would leave one behind
+        own_dir = tempfile.mkdtemp(prefix="looktwice-ray-")
+        options.update(num_cpus=max(os.cpu_count() or 1, int(need + 0.999)), include_dashboard=False, _temp_dir=own_dir)
     on_sigterm = signal.getsignal(signal.SIGTERM)
     try:
         ray.init(address=rs.address, **options)
     except (ConnectionError, ValueError, RuntimeError) as err:
+        if own_dir is not None:
+            shutil.rmtree(own_dir, ignore_errors=True)
         where = f"the Ray cluster at '{rs.address}'" if rs.address else "a local Ray instance"
         raise ReportUsageError(f"cannot connect to {where}: {_first_line(err)}") from None
     if threading.current_thread() is threading.main_thread() and on_sigterm is not None:
@@ -246,6 +255,8 @@ def connected(ray: ModuleType, rs: RaySettings) -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
+        if own_dir is not None:
+            shutil.rmtree(own_dir, ignore_errors=True)
 
 
 class RayInspector:
@@ -253,27 +264,36 @@ class RayInspector:
 
     def __init__(self, rs: RaySettings, s: ReportSettings, items: list[InputItem]) -> None:
         self.rs, self.s, self.items = rs, s, items
-        self.setup_seconds = 0.0
+        self.keys: list[str] = []  # the batch's content keys (the calibration sample is drawn by them)
+        self.stages = Stages()
         self.retried = 0
         self.workers_started = 0
+
+    @property
+    def setup_seconds(self) -> float:
+        return self.stages.total()
 
     def run(self, todos: Iterator[Todo], say: Callable[[str], None]) -> Generator[tuple[Todo, Inspected], None, None]:
         first = next(todos, None)
         if first is None:  # nothing to do: no cluster, no fitting
             return
         ray = import_ray()
+        self.stages.say = say if self.s.progress else None
+        self.stages.prefix = "report: "
         t0 = time.perf_counter()
         with connected(ray, self.rs):
+            self.stages.seconds["workers"] = time.perf_counter() - t0  # connecting to Ray
             pipeline = self._fit(say)
             pipeline.warn = stderr_line  # the run's writer is a closure: it stays here
             pool = _Pool(ray, self.rs, ray.put(pipeline), self.s.limits, say)
             try:
-                pool.pids()
+                with self.stages.stage("workers", f"starting {self.rs.workers} Ray worker(s)"):
+                    pool.pids()
                 evidence: dict[str, Evidence] = {}
                 if fits_on_batch(pipeline, len(self.items)) and pipeline.calibrates_on_batch:
-                    evidence = self._calibrate(pool, pipeline)
-                    pool.pipeline_ref = ray.put(pipeline)  # a replacement actor starts calibrated
-                self.setup_seconds = time.perf_counter() - t0
+                    with self.stages.stage("batch", "scoring the calibration sample on the workers"):
+                        evidence = self._calibrate(pool, pipeline)
+                        pool.pipeline_ref = ray.put(pipeline)  # a replacement actor starts calibrated
                 calls = (
                     (todo, "inspect", (todo.item, evidence.pop(todo.item.key, None)))
                     for todo in itertools.chain([first], todos)
@@ -289,16 +309,17 @@ class RayInspector:
     def _fit(self, say: Callable[[str], None]) -> Pipeline:
         """On the driver, once: the references, and the batch detector's partner pool."""
         n = len(self.items)
-        pipeline = fitted_pipeline(self.s.inspection, self.s.refs, self.s.limits, n, say)
+        pipeline = fitted_pipeline(self.s.inspection, self.s.refs, self.s.limits, n, say, self.stages)
         if fits_on_batch(pipeline, n):
-            with setup_errors_as_usage():
-                pipeline.learn_batch(lazy_batch(self.items, self.s.limits))
+            batch = lazy_batch(self.items, self.s.limits)
+            self.keys = batch.keys()
+            learn_from_batch(pipeline, batch, [], self.stages, self.s.progress, learn_only=True, keys=self.keys)
         return pipeline
 
     def _calibrate(self, pool: _Pool, pipeline: Pipeline) -> dict[str, Evidence]:
         """The batch stage: the sample scored on the actors, the boundary set here and on every actor
         from the same scores. Returns the sample's evidence by input key."""
-        sample = [self.items[i] for i in pipeline.calibration_sample(len(self.items))]
+        sample = [self.items[i] for i in pipeline.calibration_sample(self.keys)]
         found: dict[str, Evidence | None] = {}
         for item, value in pool.map((item, "score", (item,)) for item in sample):
             if isinstance(value, _Died):

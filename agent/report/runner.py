@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 from agent.images import ImageLimits
 from agent.inspection.settings import InspectionSettings
+from agent.progress import Stages
 from agent.report.files import STAGING_DIR, clear_staging, outputs_present, write_image_outputs
 from agent.report.inputs import InputItem, clean_text, file_digest
 from agent.report.step import (
@@ -41,7 +42,7 @@ from agent.report.step import (
     fitted_pipeline,
     inspect_item,
     lazy_batch,
-    setup_errors_as_usage,
+    learn_from_batch,
     unchanged,
 )
 from agent.report.store import DB_NAME, STATUS_DONE, STATUS_FAILED, ResultStore, Row, StoreError
@@ -82,9 +83,10 @@ class ReportSummary:
     good: int = 0
     failed: int = 0
     seconds: float = 0.0  # of the loop, including setup_seconds (not the final page and exports)
-    setup_seconds: float = 0.0  # loading the references and fitting the detector
+    setup_seconds: float = 0.0  # reading and fitting the references, learning from the batch
     retried: int = 0  # images sent again after the worker inspecting them died (Ray)
     interrupted: bool = False
+    stages: dict[str, float] = field(default_factory=dict)  # seconds per stage (`agent.progress.STAGE_NAMES`)
 
     @property
     def exit_code(self) -> int:
@@ -93,16 +95,21 @@ class ReportSummary:
         return 1 if self.failed else 0
 
     def line(self) -> str:
+        """The closing line: outcomes, then this run's time split by stage, and its overall speed (the
+        calibration sample is scored while learning from the batch, so a per-stage speed would mislead)."""
         done = self.defective + self.review + self.good
         rate = f"{100 * self.defective / done:.1f}%" if done else "n/a"
-        work = self.seconds - self.setup_seconds
-        speed = f"{self.processed / work:.2f} images/s" if work > 0 and self.processed else "-"
+        total = self.seconds + self.stages.get("page", 0.0)
+        speed = f"; {self.processed / total:.2f} images/s overall" if total > 0 and self.processed else ""
         head = "report interrupted" if self.interrupted else "report done"
         retried = f" ({self.retried} retried after a worker died)" if self.retried else ""
+        split = Stages()
+        split.seconds = dict(self.stages)
+        parts = split.line()
         return (
             f"{head}: {self.inputs} input(s): {done} inspected ({self.defective} defective, {self.review} to review, {self.good} good, "
             f"defect rate {rate}), {self.failed} failed; this run {self.processed} processed{retried}, {self.skipped} "
-            f"skipped as already done, {self.seconds:.1f} s ({self.setup_seconds:.1f} s setup), {speed}; report: {self.out / 'index.html'}"
+            f"skipped as already done, {total:.1f} s{f' ({parts})' if parts else ''}{speed}; report: {self.out / 'index.html'}"
         )
 
 
@@ -205,8 +212,9 @@ class Inspector(Protocol):
     """Where the images are inspected: in this process (`LocalInspector`) or on Ray actors
     (`agent.report.ray_runner`). The driver keeps the store, the files and the page either way."""
 
-    setup_seconds: float  # loading the references and fitting the pipeline
+    setup_seconds: float  # reading and fitting the references, learning from the batch
     retried: int  # images sent again after a worker died
+    stages: Stages  # the set-up's stages, timed as they happen (also when interrupted)
 
     def run(self, todos: Iterator[Todo], say: Callable[[str], None]) -> Generator[tuple[Todo, Inspected], None, None]:
         """Inspect what `todos` yields (pulled lazily); yield each with its outcome, in any order."""
@@ -223,17 +231,23 @@ class LocalInspector:
 
     def __init__(self, s: ReportSettings, items: list[InputItem]) -> None:
         self.s, self.items = s, items
-        self.setup_seconds = 0.0
+        self.stages = Stages()
         self.retried = 0
 
+    @property
+    def setup_seconds(self) -> float:
+        return self.stages.total()
+
     def fit(self, say: Callable[[str], None]) -> Pipeline:
-        t0 = time.perf_counter()
         n = len(self.items)
-        pipeline = fitted_pipeline(self.s.inspection, self.s.refs, self.s.limits, n, say)
+        self.stages.say = say if self.s.progress else None
+        self.stages.prefix = "report: "
+        pipeline = fitted_pipeline(self.s.inspection, self.s.refs, self.s.limits, n, say, self.stages)
         if fits_on_batch(pipeline, n):
-            with setup_errors_as_usage():
-                pipeline.fit_batch(lazy_batch(self.items, self.s.limits), [i.display_path for i in self.items])
-        self.setup_seconds = time.perf_counter() - t0
+            learn_from_batch(pipeline, lazy_batch(self.items, self.s.limits), [i.display_path for i in self.items],
+                             self.stages, self.s.progress)
+        if self.s.progress:
+            say(f"report: inspecting {n} image(s) with {pipeline.detector.name if pipeline.detector else '?'}")
         return pipeline
 
     def run(self, todos: Iterator[Todo], say: Callable[[str], None]) -> Generator[tuple[Todo, Inspected], None, None]:
@@ -398,7 +412,7 @@ def run_report(
     """Run (or resume) a report. Raises ReportUsageError / ReportWriteError / StoreError (exit 2).
     `inspector` says where images are inspected (default: `LocalInspector`, in this process)."""
     from agent.brains import BRAINS
-    from agent.progress import progress_bar
+    from agent.progress import LazyBar
     from tools.detectors import DETECTORS
 
     if s.inspection.detector != "auto" and s.inspection.detector not in DETECTORS:
@@ -407,9 +421,11 @@ def run_report(
         )
     if s.inspection.brain.split(":", 1)[0] not in BRAINS:
         raise ReportUsageError(f"unknown brain '{s.inspection.brain}'; choose one of: {', '.join(BRAINS.names())}")
+    t_read = time.perf_counter()
     items = collect_or_usage_error(s.inputs)
     fingerprint = settings_fingerprint(s)
     digest = settings_hash(fingerprint)
+    t_read = time.perf_counter() - t_read
     out = Path(s.out)
     prepare_out(out, s.resume)
     summary = ReportSummary(out=out, inputs=len(items))
@@ -419,7 +435,7 @@ def run_report(
         store.set_meta("inputs", json.dumps(s.inputs))
         clear_staging(out)
         stems = assign_stems(store.stems(), items)
-        bar = progress_bar(len(items), "report", s.progress, progress_file or sys.stderr)
+        bar = LazyBar(len(items), "report", s.progress, progress_file or sys.stderr)
 
         def say(msg: str) -> None:
             if not bar.disable:
@@ -487,8 +503,15 @@ def run_report(
         summary.seconds = time.perf_counter() - t_start
         summary.setup_seconds = engine.setup_seconds
         summary.retried = engine.retried
+        summary.stages = dict(engine.stages.seconds)
+        summary.stages["read"] = summary.stages.get("read", 0.0) + t_read
+        summary.stages["inspect"] = max(0.0, summary.seconds - summary.setup_seconds)
         clear_staging(out)
+        t_page = time.perf_counter()
+        if s.progress and not summary.interrupted:
+            say(f"report: writing the page and the exports of {len(items)} input(s)")
         rows = finalize(store, out)
+        summary.stages["page"] = time.perf_counter() - t_page
         count_outcomes(rows, {item.key for item in items}, summary)
     return summary
 

@@ -12,10 +12,11 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from agent.images import ImageLimits, source_size
 from agent.outputs import unique_stem
+from agent.progress import BatchProgress, Stages
 from agent.report.files import outputs_present
 from agent.report.inputs import InputError, InputItem, collect_inputs, safe_stem
 from tools.image_io import ImageLoadError
@@ -142,21 +143,56 @@ def setup_errors_as_usage() -> Iterator[None]:
 
 
 def fitted_pipeline(
-    inspection: InspectionSettings, refs: str | None, limits: ImageLimits, n_images: int, warn: Callable[[str], None]
+    inspection: InspectionSettings, refs: str | None, limits: ImageLimits, n_images: int, warn: Callable[[str], None],
+    stages: Stages | None = None,
 ) -> Pipeline:
-    """The pipeline fitted on the references for a batch of `n_images` (not yet on the batch)."""
+    """The pipeline fitted on the references for a batch of `n_images` (not yet on the batch); the
+    reading and the fitting are two `stages` when given."""
     from agent.inspection import Pipeline
 
+    stages = stages or Stages()
     with setup_errors_as_usage():
-        references = limits.references(refs, warn=warn)
-        return Pipeline(inspection, warn=warn).fit(references, n_images=n_images)
+        with stages.stage("read", f"reading the references in '{refs}'" if refs else ""):
+            references = limits.references(refs, warn=warn)
+        what = inspection.detector if inspection.detector != "auto" else "the detector"
+        with stages.stage("references", f"fitting {what} on {len(references)} reference(s)" if references else ""):
+            return Pipeline(inspection, warn=warn).fit(references, n_images=n_images)
+
+
+def batch_reads(pipeline: Pipeline, n_images: int) -> tuple[int, int]:
+    """How many images learning from a batch of `n_images` reads: the batch detector's partner pool,
+    and the calibration sample (each 0 when that part does not run)."""
+    from agent.inspection.decision import MAX_CALIBRATION_SAMPLE
+
+    detector = pipeline.detector
+    pool = 0
+    if detector is not None and detector.needs_batch:
+        pool = min(n_images, int(getattr(getattr(detector, "config", None), "max_pool", n_images)))
+    sample = min(n_images, MAX_CALIBRATION_SAMPLE) if pipeline.calibrates_on_batch else 0
+    return pool, sample
+
+
+def learn_from_batch(
+    pipeline: Pipeline, images: Sequence[Any], paths: Sequence[str], stages: Stages, progress: bool = True,
+    stream: TextIO | None = None, learn_only: bool = False, keys: Sequence[str] | None = None,
+) -> None:
+    """`Pipeline.fit_batch` (or only `learn_batch`, when the sample is scored elsewhere) as the stage
+    "learning from the batch", said first with what it reads, and with its own bar on a terminal
+    (`keys`: the batch's content keys, when the caller has them)."""
+    pool, sample = batch_reads(pipeline, len(images))
+    sample = 0 if learn_only else sample
+    parts = [f"a partner pool of {pool}"] * bool(pool) + [f"a calibration sample of {sample}"] * bool(sample)
+    message = f"learning from the batch: {' and '.join(parts)} of the {len(images)} images"
+    with stages.stage("batch", message), BatchProgress(pool, sample, progress, stream) as bar, setup_errors_as_usage():
+        if learn_only:
+            pipeline.learn_batch(bar.images(images), keys)
+        else:
+            pipeline.fit_batch(bar.images(images), list(paths))
 
 
 def fits_on_batch(pipeline: Pipeline, n_images: int) -> bool:
     """Whether the batch itself is learned from: a batch detector, or `--calibration batch`."""
-    assert pipeline.detector is not None
-    batch = pipeline.detector.needs_batch or pipeline.settings.decision.calibration == "batch"
-    return batch and n_images > 1
+    return pipeline.uses_batch(n_images)
 
 
 def lazy_batch(items: Sequence[InputItem], limits: ImageLimits) -> Any:
@@ -168,6 +204,8 @@ def lazy_batch(items: Sequence[InputItem], limits: ImageLimits) -> Any:
 
 __all__ = [
     "Inspected",
+    "batch_reads",
+    "learn_from_batch",
     "ReportUsageError",
     "Todo",
     "error_message",
