@@ -116,6 +116,19 @@ def packaged_rows() -> list[dict[str, Any]]:
     return rows
 
 
+def describe_llava_folder(folder: str | Path) -> str:
+    """Whether a LLaVA-OneVision folder's LLM was trained with the Look-Twice expert (its marker), in the
+    words `looktwice models` and the trace use."""
+    from tools.ltfm.expert_marker import check_expert_marker
+
+    check = check_expert_marker(folder)
+    if check.marker is not None:
+        return f"trained with the expert: {check.why}; --brain llava gives the LLM the expert's tokens"
+    has_expert = (Path(folder) / EXPERT_FILENAME).is_file()
+    extra = f"; its {EXPERT_FILENAME} serves --detector ltfm only" if has_expert else ""
+    return f"plain LLaVA-OneVision: {check.why}{extra}"
+
+
 def llava_rows() -> list[dict[str, Any]]:
     """Rows of the LLaVA-OneVision checkpoints and of the Look-Twice expert weights."""
 
@@ -123,6 +136,8 @@ def llava_rows() -> list[dict[str, Any]]:
     for name, model_id, description, size in LLAVA:
         avail = check_model("llava", model_id)
         where = avail.location or ", ".join(avail.looked)
+        if avail.available and avail.location:
+            description = f"{description} -- {describe_llava_folder(avail.location)}"
         rows.append(_row(name, "llava", model_id, avail.available, where, avail.fetch, description, size))
     experts = [hf_snapshot_file(model_id, EXPERT_FILENAME) for _, model_id, _, _ in LLAVA]
     found = [str(p) for p in experts if p is not None]
@@ -133,14 +148,16 @@ def llava_rows() -> list[dict[str, Any]]:
             "expert",
             EXPERT_FILENAME,
             bool(found),
-            found[0] if found else f"{looked}, or inside a model folder given with --brain llava:<folder>",
+            found[0] if found else f"{looked}, or inside a model folder given with --model",
             "" if found else (
-                "train one: looktwice train expert --config expert --data <mvtec_root> --out runs/expert, then copy "
-                f"runs/expert/{EXPERT_FILENAME} into the LLaVA model folder; or use the official Anomaly-OV "
-                "pretrained_expert_05b.pth / _7b.pth (project page https://xujiacong.github.io/Anomaly-OV/) "
-                "with --detector ltfm --set expert=<file>"
+                "train one: looktwice train expert --config expert --data <mvtec_root> --out runs/expert, and use it "
+                f"with --detector ltfm --set expert=runs/expert/{EXPERT_FILENAME}; or the official Anomaly-OV "
+                "pretrained_expert_05b.pth / _7b.pth (https://xujiacong.github.io/Anomaly-OV/) with --set expert=<file>. "
+                "The LLM reads the expert's tokens only in a folder whose LLM was trained with it (marker "
+                "looktwice_expert.json: looktwice train llm, or python -m agent.mllm.convert_anomaly_ov)"
             ),
-            "Look-Twice (Anomaly-OV) expert weights: --detector ltfm, the anomaly tokens of --brain llava",
+            "Look-Twice (Anomaly-OV) expert weights: --detector ltfm; the anomaly tokens of --brain llava only where "
+            "the LLM was trained with them",
             "about 28 MB",
         )
     )
@@ -202,5 +219,14 @@ def tool_rows(config: Mapping[str, str] | None) -> list[dict[str, Any]]:
 
 
 __all__ = [
+    "EXPERT_FILENAME",
+    "LLAVA",
+    "LLAVA_05B",
+    "LLAVA_7B",
+    "PACKAGED",
+    "describe_llava_folder",
     "list_models",
-    "tool_rows","EXPERT_FILENAME", "LLAVA", "LLAVA_05B", "LLAVA_7B", "PACKAGED", "llava_rows", "packaged_rows"]
+    "llava_rows",
+    "packaged_rows",
+    "tool_rows",
+]

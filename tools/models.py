@@ -80,12 +80,15 @@ _OPEN_CLIP_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_mod
 class ModelNotAvailableError(MissingModelError):
     """A checkpoint is not on this machine and cannot be downloaded now. `str()` says what to do."""
 
-    def __init__(self, model: str, looked: list[str], fetch: str, reason: str = "") -> None:
+    def __init__(
+        self, model: str, looked: list[str], fetch: str, reason: str = "", use: str = "--model / LOOKTWICE_MODEL_*"
+    ) -> None:
         super().__init__(model, looked, fetch, reason)
         self.model = model
         self.looked = list(looked)
         self.fetch = fetch
         self.reason = reason
+        self.use = use
 
     def __str__(self) -> str:
         where = "; ".join(self.looked) or "nowhere"
@@ -93,7 +96,7 @@ class ModelNotAvailableError(MissingModelError):
         return (
             f"model '{self.model}' is not available on this machine{why}. Looked in: {where}. "
             f"To get it, on a machine with internet run: {self.fetch} -- then copy the folder to this "
-            f"machine (same cache path, or pass the folder with --model / LOOKTWICE_MODEL_*)."
+            f"machine (same cache path, or pass the folder with {self.use})."
         )
 
 
@@ -324,12 +327,99 @@ def _check_open_clip(model_id: str) -> Availability:
     return Availability(False, "", looked, fetch)
 
 
-def require_model(kind: str, model_id: str, display: str | None = None) -> Availability:
-    """Raise `ModelNotAvailableError` when offline and the checkpoint is not on disk."""
+#: seconds the one hub request of `require_model` may take (LOOKTWICE_HUB_TIMEOUT overrides it)
+HUB_PROBE_TIMEOUT_S = 3.0
+
+
+@dataclass
+class HubProbe:
+    """What one short request to the hub said about a repository."""
+
+    reachable: bool
+    exists: bool | None  # None when the hub could not be asked
+    detail: str
+    url: str
+
+
+def hub_endpoint() -> str:
+    """The hub's base URL (`HF_ENDPOINT`, as huggingface_hub reads it)."""
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+
+
+def hub_probe_timeout() -> float:
+    try:
+        return max(0.1, float(os.environ.get("LOOKTWICE_HUB_TIMEOUT", HUB_PROBE_TIMEOUT_S)))
+    except ValueError:
+        return HUB_PROBE_TIMEOUT_S
+
+
+def probe_hub(repo_id: str, timeout: float | None = None) -> HubProbe:
+    """One request for a model repository's metadata (`GET {endpoint}/api/models/{repo}`), no retry:
+    whether the hub answers at all, and whether it has the repository."""
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    url = f"{hub_endpoint()}/api/models/{urllib.parse.quote(repo_id, safe='/')}"
+    headers = {"User-Agent": "looktwice"}
+    token = os.environ.get("HF_TOKEN")
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    wait = hub_probe_timeout() if timeout is None else timeout
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=wait):
+            return HubProbe(True, True, "found", url)
+    except urllib.error.HTTPError as err:
+        if err.code in (401, 403, 404):
+            return HubProbe(True, False, f"the hub answered HTTP {err.code} for {repo_id}", url)
+        return HubProbe(False, None, f"the hub answered HTTP {err.code}", url)
+    except (urllib.error.URLError, TimeoutError, OSError, ValueError) as err:
+        reason = getattr(err, "reason", err)
+        return HubProbe(False, None, f"{type(reason).__name__}: {reason}".strip(": "), url)
+
+
+def hub_repo_for(kind: str, model_id: str) -> str | None:
+    """The hub repository a checkpoint id downloads from (None when it comes from elsewhere)."""
+    if kind in ("sam", "llava"):
+        return model_id
+    if kind == "open_clip":
+        arch, tag = split_open_clip_id(_with_default_tag(model_id))
+        if arch.startswith("hf-hub:"):
+            return arch.removeprefix("hf-hub:")
+        if tag and tag != RANDOM_TAG:
+            repo, _, _ = _open_clip_hub_for_tag(arch, tag)
+            return repo or None
+    return None
+
+
+def require_model(kind: str, model_id: str, display: str | None = None, use: str | None = None) -> Availability:
+    """Where the checkpoint is on this machine, or, when it is not, raise `ModelNotAvailableError` fast.
+
+    One mechanism for every model (detectors' CLIP and SAM, the LLaVA brain): the local folder or cache
+    first; then, unless `HF_HUB_OFFLINE` is set, one short request to the hub (`probe_hub`, a few
+    seconds at most, no retries). A hub that does not answer, or has no such repository, ends here with
+    one message (what was asked, where it was looked for, how to get it); a hub that has it lets the
+    caller download as usual."""
     avail = check_model(kind, model_id)
-    if not avail.available and (hub_offline() or _is_local_path(model_id)):
-        reason = "HF_HUB_OFFLINE is set" if hub_offline() else "the folder does not hold a model"
-        raise ModelNotAvailableError(display or model_id, avail.looked, avail.fetch, reason)
+    if avail.available:
+        return avail
+    name = display or model_id
+    extra = {"use": use} if use else {}
+    if _is_local_path(model_id):
+        raise ModelNotAvailableError(name, avail.looked, avail.fetch, "the folder does not hold a model", **extra)
+    if hub_offline():
+        raise ModelNotAvailableError(
+            name, avail.looked, avail.fetch, "HF_HUB_OFFLINE is set, so the hub was not asked", **extra
+        )
+    repo = hub_repo_for(kind, model_id)
+    if repo is None:
+        return avail  # downloaded from a release URL by its library: nothing to ask the hub
+    probe = probe_hub(repo)
+    if not probe.reachable:
+        why = f"not on disk, and the hub did not answer ({probe.url}: {probe.detail})"
+        raise ModelNotAvailableError(name, avail.looked, avail.fetch, why, **extra)
+    if probe.exists is False:
+        raise ModelNotAvailableError(name, avail.looked, avail.fetch, f"not on disk, and {probe.detail}", **extra)
     return avail
 
 

@@ -26,8 +26,12 @@ class BrainError(RuntimeError):
 
 
 def evidence_text(record: InspectionRecord, t: dict[str, Any], with_verdict: bool = True) -> str:
-    """The record's measured evidence as text (templates `evidence`, `region`, `no_regions`); without
-    the verdict and score (`evidence_blind`) when `with_verdict` is off."""
+    """The record's measured evidence as text (templates `evidence`, `region`, `no_regions`). Without
+    the verdict (`evidence_blind`), only where the map peaks: regions, their count and scores exist only
+    for parts that are not good, so they would give the verdict away."""
+    if not with_verdict:
+        place = record.suspicious_place.location if record.suspicious_place is not None else ""
+        return t["evidence_blind"].format(place=place or "center")
     lines = []
     for r in record.regions[:5]:
         x0, y0, x1, y1 = (int(v) for v in r.bbox)
@@ -43,7 +47,7 @@ def evidence_text(record: InspectionRecord, t: dict[str, Any], with_verdict: boo
                 max_score=r.max_score,
             )
         )
-    return t["evidence" if with_verdict else "evidence_blind"].format(
+    return t["evidence"].format(
         score=float(record.pred_score),
         threshold=float(record.threshold),
         verdict=record.verdict,

@@ -10,6 +10,12 @@ back to the tool evidence. A text-only model (the server answers HTTP 400 "... i
 model", as vLLM does) is asked again without the image, and the brain stops sending images to it; the
 evidence text still goes with every request (`last_call["image_dropped"]` says why).
 
+What is sent: the inspected image first; the second look's crops only when `send_views` is on
+(`--brain 'openai:<url>#<model>?views=on'`): a LookTwice model served by vLLM with the plugin was trained
+on one image of the part, and its expert's tokens follow every image of a request. P(Yes) sends the
+image and the detection question of `prompts/agent.yaml` alone, as training did: no evidence from the
+detector, whose verdict the model would only repeat.
+
 `chat_model()` gives the same server as a LangChain chat model (`agent.lc_models`), for the
 tool-calling agent of `agent.lc_tools.build_agent`.
 """
@@ -62,18 +68,21 @@ class OpenAIBrain(Brain, SeesImages, JudgesDefects, ProposesRules, DrivesTools, 
         temperature: float = 0.0,
         send_image: bool = True,
         prompts: str = "agent",
+        send_views: bool = False,
     ) -> None:
         self.base_url, self.model, self.api_key = resolve_settings(base_url, model, api_key)
         self.timeout = float(timeout)
         self.max_tokens = int(max_tokens)
         self.temperature = float(temperature)
         self.send_image = send_image
+        self.send_views = bool(send_views)
         self.prompt_name = prompts
         self.t: dict[str, Any] = load_prompts(prompts)
         self.images = ImageMemory()
         self.views = ViewMemory()
         self.last_call: dict[str, Any] = {}
         self._url_cache: tuple[Image.Image, str] | None = None
+        self._labels: list[str] = []  # the images of the request being built, by what they show
         self.image_dropped: str | None = None  # why the server refused images (then none are sent)
 
     def settings(self) -> dict[str, Any]:
@@ -82,6 +91,7 @@ class OpenAIBrain(Brain, SeesImages, JudgesDefects, ProposesRules, DrivesTools, 
             "base_url": self.base_url,
             "model": self.model,
             "prompts": self.prompt_name,
+            "views": self.send_views,
         }
 
     def use_image(self, path: str, image: Image.Image) -> None:
@@ -111,7 +121,7 @@ class OpenAIBrain(Brain, SeesImages, JudgesDefects, ProposesRules, DrivesTools, 
 
     def complete_choice(self, messages: list[dict[str, Any]], **options: Any) -> dict[str, Any]:
         """The first choice of one chat completion (its message, and `logprobs` when asked for)."""
-        sent = _image_labels(messages)
+        sent = list(self._labels) if _has_images(messages) else []
         try:
             choice = self._complete(messages, dict(options))
         except _ImagesRefused as refused:
@@ -187,15 +197,21 @@ class OpenAIBrain(Brain, SeesImages, JudgesDefects, ProposesRules, DrivesTools, 
             self._url_cache = (image, image_data_url(image))
         return self._url_cache[1]
 
-    def _user_content(self, record: InspectionRecord | None, text: str) -> list[dict[str, Any]] | str:
+    def _user_content(
+        self, record: InspectionRecord | None, text: str, views: bool = True
+    ) -> list[dict[str, Any]] | str:
         image = self.images.get(record.image_path) if (record is not None and self.send_image) else None
         if image is None:
             return text
+        extra = self.views.get(record.image_path) if (views and self.send_views and record is not None) else []
         parts: list[dict[str, Any]] = [
             {"type": "text", "text": self.t["view_intro"].format(n=1, label="the whole image")},
             {"type": "image_url", "image_url": {"url": self._data_url(image)}},
         ]
-        for n, (label, view) in enumerate(self.views.get(record.image_path), start=2):
+        self._labels = ["the whole image"] + [label for label, _ in extra]
+        if not extra:  # one image, as in training: the image, then the text
+            parts = parts[1:]
+        for n, (label, view) in enumerate(extra, start=2):
             parts.append({"type": "text", "text": self.t["view_intro"].format(n=n, label=label)})
             parts.append({"type": "image_url", "image_url": {"url": image_data_url(view, max_side=512)}})
         parts.append({"type": "text", "text": text})
@@ -229,11 +245,16 @@ class OpenAIBrain(Brain, SeesImages, JudgesDefects, ProposesRules, DrivesTools, 
 
     def p_yes(self, record: InspectionRecord) -> tuple[float, str]:
         """P(Yes) to the detection question from the first token's `top_logprobs` (vLLM returns them);
-        from the parsed answer when the server gives none (1, 0, or 0.5 when it is neither)."""
+        from the parsed answer when the server gives none (1, 0, or 0.5 when it is neither). The request
+        holds the image and the question only, with the training system prompt."""
+        from agent.mllm.chat_format import DEFAULT_SYSTEM
         from instruct_data.answers import parse_yes_no
 
-        messages = self.messages_for(record, self.t["detection"].strip())
-        choice = self.complete_choice(messages, max_tokens=4, logprobs=True, top_logprobs=10)
+        messages = [
+            {"role": "system", "content": DEFAULT_SYSTEM},
+            {"role": "user", "content": self._user_content(record, self.t["detection"].strip(), views=False)},
+        ]
+        choice = self.complete_choice(messages, max_tokens=4, logprobs=True, top_logprobs=20)
         content = (choice.get("logprobs") or {}).get("content") or []
         if content and isinstance(content[0], dict):
             share = yes_no_share(content[0].get("top_logprobs") or [])
@@ -273,22 +294,6 @@ class _ImagesRefused(Exception):
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
         self.detail = detail
-
-
-def _image_labels(messages: list[dict[str, Any]]) -> list[str]:
-    """The labels of the images a request carries, in order (the text part before each image)."""
-    labels: list[str] = []
-    for m in messages:
-        content = m.get("content")
-        if not isinstance(content, list):
-            continue
-        previous = ""
-        for p in content:
-            if isinstance(p, dict) and p.get("type") == "image_url":
-                labels.append(previous or f"image {len(labels) + 1}")
-            elif isinstance(p, dict) and p.get("type") == "text":
-                previous = str(p.get("text", ""))
-    return labels
 
 
 def _has_images(messages: list[dict[str, Any]]) -> bool:

@@ -29,8 +29,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from agent.brains.abilities import JudgesDefects, ProposesRules, ReportsModelCalls, SeesImages
+from agent.brains.abilities import ProposesRules
 from agent.brains.base import Brain
+from agent.inspection.brain_steps import BrainSteps
 from agent.inspection.decision import (
     Decision,
     batch_calibration,
@@ -43,21 +44,14 @@ from agent.inspection.detector_setup import fitted_detector
 from agent.inspection.evidence import Evidence, match_step, zoom_recheck_step
 from agent.inspection.match import ReferenceModel, ask_brain_rules, reference_model
 from agent.inspection.settings import InspectionSettings
-from agent.inspection.trace import change, short, step
+from agent.inspection.trace import short, step
 from agent.inspection.zoom_recheck import ZoomRecheck, comparable_part
 from tools.content_key import image_key
 from tools.detectors import Detector
 from tools.detectors.calibration import Calibration, good_samples
 from tools.image_io import ImageLoadError, load_image
 from tools.record import InspectionRecord
-from tools.region_views import (
-    ReferenceTones,
-    nearest_reference_crop,
-    order_by_places,
-    place_region,
-    suspicious_places,
-    zoom_box,
-)
+from tools.region_views import ReferenceTones, order_by_places, place_region
 from tools.regions import measure_regions, number_regions
 
 #: evidence of a calibration sample kept until its image is inspected, at most this many bytes of it
@@ -92,38 +86,31 @@ class Pipeline:
         self._unit = 1.0  # good-score unit of the raw scores (what one broken rule adds, times its weight)
         self._cache: dict[str, Evidence] = {}
         self._cache_bytes = 0
-        self._fallback: Brain | None = None
+        self.brain_steps = BrainSteps(self.settings, warn, brain)  # the brain, its set-up, P(Yes) and texts
         self._tones = ReferenceTones([])
 
     # ------------------------------------------------------------------------------------------ setup
     @property
     def brain(self) -> Brain:
-        if self._brain is None:
-            from agent.brains.spec import build_brain
-
-            self._brain = build_brain(self.settings.brain)
-        self._brain.show_verdict = self.settings.show_verdict_to_brain
-        return self._brain
+        return self.brain_steps.brain
 
     @property
     def fallback(self) -> Brain:
-        if self._fallback is None:
-            from agent.brains.rule import RuleBrain
-
-            self._fallback = RuleBrain()
-        return self._fallback
+        return self.brain_steps.fallback
 
     def fit(self, references: Sequence[Image.Image], n_images: int = 1) -> Pipeline:
         """Build and fit the detector for `n_images` images, the re-check and the reference parts, and
         (for detectors that need no batch) set the boundary on the references, each held out in turn."""
         t0 = time.perf_counter()
         s = self.settings
+        self._brain = self.brain_steps.prepare()  # a model brain loads first: a missing model stops here, at once
         self.references = [r if r.mode == "RGB" else r.convert("RGB") for r in references]
         if self._given_detector is not None:
             self.detector = self._given_detector
             self.detector.fit(self.references)
         else:
-            self.detector = fitted_detector(s.detector, s.detector_options, self.references, n_images, self.warn)
+            self.detector = fitted_detector(s.detector, s.detector_options, self.references, n_images, self.warn,
+                                            fallback=s.fallback, brain=self._brain)
         self.recheck, self.recheck_reason, self._zoom = None, "", None
         if s.zoom_recheck.enabled:
             self.recheck, self.recheck_reason = self._fit_recheck()
@@ -182,6 +169,7 @@ class Pipeline:
         self._good = good
         what = "the final score" if held else "the detector's score"
         self.calibration = reference_calibration(good, self.settings.decision, f"references (leave-one-out, {what})")
+        self.brain_steps.calibrate(self.references, good, self.calibration)
 
     def fit_batch(self, images: Sequence[Image.Image], paths: Sequence[str] | None = None) -> None:
         """Batch mode: the detector learns from the batch (batch detectors), and the final score is
@@ -244,6 +232,7 @@ class Pipeline:
         exchangeable = not self.detector.learns_from_references
         self._unit = float(np.median(scores))
         self.calibration = batch_calibration(scores, self.settings.decision, self._good if exchangeable else None, self._good)
+        self.brain_steps.batch_boundary()
         if self.calibration.note:
             self.warn(f"batch calibration: {self.calibration.note}")
 
@@ -331,19 +320,14 @@ class Pipeline:
              + f"; {len(regions)} region(s)")
         self._refine_with_sam(record, ev.image)
         number_regions(record.regions)  # final order: the numbers the overlay, the explanation and the tables show
-        images: list[str] = []
-        if isinstance(self.brain, SeesImages):
-            self.brain.use_image(ev.image_path, ev.image)
-            views = self._views(ev)
-            self.brain.use_views(ev.image_path, views)
-            images = ["the whole image"] + [label for label, _ in views]
-        if isinstance(self.brain, JudgesDefects) and self.settings.brain_weight > 0:
-            self._judge(record, self.calibration, trace)
+        brain = self.brain_steps
+        brain.hand_over(ev.image_path, ev.image, ev.raw_map, ev.looks, self.references)
+        brain.judge(record, ev.raw, trace)
         if self.settings.first_opinion:
             first = decide(ev.first_raw, ev.raw_map, self.calibration, ev.output, self.detector)
             opinion = dataclasses.replace(record, pred_score=first.pred_score, verdict=first.verdict, pred_label=first.verdict == "defective")
-            self._brain_text(trace, "first_opinion", lambda b: b.explain(opinion))
-        record.explanation = self._brain_text(trace, "explain", lambda b: b.explain(record), images=images)
+            brain.text(trace, "first_opinion", lambda b: b.explain(opinion))
+        record.explanation = brain.text(trace, "explain", lambda b: b.explain(record))
         if question:
             record.answer = self.answer(question, record, history)
         step(trace, "conclude", t0, verdict=record.verdict, pred_score=round(record.pred_score, 6), regions=len(record.regions),
@@ -375,80 +359,9 @@ class Pipeline:
         except Exception as err:  # noqa: BLE001
             step(record.trace, "sam_refine", t0, tool="sam", error=short(str(err), 200), summary="SAM failed; map mask kept")
 
-    # ------------------------------------------------------------------------------------------ brain
-    def _views(self, ev: Evidence) -> list[tuple[str, Image.Image]]:
-        """What a model brain sees besides the whole image: the most suspicious place zoomed in, and
-        the same place on the reference that looks most like it there."""
-        z = self.settings.zoom_recheck
-        if ev.looks:
-            box, target = ev.looks[0].box, ev.looks[0].target
-        else:
-            places = suspicious_places(ev.raw_map, 1, z.min_crop)
-            if not places:
-                return []
-            box, target = zoom_box(places[0][0], ev.image.size, z.margin, z.min_crop), "place 1"
-        views = [(f"{target} zoomed in (the most suspicious place, box {list(box)})", ev.image.crop(box))]
-        nearest = nearest_reference_crop(ev.image, self.references, box)
-        if nearest is not None:
-            views.append(("the same place on the nearest good reference", nearest))
-        return views
-
-    def _judge(self, record: InspectionRecord, cal: Calibration | None, trace: list[dict[str, Any]]) -> None:
-        """Fuse the brain's P(Yes) with the calibrated score (logits, weight `brain_weight`)."""
-        t0 = time.perf_counter()
-        w = self.settings.brain_weight
-        try:
-            p, source = self.brain.p_yes(record)  # type: ignore[attr-defined]
-        except Exception as err:  # noqa: BLE001 - the detector's verdict stands
-            step(trace, "brain_judgement", t0, error=short(f"{type(err).__name__}: {err}", 200),
-                 summary="the brain gave no P(Yes); the verdict stands")
-            return
-        before, verdict_before = record.pred_score, record.verdict
-        fused = float(_sigmoid((1 - w) * _logit(record.pred_score) + w * _logit(p)))
-        record.pred_score = fused
-        review = cal.review_score() if cal is not None else None
-        record.verdict = "defective" if fused > 0.5 else ("review" if review is not None and fused > review else "good")
-        record.pred_label = record.verdict == "defective"
-        record.decision = {**record.decision, "brain_p_yes": round(p, 4), "brain_p_yes_from": source}
-        last = self.brain.last_call if isinstance(self.brain, ReportsModelCalls) else None
-        step(trace, "brain_judgement", t0, p_yes=round(p, 4), source=source, weight=w,
-             **({"model_call": dict(last)} if last else {}),
-             changed=change(before, fused, "score") + (f"; {verdict_before} -> {record.verdict}" if record.verdict != verdict_before else ""),
-             summary=f"P(Yes) {p:.3f} from the brain ({source}), fused with weight {w:g}")
-
-    def _brain_text(self, trace: list[dict[str, Any]], name: str, call: Callable[[Brain], str],
-                    inputs: dict[str, Any] | None = None, images: list[str] | None = None) -> str:
-        """Text from the brain; on any failure the RuleBrain's, with the error in the trace."""
-        t0 = time.perf_counter()
-        extra: dict[str, Any] = {"inputs": inputs} if inputs else {}
-        if images:
-            extra["images"] = images
-        try:
-            text = call(self.brain)
-            if not isinstance(text, str) or not text.strip():
-                raise ValueError("the brain returned no text")
-            last = self.brain.last_call if isinstance(self.brain, ReportsModelCalls) else None
-            step(trace, name, t0, brain=self.brain.name, **extra, summary=short(text), **({"model_call": dict(last)} if last else {}))
-            return text.strip()
-        except Exception as err:  # noqa: BLE001 - a model's failure must never end the inspection
-            text = call(self.fallback)
-            step(trace, name, t0, brain=self.brain.name, **extra, error=short(f"{type(err).__name__}: {err}", 200),
-                 fallback=self.fallback.name, summary=short(text))
-            return text
-
     def answer(self, question: str, record: InspectionRecord, history: list[tuple[str, str]] | None = None) -> str:
         """The brain's answer to a question about `record` (RuleBrain's on failure); traced in the record."""
-        return self._brain_text(record.trace, "answer", lambda b: b.answer(question, record, history),
-                                {"question": question, "history_turns": len(history or [])})
-
-
-def _logit(p: float) -> float:
-    p = min(max(float(p), 1e-6), 1 - 1e-6)
-    return float(np.log(p) - np.log1p(-p))
-
-
-def _sigmoid(x: float) -> float:
-    return float(1.0 / (1.0 + np.exp(-np.clip(x, -60, 60))))
+        return self.brain_steps.answer(question, record, history)
 
 
 def _rgb(image: Image.Image) -> Image.Image:

@@ -80,7 +80,10 @@ class InspectionSettings:
     zoom_recheck: ZoomRecheckSettings = field(default_factory=ZoomRecheckSettings)
     match: MatchSettings = field(default_factory=MatchSettings)
     decision: DecisionSettings = field(default_factory=DecisionSettings)
-    brain_weight: float = 0.5  # an MLLM brain's P(Yes) fused with the detector's calibrated score; 0 = off
+    # an MLLM brain's P(Yes) fused with the detector's calibrated score (and the boundary set again on the
+    # references' fused scores, `brain_steps.py`); 0 = recorded only. Off by default: no real checkpoint
+    # has been measured to gain from it here, and the P(Yes) of a random or plain model only adds noise
+    brain_weight: float = 0.0
     show_verdict_to_brain: bool = True  # the prompt states the detector's verdict (off for evaluation)
     first_opinion: bool = False  # also ask the brain for an opinion on the first look alone (before re-check and match)
     trace: str = "brief"  # "full": also run (and record) the steps whose result does not change the answer

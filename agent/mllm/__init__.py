@@ -20,7 +20,7 @@ from agent.mllm.lazy_exports import lazy_exports
 #: defining module -> the public names it gives the package
 _EXPORTS = {
     "agent.mllm.model": ("LookTwiceModel", "DetectionResult"),
-    "agent.mllm.chat_format": ("DETECTION_QUESTION", "format_question", "suspicion_phrase"),
+    "agent.mllm.chat_format": ("detection_question", "format_question", "suspicion_phrase"),
     "agent.mllm.loading": ("load_model",),
 }
 

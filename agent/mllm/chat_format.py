@@ -1,5 +1,9 @@
 """The text the LLaVA-OneVision LLM reads: ChatML turns with `<image>` markers, the detection question,
 and the suspicion phrase put before the expert's tokens.
+
+The detection question lives in one place, `prompts/agent.yaml` (`detection`), worded as one of the
+training templates (`prompts/instruct_templates.yaml`), so P(Yes) asks what stage 2 taught; eval-dr
+keeps the benchmark's own wording (`prompts/qa_templates.yaml`).
 """
 
 from __future__ import annotations
@@ -8,14 +12,26 @@ import math
 from collections.abc import Sequence
 
 IMAGE_MARKER = "<image>"
-DETECTION_QUESTION = "Are there any defects in the image? Answer Yes or No."
-DEFAULT_SYSTEM = "You are a helpful assistant."
+#: a plain ChatML chat template (Qwen / LLaVA-OneVision), for tokenizers that come without one
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content']"
+    " + '<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+    "{% endif %}"
+)
+DEFAULT_SYSTEM = "You are a helpful assistant."  # the system prompt of training (`LLMTrainConfig.system`)
 
 _SUSPICION_LEVELS: tuple[tuple[float, str], ...] = (
     (0.3, "slightly"),
     (0.7, "moderately"),
     (math.inf, "highly"),
 )
+
+
+def detection_question() -> str:
+    """The detection question whose first answer token gives P(Yes): `prompts/agent.yaml`'s `detection`."""
+    from prompts import load_prompts
+
+    return str(load_prompts("agent")["detection"]).strip()
 
 
 def suspicion_word(score: float) -> str:
@@ -26,9 +42,17 @@ def suspicion_word(score: float) -> str:
     return _SUSPICION_LEVELS[-1][1]
 
 
+SUSPICION_WORDS: tuple[str, ...] = tuple(word for _, word in _SUSPICION_LEVELS)
+
+
+def phrase_with(word: str) -> str:
+    """The suspicion phrase for one of `SUSPICION_WORDS`."""
+    return f"with {word} suspicious features: "
+
+
 def suspicion_phrase(score: float) -> str:
     """The text put between the visual tokens and the anomaly tokens."""
-    return f"with {suspicion_word(score)} suspicious features: "
+    return phrase_with(suspicion_word(score))
 
 
 def format_chat(

@@ -28,7 +28,9 @@ def load_model(
         cache_size: images whose vision encodings are kept.
         checkpoint: how to load the checkpoint, passed on to `tools.ltfm.checkpoints.load_llava`, which
             documents them: expert ("auto", a file, an `AnomalyExpert`, "random" or None), dtype,
-            device_map, quantization ("4bit", "8bit"), attn_implementation, expert_dtype.
+            device_map, quantization ("4bit", "8bit"), attn_implementation, expert_dtype, expert_tokens.
+            `note` of the result (`LookTwiceModel.expert_note`) says whether the LLM reads the
+            expert's tokens, and why.
     """
     from transformers import AutoTokenizer
 
@@ -37,7 +39,18 @@ def load_model(
         tokenizer = AutoTokenizer.from_pretrained(ckpt.folder, local_files_only=True)
     except OSError as err:
         raise model_not_found(str(model), str(err).splitlines()[0] if str(err) else type(err).__name__) from None
-    return LookTwiceModel(ckpt.llava, ckpt.image_processor, tokenizer, expert=ckpt.expert, cache_size=cache_size)
+    model = LookTwiceModel(
+        ckpt.llava,
+        ckpt.image_processor,
+        tokenizer,
+        expert=ckpt.expert,
+        cache_size=cache_size,
+        expert_tokens=ckpt.expert_tokens,
+    )
+    model.expert_note = ckpt.expert_note
+    model.expert_source = ckpt.expert_source
+    model.folder = ckpt.folder
+    return model
 
 
 __all__ = ["load_model"]

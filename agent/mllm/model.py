@@ -20,7 +20,7 @@ the prompt text is `chat_format`, the token layout and padding `sequences`, P(Ye
 
 from __future__ import annotations
 
-import hashlib
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,27 +32,21 @@ from torch import Tensor
 
 from agent.mllm.chat_format import (
     DEFAULT_SYSTEM,
-    DETECTION_QUESTION,
     IMAGE_MARKER,
+    detection_question,
     format_chat,
     format_question,
     suspicion_phrase,
 )
+from agent.mllm.expert_tokens import anomaly_token_block
 from agent.mllm.sequences import ANOMALY, PHRASE, TEXT, VISUAL, MultimodalInputs, TokenSequence, pad_left
 from agent.mllm.yes_no import yes_no_token_ids, yes_probability_from_logits
+from tools.content_key import image_key
 from tools.ltfm.expert import AnomalyExpert, ExpertOutput
 from tools.ltfm.vision import ExpertEncoding, LlavaVision, VisionFeatures, expert_encodings, run_expert
 
 if TYPE_CHECKING:
     from PIL import Image
-
-
-def image_key(image: Image.Image) -> str:
-    """A content hash of an image (mode, size, pixels): the vision cache's key."""
-    h = hashlib.sha1()
-    h.update(f"{image.mode}:{image.size}".encode())
-    h.update(image.tobytes())
-    return h.hexdigest()
 
 
 @dataclass(kw_only=True)
@@ -78,18 +72,26 @@ class LookTwiceModel:
         tokenizer: Any,
         expert: AnomalyExpert | None = None,
         cache_size: int = 32,
+        expert_tokens: bool | None = None,
     ) -> None:
+        """`expert_tokens`: whether the LLM reads the expert's tokens (default: whenever an expert is
+        attached; `load_model` passes what the folder's marker says, `tools.ltfm.checkpoints`)."""
         self.llava = llava
         self.image_processor = image_processor
-        self.vision = LlavaVision(llava, image_processor)
+        self.vision = LlavaVision.from_llava(llava, image_processor)
         self.tokenizer = tokenizer
-        self.expert = expert
+        self.expert: AnomalyExpert | None = None
+        self.expert_tokens = False
         self.cache_size = int(cache_size)
         self._cache: OrderedDict[tuple[str, bool, bool], VisionEncoding] = OrderedDict()
         self.cache_hits = 0
         self.cache_misses = 0
-        if expert is not None:
-            self.vision.check_expert(expert)
+        #: prompt and generated token counts and seconds of the last `generate` / `yes_probability`
+        self.last_run: dict[str, Any] = {}
+        self.folder = ""  # where it was loaded from (`load_model`)
+        self.expert_note = ""  # why the expert is (not) attached and whether the LLM reads its tokens
+        self.expert_source = ""  # the expert's file, when it was loaded from one
+        self.set_expert(expert, expert_tokens)
 
     # ----------------------------------------------------------------------------------------- parts
     @property
@@ -105,11 +107,12 @@ class LookTwiceModel:
     def embed_dtype(self) -> torch.dtype:
         return self.core.get_input_embeddings().weight.dtype
 
-    def set_expert(self, expert: AnomalyExpert | None) -> None:
-        """Attach (or detach, with None) an expert; clears the vision cache."""
-        if expert is not None:
-            self.vision.check_expert(expert)
+    def set_expert(self, expert: AnomalyExpert | None, tokens: bool | None = None) -> None:
+        """Attach (or detach, with None) an expert; clears the vision cache. `tokens`: whether the LLM
+        reads its tokens (default: yes when an expert is attached)."""
+        self.vision.use_expert(expert)
         self.expert = expert
+        self.expert_tokens = expert is not None and (True if tokens is None else bool(tokens))
         self.clear_cache()
 
     def clear_cache(self) -> None:
@@ -151,7 +154,7 @@ class LookTwiceModel:
     ) -> list[VisionEncoding]:
         feats = self.vision.features(images, anyres)
         with torch.set_grad_enabled(trainable):
-            usual = self._visual_tokens(feats.hidden_states, feats.split_sizes, feats.image_sizes)
+            usual = self._visual_tokens(feats, feats.split_sizes, feats.image_sizes)
         encodings = [
             VisionEncoding(image_size=s, grid_shape=g, visual_embeds=u)
             for s, g, u in zip(feats.image_sizes, feats.grid_shapes, usual, strict=True)
@@ -161,11 +164,11 @@ class LookTwiceModel:
         return encodings
 
     def _visual_tokens(
-        self, hidden: Sequence[Tensor], splits: list[int], sizes: list[tuple[int, int]]
+        self, hidden: VisionFeatures, splits: list[int], sizes: list[tuple[int, int]]
     ) -> list[Tensor]:
         """The usual LLaVA-OneVision visual tokens, as `get_image_features` builds them."""
         cfg = self.llava.config
-        feats = torch.cat([hidden[i] for i in self.vision.feature_layers], dim=-1)
+        feats = torch.cat(hidden.levels(self.vision.feature_layers), dim=-1)
         if cfg.vision_feature_select_strategy == "default":
             feats = feats[:, 1:]
         projected = self.core.multi_modal_projector(feats.to(self._projector_dtype()))
@@ -199,29 +202,17 @@ class LookTwiceModel:
         t = expert.config.tokens_per_crop
         selected = out.selected_tokens.view(-1, t, out.selected_tokens.shape[-1])  # (N, T, C)
         newline = self.core.image_newline.to(self.embed_dtype)
+
+        def project(tokens: Tensor) -> Tensor:
+            proj = self.core.multi_modal_projector(tokens.to(self.vision.device, self._projector_dtype()))
+            return proj.to(self.embed_dtype)
+
         start = 0
         for b, (enc, n) in enumerate(zip(encodings, splits, strict=True)):
-            crops = selected[start : start + n]
-            tokens = torch.cat([out.image_tokens[b : b + 1], crops.reshape(-1, crops.shape[-1])], dim=0)
-            proj = self.core.multi_modal_projector(tokens.to(self.vision.device, self._projector_dtype()))
-            proj = proj.to(self.embed_dtype)
-            pieces = [proj[: 1 + t]]  # image-level token, base-crop tokens
-            if n > 1:
-                s = expert.config.pool_size
-                if enc.grid_shape is None or enc.grid_shape[0] * enc.grid_shape[1] != n - 1:
-                    raise RuntimeError(f"grid {enc.grid_shape} does not match {n - 1} AnyRes crops")
-                n_h, n_w = enc.grid_shape
-                grid = (
-                    proj[1 + t :]
-                    .view(n_h, n_w, s, s, -1)
-                    .permute(0, 2, 1, 3, 4)
-                    .reshape(n_h * s, n_w * s, -1)
-                )
-                rows = torch.cat([grid, newline.expand(n_h * s, 1, -1).to(grid.device)], dim=1)
-                pieces.append(rows.reshape(-1, rows.shape[-1]))
-            else:
-                pieces.append(newline[None].to(proj.device))
-            enc.anomaly_embeds = torch.cat(pieces, dim=0)
+            enc.anomaly_embeds = anomaly_token_block(
+                out.image_tokens[b], selected[start : start + n], enc.grid_shape, expert.config.pool_size,
+                project, newline,
+            )
             start += n
 
     # -------------------------------------------------------------------------------- sequences
@@ -237,13 +228,15 @@ class LookTwiceModel:
         prompts: Sequence[str],
         images: Sequence[Sequence[Image.Image]],
         answers: Sequence[str] | None = None,
-        use_expert: bool = True,
+        use_expert: bool | None = None,
         trainable: bool = False,
     ) -> MultimodalInputs:
         """Assemble a left-padded batch of `inputs_embeds`.
 
         Each prompt holds one `<image>` marker per image of its list. A prompt with one image uses
         AnyRes; with several (references + query) each image is its base crop, as in LLaVA-OneVision.
+        The expert's phrase and tokens follow the first image of a prompt only (the inspected part, as
+        in training), and only when `use_expert` (default: `expert_tokens`, whether the LLM learned them).
         `answers` (training): appended after each prompt and `<|im_end|>`; only they carry labels.
         `trainable`: the projector's outputs keep gradients (stage 2; no vision cache).
         """
@@ -263,7 +256,7 @@ class LookTwiceModel:
         self,
         segments: Sequence[Sequence[tuple[str, bool]]],
         images: Sequence[Sequence[Image.Image]],
-        use_expert: bool = True,
+        use_expert: bool | None = None,
         trainable: bool = False,
         with_labels: bool | None = None,
     ) -> MultimodalInputs:
@@ -284,6 +277,7 @@ class LookTwiceModel:
             if n != len(imgs):
                 raise ValueError(f"prompt {b} has {n} {IMAGE_MARKER} markers but {len(imgs)} images")
             counts.append(n)
+        with_expert = self.expert_tokens if use_expert is None else bool(use_expert)
         encodings = self._encode_batch(images, trainable)
         seqs: list[TokenSequence] = []
         for pieces, encs in zip(segments, encodings, strict=True):
@@ -297,7 +291,8 @@ class LookTwiceModel:
                 for i, part in enumerate(parts):
                     self._add_text(seq, part)
                     if i < len(parts) - 1:
-                        self._add_image(seq, queue.pop(0), use_expert)
+                        first = len(queue) == len(encs)
+                        self._add_image(seq, queue.pop(0), with_expert and first)
             seqs.append(seq)
         if with_labels is None:
             with_labels = any(sup for pieces in segments for _, sup in pieces)
@@ -341,17 +336,32 @@ class LookTwiceModel:
         self,
         prompts: Sequence[str],
         images: Sequence[Sequence[Image.Image]],
-        use_expert: bool = True,
+        use_expert: bool | None = None,
         **generate_kwargs: Any,
     ) -> list[str]:
-        """Answer a batch of prompts; `generate_kwargs` go to transformers' `generate()`."""
+        """Answer a batch of prompts; `generate_kwargs` go to transformers' `generate()`. `last_run`
+        holds the prompt and generated token counts and the seconds it took."""
+        t0 = time.perf_counter()
         inputs = self.build_inputs(prompts, images, use_expert=use_expert)
         generate_kwargs.setdefault("max_new_tokens", 64)
         generate_kwargs.setdefault("pad_token_id", self.tokenizer.pad_token_id)
         out = self.llava.generate(
             inputs_embeds=inputs.inputs_embeds, attention_mask=inputs.attention_mask, **generate_kwargs
         )
+        self._sync()
+        pad = self.tokenizer.pad_token_id
+        new = int((out != pad).sum()) if pad is not None else int(out.numel())
+        self.last_run = {
+            "prompt_tokens": int(inputs.attention_mask.sum()),
+            "new_tokens": new,
+            "seconds": round(time.perf_counter() - t0, 4),
+            "expert_tokens": int((inputs.token_kinds == ANOMALY).sum()),
+        }
         return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     def yes_no_token_ids(self) -> tuple[list[int], list[int]]:
         """Vocabulary ids that decode exactly to Yes / No (any case, optional leading space)."""
@@ -361,15 +371,26 @@ class LookTwiceModel:
     def yes_probability(
         self,
         images: Sequence[Image.Image] | Image.Image,
-        question: str = DETECTION_QUESTION,
-        use_expert: bool = True,
+        question: str | None = None,
+        use_expert: bool | None = None,
+        system: str | None = DEFAULT_SYSTEM,
     ) -> list[float]:
-        """P(Yes) / (P(Yes) + P(No)) from the first answer token's logits, one value per image."""
+        """P(Yes) / (P(Yes) + P(No)) from the first answer token's logits, one value per image, for the
+        detection question (default: `prompts/agent.yaml`'s, worded as the training templates) asked as
+        in training: one image, the question, the training system prompt."""
+        t0 = time.perf_counter()
         imgs = [images] if not isinstance(images, Sequence) else list(images)
-        prompts = [format_question(question)] * len(imgs)
+        prompts = [format_question(question or detection_question(), system=system)] * len(imgs)
         inputs = self.build_inputs(prompts, [[im] for im in imgs], use_expert=use_expert)
         logits = self.llava(**inputs.model_kwargs(), logits_to_keep=1).logits[:, -1].float()
-        return yes_probability_from_logits(logits, *self.yes_no_token_ids()).tolist()
+        p_yes = yes_probability_from_logits(logits, *self.yes_no_token_ids()).tolist()
+        self.last_run = {
+            "prompt_tokens": int(inputs.attention_mask.sum()),
+            "new_tokens": 0,
+            "seconds": round(time.perf_counter() - t0, 4),
+            "expert_tokens": int((inputs.token_kinds == ANOMALY).sum()),
+        }
+        return p_yes
 
     def chat(
         self,
@@ -377,7 +398,7 @@ class LookTwiceModel:
         message: str,
         images: Sequence[Image.Image] = (),
         system: str | None = DEFAULT_SYSTEM,
-        use_expert: bool = True,
+        use_expert: bool | None = None,
         **generate_kwargs: Any,
     ) -> str:
         """One chat turn. `history` holds (user, assistant) text pairs; `images` belong to the first
@@ -408,20 +429,48 @@ class LookTwiceModel:
             anomaly_map=enc.anomaly_map(),
         )
 
-    def save_pretrained(self, folder: str) -> None:
-        """Save the LLaVA weights, image processor, tokenizer and (if any) the expert into `folder`."""
+    def save_pretrained(self, folder: str, trained_by: str | None = None) -> None:
+        """Save the LLaVA weights, image processor, tokenizer and (if any) the expert into `folder`.
+
+        `trained_by` (stage 2, converters): the LLM was trained with this expert's tokens, so the folder
+        is marked as such (`tools.ltfm.expert_marker.mark_trained_with_expert`: the marker file, and
+        the architecture name vLLM serves only with the LookTwice plugin)."""
         from pathlib import Path
 
         from tools.ltfm.checkpoints import EXPERT_FILENAME
         from tools.ltfm.expert_io import save_expert
+        from tools.ltfm.expert_marker import mark_trained_with_expert
 
         out = Path(folder)
         out.mkdir(parents=True, exist_ok=True)
         self.llava.save_pretrained(out)
         self.image_processor.save_pretrained(out)
         self.tokenizer.save_pretrained(out)
+        self._save_processor(out)
         if self.expert is not None:
             save_expert(self.expert, out / EXPERT_FILENAME)
+            if trained_by:
+                mark_trained_with_expert(out, EXPERT_FILENAME, trained_by)
+
+
+    def _save_processor(self, out: Any) -> None:
+        """LLaVA-OneVision's processor config (tokens per crop, feature strategy, chat template): what
+        transformers' `AutoProcessor` and a vLLM server read to expand `<image>`."""
+        try:
+            from transformers import LlavaOnevisionProcessor, LlavaOnevisionVideoProcessor
+        except ImportError:  # no torchvision for the video processor: the processor config is left out
+            return
+        config = self.llava.config
+        side = int(config.vision_config.image_size)
+        processor = LlavaOnevisionProcessor(
+            image_processor=self.image_processor,
+            tokenizer=self.tokenizer,
+            video_processor=LlavaOnevisionVideoProcessor(size={"height": side, "width": side}),
+            num_image_tokens=(side // int(config.vision_config.patch_size)) ** 2,
+            vision_feature_select_strategy=config.vision_feature_select_strategy,
+            chat_template=getattr(self.tokenizer, "chat_template", None),
+        )
+        processor.save_pretrained(out)
 
 
 @dataclass

@@ -12,15 +12,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from agent.mllm.chat_format import CHATML_TEMPLATE
+
 IMAGE_SIZE = 40  # tower input, 5x5 tokens of patch 8: an odd grid like SigLIP's 27x27
 PATCH = 8
 PINPOINTS = [[40, 40], [40, 80], [80, 40], [80, 80], [40, 120], [120, 40]]
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>"]
-CHAT_TEMPLATE = (
-    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content']"
-    " + '<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
-    "{% endif %}"
-)
+CHAT_TEMPLATE = CHATML_TEMPLATE
 CORPUS = [
     "Are there any defects in the image? Answer Yes or No.",
     "Yes No yes no Yes. No. The part has a scratch on the upper left.",
@@ -30,12 +28,19 @@ CORPUS = [
 ]
 
 
+#: words that are single tokens in the Qwen2 vocabulary and must be here too: the suspicion phrase then
+#: has one length for every level, as a server that reserves the expert's tokens needs
+#: (`agent.mllm.expert_tokens.fixed_phrase_length`)
+WHOLE_WORDS = (" slightly", " moderately", " highly")
+
+
 def build_bpe_tokenizer(
     vocab_size: int = 384, extra_special: list[str] | None = None, chat_template: str = CHAT_TEMPLATE
 ) -> Any:
     """A byte-level BPE tokenizer trained in-process, with Qwen's special tokens and a ChatML template
-    (`extra_special`: more special tokens, e.g. Hermes' `<tool_call>`)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    (`extra_special`: more special tokens, e.g. Hermes' `<tool_call>`), and `WHOLE_WORDS` as single
+    tokens."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
@@ -55,7 +60,20 @@ def build_bpe_tokenizer(
         chat_template=chat_template,
     )
     tokenizer.padding_side = "left"
+    tokenizer.add_tokens([AddedToken(word, normalized=False) for word in WHOLE_WORDS])
     return tokenizer
+
+
+def silence_special_tokens(embeddings: Any, tokenizer: Any, extra: list[str] | None = None) -> None:
+    """Zero the (tied) embedding rows of special and whitespace-only tokens, so that a random model's
+    greedy decoding writes visible words instead of stopping at once or answering blanks (what a
+    brain would count as no answer)."""
+    import torch
+
+    special = set(tokenizer.convert_tokens_to_ids(SPECIAL + list(extra or [])))
+    silent = [i for i in range(len(tokenizer)) if i in special or not tokenizer.decode([i]).strip()]
+    with torch.no_grad():
+        embeddings.weight[silent] = 0.0
 
 
 def build_tiny_llava(
@@ -116,6 +134,7 @@ def build_tiny_llava(
     )
     torch.manual_seed(seed)
     model = LlavaOnevisionForConditionalGeneration(config).eval()
+    silence_special_tokens(model.get_input_embeddings(), tokenizer)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     image_processor = LlavaOnevisionImageProcessor(
@@ -154,9 +173,8 @@ def build_tiny_qwen2_chat(folder: Path, vocab_size: int = 384, seed: int = 0) ->
     """Write a tiny random Qwen2ForCausalLM chat model (weights, tokenizer, chat template) into `folder`.
 
     Made for serving with vLLM on CPU: head_dim 64 (what its CPU attention supports), 4096 positions,
-    Hermes tool-call tokens and a template that renders tools. The output embedding rows of special and
-    whitespace-only tokens are zeroed (tied embeddings), so greedy decoding writes visible text (random
-    words) instead of an empty reply, and never stops early: every reply is `max_tokens` long.
+    Hermes tool-call tokens and a template that renders tools. Special and whitespace-only tokens are
+    silenced (`silence_special_tokens`): every reply is `max_tokens` long.
     """
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -178,10 +196,7 @@ def build_tiny_qwen2_chat(folder: Path, vocab_size: int = 384, seed: int = 0) ->
     )
     torch.manual_seed(seed)
     model = Qwen2ForCausalLM(config).eval()
-    special = set(tokenizer.convert_tokens_to_ids(SPECIAL + extra))
-    silent = [i for i in range(len(tokenizer)) if i in special or not tokenizer.decode([i]).strip()]
-    with torch.no_grad():
-        model.get_input_embeddings().weight[silent] = 0.0
+    silence_special_tokens(model.get_input_embeddings(), tokenizer, extra)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     folder.mkdir(parents=True, exist_ok=True)

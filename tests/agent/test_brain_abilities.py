@@ -19,7 +19,7 @@ def test_each_brain_has_the_abilities_it_declares():
     llava = LlavaBrain("/nowhere/model")  # the model loads on first use, never here
     assert abilities(RuleBrain()) == set()
     assert abilities(openai) == {"SeesImages", "ProposesRules", "DrivesTools", "ReportsModelCalls"}
-    assert abilities(llava) == {"SeesImages", "ProposesRules"}
+    assert abilities(llava) == {"SeesImages", "ProposesRules", "ReportsModelCalls"}  # last_call: tokens, images
     for brain in (openai, llava):
         declared = {c.__name__ for c in type(brain).__mro__}
         assert abilities(brain) <= declared, "a brain inherits the abilities it has"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import socket
 import time
 
@@ -53,8 +54,7 @@ def test_explain_and_answer_send_image_evidence_and_history(server, tmp_path):
     assert body["model"] == "tiny-vlm" and body["temperature"] == 0.0 and body["max_tokens"] == 256
     system, user = body["messages"]
     assert system["role"] == "system" and "inspection" in system["content"]
-    intro, image_part, text_part = user["content"]
-    assert intro["text"] == "Image 1: the whole image."
+    image_part, text_part = user["content"]  # one image, as the model was trained: no label before it
     url = image_part["image_url"]["url"]
     assert url.startswith("data:image/png;base64,")
     decoded = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
@@ -74,7 +74,7 @@ def test_image_read_from_disk_and_text_only_when_missing(server, tmp_path):
     Image.new("RGB", (20, 10), (5, 5, 5)).save(path)
     brain = OpenAIBrain(server.url, "m")
     brain.explain(_record(str(path)))
-    assert server.requests[0]["body"]["messages"][1]["content"][1]["type"] == "image_url"
+    assert server.requests[0]["body"]["messages"][1]["content"][0]["type"] == "image_url"
     brain.explain(_record(str(tmp_path / "missing.png")))
     assert isinstance(server.requests[1]["body"]["messages"][1]["content"], str)
     assert "Authorization" not in server.requests[1]["headers"]
@@ -163,6 +163,7 @@ def test_loop_with_openai_brain_rules_and_fallback(server):
     server.script = [
         (200, bad, 0.0),  # rules (the match step): prose
         (200, fixed, 0.0),  # rules: repaired
+        (200, completion("Yes"), 0.0),  # P(Yes): recorded, not fused (brain_weight 0)
         (200, completion("First look: a dark scratch."), 0.0),  # first opinion
         (500, {"error": {"message": "overloaded"}}, 0.0),  # explain fails -> RuleBrain
         (200, completion("Yes, near the center."), 0.0),  # answer
@@ -179,7 +180,8 @@ def test_loop_with_openai_brain_rules_and_fallback(server):
     assert "no JSON object" in repair_msgs[-1]["content"]
     assert "HTTP 500: overloaded" in steps["explain"]["error"] and record.explanation.startswith("Defective")
     assert record.answer == "Yes, near the center."
-    assert server.requests[2]["body"]["messages"][1]["content"][1]["type"] == "image_url"
+    assert steps["brain_judgement"]["p_yes"] == 1.0 and record.decision["brain_fusion"].startswith("recorded, not fused")
+    assert server.requests[3]["body"]["messages"][1]["content"][0]["type"] == "image_url"
 
 
 def test_text_only_model_gets_the_evidence_without_the_image(server):
@@ -197,7 +199,7 @@ def test_text_only_model_gets_the_evidence_without_the_image(server):
     assert brain.explain(_record()) == "Defective."
     assert brain.last_call["image_dropped"] == "tiny is not a multimodal model" and not brain.send_image
     first, second = (r["body"]["messages"][1]["content"] for r in server.requests)
-    assert first[1]["type"] == "image_url" and second == first[2]["text"]
+    assert first[0]["type"] == "image_url" and second == first[1]["text"]
     assert brain.answer("How big?", _record()) == "About 1%."
     assert isinstance(server.requests[2]["body"]["messages"][1]["content"], str)
     assert "image_dropped" not in brain.last_call
@@ -214,32 +216,82 @@ def _with_logprobs(text: str, top: list[tuple[str, float]]) -> dict:
     return body
 
 
-def test_brain_sees_the_crops_and_its_p_yes_decides_with_the_detector(server):
-    """The full loop with a model brain: the request carries the whole image, the zoomed place and the
-    nearest reference's same place (the trace lists them); P(Yes) comes from the first token's
-    logprobs and moves the verdict; the evidence does not state the detector's verdict when asked not to."""
+def _p_yes_or_text(p_yes: float, text: str):
+    """A server that answers P(Yes) requests (logprobs asked for) with `p_yes`, others with `text`."""
     import math
 
-    server.script = [
-        (200, _with_logprobs("No", [("No", math.log(0.9)), ("Yes", math.log(0.05))]), 0.0),  # p_yes
-        (200, completion("Good: nothing stands out."), 0.0),  # explain
-    ]
+    def answer(body: dict) -> tuple[int, dict, float]:
+        if body.get("logprobs"):
+            return 200, _with_logprobs("No", [("No", math.log(1 - p_yes)), ("Yes", math.log(p_yes))]), 0.0
+        return 200, completion(text), 0.0
+
+    return answer
+
+
+def test_p_yes_is_asked_blind_and_recorded_not_fused_by_default(server):
+    """P(Yes) carries the image and the detection question alone (no verdict, no score, no regions), is
+    recorded in the decision, and leaves the verdict alone (brain_weight 0 by default)."""
+    from agent.inspection import InspectionSettings, MatchSettings
+    from prompts import load_prompts
+
+    assert InspectionSettings().brain_weight == 0.0
+    server.responder = _p_yes_or_text(0.05, "Defective: a scratch.")
     brain = OpenAIBrain(server.url, "m", timeout=5)
+    plain = case.pipeline(match=MatchSettings(ask_rules=False)).inspect("scratch.png", case.scratched())
+    record = case.pipeline(brain=brain, match=MatchSettings(ask_rules=False)).inspect("scratch.png", case.scratched())
+    assert (record.verdict, record.pred_score) == (plain.verdict, plain.pred_score)
+    assert record.decision["brain_p_yes"] == pytest.approx(0.05, abs=1e-3)
+    assert record.decision["brain_fusion"] == "recorded, not fused into the score (brain_weight 0)"
+    judged = next(e for e in record.trace if e["step"] == "brain_judgement")
+    assert judged["changed"].startswith("nothing") and judged["model_call"]["images_sent"] == ["the whole image"]
+    asked = next(r["body"] for r in server.requests if r["body"].get("logprobs"))
+    system, user = asked["messages"]
+    assert system["content"] == "You are a helpful assistant."  # the training system prompt
+    image_part, question = user["content"]
+    assert image_part["type"] == "image_url" and question["text"] == load_prompts("agent")["detection"].strip()
+    assert asked["top_logprobs"] == 20
+
+
+def test_views_only_when_asked_for(server):
+    """By default the brain sees the inspected image alone; `views=on` adds the zoomed place and the
+    nearest reference's same place, and the trace lists what each request carried."""
     from agent.inspection import MatchSettings
 
-    loop = case.pipeline(brain=brain, brain_weight=1.0, show_verdict_to_brain=False, match=MatchSettings(ask_rules=False))
-    record = loop.inspect("scratch.png", case.scratched())
-    judged = next(e for e in record.trace if e["step"] == "brain_judgement")
-    assert judged["source"] == "logprobs" and judged["p_yes"] == pytest.approx(0.05 / 0.95, abs=1e-3)
-    assert record.verdict == "good" and record.decision["brain_p_yes_from"] == "logprobs"
+    server.responder = _p_yes_or_text(0.5, "Good: nothing stands out.")
+    one = build_brain(f"openai:{server.url}#m")
+    record = case.pipeline(brain=one, match=MatchSettings(ask_rules=False)).inspect("scratch.png", case.scratched())
+    explain = next(e for e in record.trace if e["step"] == "explain")
+    assert explain["images"] == ["the whole image"]
+    three = build_brain(f"openai:{server.url}#m?views=on")
+    record = case.pipeline(brain=three, match=MatchSettings(ask_rules=False)).inspect("scratch.png", case.scratched())
     explain = next(e for e in record.trace if e["step"] == "explain")
     assert explain["images"][0] == "the whole image" and "zoomed in" in explain["images"][1]
     assert explain["images"][2] == "the same place on the nearest good reference"
-    body = server.requests[1]["body"]
-    parts = body["messages"][1]["content"]
+    parts = server.requests[-1]["body"]["messages"][1]["content"]
     assert [p["type"] for p in parts].count("image_url") == 3
-    assert "detector calls the part" not in parts[-1]["text"]
-    assert server.requests[0]["body"]["logprobs"] is True and server.requests[0]["body"]["top_logprobs"] == 10
+    with pytest.raises(BrainError, match="views 'maybe' is not allowed"):
+        build_brain(f"openai:{server.url}#m?views=maybe")
+
+
+def test_fused_p_yes_gets_its_own_boundary_on_the_references(server):
+    """With brain_weight > 0 the references' P(Yes) are asked at set-up, and the fused score's boundary
+    is set on the references' fused held-out scores: the record states that boundary's rate."""
+    from agent.inspection import MatchSettings
+
+    server.responder = _p_yes_or_text(0.05, "Good: nothing stands out.")
+    brain = OpenAIBrain(server.url, "m", timeout=5)
+    loop = case.pipeline(brain=brain, brain_weight=1.0, show_verdict_to_brain=False, match=MatchSettings(ask_rules=False))
+    at_setup = [r for r in server.requests if r["body"].get("logprobs")]
+    assert len(at_setup) == len(loop.references)  # one P(Yes) per reference, asked once
+    record = loop.inspect("scratch.png", case.scratched())
+    judged = next(e for e in record.trace if e["step"] == "brain_judgement")
+    assert judged["source"] == "logprobs" and judged["p_yes"] == pytest.approx(0.05, abs=1e-3)
+    assert "fused with the brain's P(Yes)" in record.decision["method"]
+    assert record.decision["brain_fusion"].startswith("fused with weight 1")
+    # every reference said 0.05 and so did the part: under the fused boundary the part is not defective
+    assert record.verdict != "defective"
+    body = server.requests[-1]["body"]
+    assert "detector calls the part" not in json.dumps(body) and "region" not in body["messages"][1]["content"][-1]["text"]
 
 
 def test_p_yes_without_logprobs_is_the_parsed_answer(server):

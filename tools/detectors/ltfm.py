@@ -1,14 +1,16 @@
 """`ltfm`: the Anomaly-OV expert (Look-Twice Feature Matching) alone, as a zero-shot detector.
 
-It runs the LLaVA-OneVision vision tower and the expert only (`tools.ltfm.vision.ExpertVision`, no
-language model call): the image score
+It loads and runs the LLaVA-OneVision vision tower and the expert only (`tools.ltfm.tower`: the
+language model's weights are never read): the image score
 is the expert's anomaly probability (sigmoid of its BCE-trained head, so 0.5 is the boundary) and the
 anomaly map is the expert's per-token anomaly probability (softmax of normal vs anomalous prompts, 0.5
 the boundary too), assembled from the AnyRes crops at the input image's own resolution.
 
 Needs the model (hub id or local folder) and trained expert weights: a `ltfm_expert.safetensors` in the
 model folder, or `expert=` a safetensors file or an official `pretrained_expert_*.pth`. References are
-not used (`fit` only records how many were given).
+not used (`fit` only records how many were given). `device` and `dtype` take the spellings of
+`tools.ltfm.options` (default auto: CUDA when present, else the CPU in float32). With `--brain llava`
+on the same checkpoint the detector reads the brain's model (`loaded`), so it is loaded once.
 
 torch and transformers are imported when the model is loaded.
 """
@@ -40,7 +42,7 @@ class LTFMDetector(Detector):
         self,
         model: str = DEFAULT_MODEL,
         expert: str | None = None,
-        device: str = "cpu",
+        device: str = "auto",
         dtype: str = "auto",
         loaded: EncodesWithExpert | None = None,
     ) -> None:
@@ -49,15 +51,20 @@ class LTFMDetector(Detector):
             model: hub id or local folder of a LLaVA-OneVision model.
             expert: expert weights (safetensors from `save_expert`, or an official `.pth`); default: the
                 model folder's `ltfm_expert.safetensors`.
-            device: "cpu", "cuda", "cuda:0", ...
-            dtype: weights dtype of the model ("auto", "bfloat16", "float32", ...).
+            device: "auto" (CUDA when present, else the CPU), "cpu", "cuda", "cuda:0", ...
+            dtype: weights dtype of the tower ("auto": bfloat16 on a GPU, float32 on the CPU; "bf16", ...).
             loaded: an already loaded model with its expert to reuse, an `ExpertVision` or the
                 LLaVA-OneVision wrapper of `agent.mllm` (then the other arguments are ignored).
         """
+        from tools.ltfm.options import OptionError, normalize_device, normalize_dtype
+
+        try:
+            self.device = normalize_device(device, "ltfm device")
+            self.dtype = normalize_dtype(dtype, "ltfm dtype")
+        except OptionError as err:
+            raise DetectorError(str(err)) from None
         self.model_name = model
         self.expert_path = expert
-        self.device = device
-        self.dtype = dtype
         self._model = loaded
         self._num_references = 0
         if self._model is not None and self._model.expert is None:
@@ -67,18 +74,20 @@ class LTFMDetector(Detector):
         if self._model is None:
             from tools.ltfm.checkpoints import ModelNotFoundError
             from tools.ltfm.expert_io import ExpertWeightsError
-            from tools.ltfm.vision import load_expert_vision
+            from tools.ltfm.options import OptionError, resolve_device, resolve_dtype
+            from tools.ltfm.tower import load_expert_vision
 
             try:
+                device = resolve_device(self.device)
                 model = load_expert_vision(
                     self.model_name,
                     expert=self.expert_path if self.expert_path else "auto",
-                    dtype=self.dtype,
-                    device_map=None if self.device == "cpu" else self.device,
+                    dtype=resolve_dtype(self.dtype, device),
+                    device=device,
                 )
             except ModelNotFoundError as err:
                 raise MissingModelError(f"ltfm: {err}") from None
-            except ExpertWeightsError as err:
+            except (ExpertWeightsError, OptionError) as err:
                 raise DetectorError(f"ltfm: {err}") from None
             if model is None:
                 raise DetectorError(

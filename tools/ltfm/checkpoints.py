@@ -7,12 +7,17 @@
 - `quantization="4bit"` / `"8bit"` through bitsandbytes; the vision tower, the projector and the LM head
   are left unquantized (`llm_int8_skip_modules` with full prefixes), and the expert is a separate module
   that is never quantized.
-- `HF_HUB_OFFLINE=1` is honoured at call time (only the local cache is read). A model that cannot be
-  found raises `ModelNotFoundError`, whose message is one line: the model id, where it looked, and how
-  to fetch it. No traceback reaches the user from here.
+- A model that is not on disk raises `ModelNotFoundError` within seconds (`tools.models.require_model`:
+  the local folder or cache, then at most one short request to the hub unless `HF_HUB_OFFLINE` is set);
+  its message is one line: the model id, where it looked, and how to fetch it.
 - Expert: `expert=` a safetensors file from `save_expert`, an official `pretrained_expert_*.pth`, an
-  `AnomalyExpert`, "random" (untrained, for tests and benchmarks), or None. By default ("auto") a file
-  named `ltfm_expert.safetensors` inside the model folder is used when present.
+  `AnomalyExpert`, "random" (untrained, for tests and benchmarks), or None. By default ("auto") the one
+  the folder's marker names (`tools.ltfm.expert_marker`: the LLM was trained with it), else the folder's
+  `ltfm_expert.safetensors` if any.
+- The expert's tokens go to the LLM (`LlavaCheckpoint.expert_tokens`) only when the LLM learned them:
+  the folder's marker vouches for that expert file, or the caller attaches a module or "random" on
+  purpose (stage-2 training, tests). Otherwise the LLM runs as plain LLaVA-OneVision and the expert
+  serves as a detector only (`expert_note` says which, for the trace).
 
 torch is imported here, transformers only inside the loaders.
 """
@@ -57,6 +62,58 @@ class LlavaCheckpoint:
     llava: Any  # transformers LlavaOnevisionForConditionalGeneration
     image_processor: Any
     expert: AnomalyExpert | None
+    expert_tokens: bool = False  # the LLM reads the expert's tokens (it was trained with them)
+    expert_note: str = ""  # why the expert is (not) attached, and whether its tokens reach the LLM
+    expert_source: str = ""  # the expert's file ("" for none, a module or random weights)
+
+
+@dataclass(frozen=True)
+class ExpertChoice:
+    """Which expert a folder gets for an `expert=` value, and whether the LLM reads its tokens."""
+
+    source: ExpertSource  # a path, a module, "random", or None
+    tokens: bool
+    note: str
+
+
+def select_expert(folder: str, expert: ExpertSource, tokens: bool | None = None) -> ExpertChoice:
+    """The expert for `folder` and whether its tokens go to the LLM (see the module docstring);
+    `tokens` forces the second answer (stage-2 training attaches an expert to teach the LLM)."""
+    from tools.ltfm.expert_marker import check_expert_marker
+
+    check = check_expert_marker(folder)
+
+    def decide(source: ExpertSource, default: bool, note: str) -> ExpertChoice:
+        on = default if tokens is None else bool(tokens)
+        if source is None:
+            on = False
+        return ExpertChoice(source, on, note)
+
+    if expert is None or (isinstance(expert, str) and expert.lower() == "none"):
+        return decide(None, False, "no expert (expert=none): plain LLaVA-OneVision")
+    if isinstance(expert, AnomalyExpert) or str(expert) == "random":
+        what = "an untrained (random) expert" if str(expert) == "random" else "the expert given"
+        return decide(expert, True, f"{what}, its tokens given to the LLM")
+    if str(expert) == "auto":
+        if check.marker is not None:
+            return decide(check.expert_path, True, f"expert {check.marker.expert_file}: {check.why}")
+        candidate = Path(folder) / EXPERT_FILENAME
+        if candidate.is_file():
+            return decide(
+                candidate,
+                False,
+                f"{EXPERT_FILENAME} used as a detector only, the LLM runs as plain LLaVA-OneVision ({check.why})",
+            )
+        return decide(None, False, f"no expert in the folder: plain LLaVA-OneVision ({check.why})")
+    path = Path(expert).expanduser()
+    trained = check.expert_path is not None and path.is_file() and path.resolve() == check.expert_path.resolve()
+    if trained:
+        return decide(path, True, f"expert {path.name}: {check.why}")
+    return decide(
+        path,
+        False,
+        f"expert {path.name} used as a detector only: the LLM was not trained with it ({check.why})",
+    )
 
 
 def _looks_like_path(model: str) -> bool:
@@ -80,8 +137,18 @@ def model_not_found(model: str, detail: str = "") -> ModelNotFoundError:
     )
 
 
+#: how a user gives a LLaVA-OneVision folder to each command (the end of the missing-model message)
+LLAVA_USE = "--brain 'llava:<folder>' (or --model <folder> with --detector ltfm)"
+
+
 def resolve_model_path(model: str | os.PathLike[str] = DEFAULT_MODEL_ID) -> str:
-    """A local folder for `model`: the folder itself, or the hub snapshot (downloaded only when online)."""
+    """A local folder for `model`: the folder itself, or the hub snapshot.
+
+    Not on disk: with `HF_HUB_OFFLINE` set, or when one short request to the hub finds it unreachable
+    or without the repository (`tools.models.require_model`), `ModelNotFoundError` at once; only a hub
+    that has it is downloaded from."""
+    from tools.models import ModelNotAvailableError, require_model
+
     name = str(model)
     p = Path(name).expanduser()
     if p.is_dir():
@@ -93,10 +160,16 @@ def resolve_model_path(model: str | os.PathLike[str] = DEFAULT_MODEL_ID) -> str:
     if _looks_like_path(name):
         raise model_not_found(name)
     try:
+        found = require_model("llava", name, use=LLAVA_USE)
+    except ModelNotAvailableError as err:
+        raise ModelNotFoundError(str(err)) from None
+    if found.available:
+        return found.location
+    try:
         from huggingface_hub import snapshot_download
 
-        return snapshot_download(name, local_files_only=hub_offline())
-    except Exception as err:  # missing cache entry, no network, bad id: all end in the same advice
+        return snapshot_download(name)
+    except Exception as err:  # the download broke off: the same advice
         raise model_not_found(name, type(err).__name__) from None
 
 
@@ -174,22 +247,25 @@ def load_llava(
     quantization: str | None = None,
     attn_implementation: str | None = None,
     expert_dtype: torch.dtype | None = torch.float32,
+    expert_tokens: bool | None = None,
 ) -> LlavaCheckpoint:
     """Load LLaVA-OneVision, its image processor and the expert from a hub id or a local folder.
 
     Args:
         model: hub id or local folder.
-        expert: "auto" (the folder's `ltfm_expert.safetensors` if present, else none), a file path,
-            an `AnomalyExpert`, "random", or None.
+        expert: "auto" (the marker's expert, else the folder's `ltfm_expert.safetensors`, else none), a
+            file path, an `AnomalyExpert`, "random", or None.
         dtype: weights dtype of the unquantized parts ("auto" = as saved).
-        device_map: accelerate device map ("auto", "cpu", "cuda:0", dict); None = CPU.
+        device_map: accelerate device map ("auto", "cpu", "cuda:0", {"": "cuda:1"}, ...); None = CPU.
         quantization: None, "4bit" or "8bit" (bitsandbytes; vision tower / projector / head unquantized).
         attn_implementation: default SDPA, flash-attention 2 when installed and on a GPU.
         expert_dtype: dtype of the expert (float32 by default; it is small).
+        expert_tokens: force whether the LLM reads the expert's tokens (default: `select_expert`).
     """
     from transformers import AutoImageProcessor, LlavaOnevisionForConditionalGeneration
 
     folder = resolve_model_path(model)
+    choice = select_expert(folder, expert, expert_tokens)
     weights_dtype = torch_dtype(dtype)
     kwargs: dict[str, Any] = {
         "dtype": weights_dtype,
@@ -210,19 +286,23 @@ def load_llava(
         image_processor = AutoImageProcessor.from_pretrained(folder, local_files_only=True)
     except OSError as err:
         raise model_not_found(str(model), str(err).splitlines()[0] if str(err) else type(err).__name__) from None
-    if expert == "auto":
-        candidate = Path(folder) / EXPERT_FILENAME
-        expert = candidate if candidate.is_file() else None
     vision_param = next(llava.model.vision_tower.parameters())
-    module = load_expert_for(expert, llava.config.vision_config, device=vision_param.device, dtype=expert_dtype)
-    return LlavaCheckpoint(folder, llava, image_processor, module)
+    module = load_expert_for(
+        choice.source, llava.config.vision_config, device=vision_param.device, dtype=expert_dtype
+    )
+    source = str(choice.source) if isinstance(choice.source, (str, os.PathLike)) and str(choice.source) != "random" else ""
+    return LlavaCheckpoint(
+        folder, llava, image_processor, module, choice.tokens and module is not None, choice.note, source
+    )
 
 
 __all__ = [
     "DEFAULT_MODEL_ID",
     "EXPERT_FILENAME",
     "QUANT_SKIP_MODULES",
+    "ExpertChoice",
     "ExpertSource",
+    "LLAVA_USE",
     "LlavaCheckpoint",
     "ModelNotFoundError",
     "load_expert_for",
@@ -230,5 +310,6 @@ __all__ = [
     "model_not_found",
     "quantization_config",
     "resolve_model_path",
+    "select_expert",
     "torch_dtype",
 ]

@@ -2,14 +2,14 @@
 
 `LlavaVision` preprocesses images exactly as LLaVA-OneVision does (the base crop, the whole image
 squashed to the tower's input size, then the AnyRes grid crops) and returns the tower's hidden states
-for all crops (`VisionFeatures`). `ExpertVision` runs the expert on them and gives each image its
-anomaly score and map at the image's own resolution (`ExpertEncoding`): what the `ltfm` detector reports,
-with no language model call. The LLaVA-OneVision wrapper of `agent.mllm` builds on `LlavaVision` too.
+for all crops at the layers the projector and the expert read (`VisionFeatures`). `ExpertVision` runs
+the expert on them and gives each image its anomaly score and map at the image's own resolution
+(`ExpertEncoding`): what the `ltfm` detector reports, with no language model (`tools.ltfm.tower` loads
+the tower alone). The LLaVA-OneVision wrapper of `agent.mllm` builds on `LlavaVision` too.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -18,7 +18,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from tools.ltfm.checkpoints import ExpertSource, load_llava
 from tools.ltfm.expert import AnomalyExpert, ExpertOutput, assemble_image_map
 
 if TYPE_CHECKING:
@@ -27,20 +26,22 @@ if TYPE_CHECKING:
 
 @dataclass
 class VisionFeatures:
-    """Frozen vision-tower outputs for a batch of images (all crops, image-major)."""
+    """Frozen vision-tower outputs for a batch of images (all crops, image-major), only at the layers
+    asked for: the projector's and the expert's, not every hidden state of every crop."""
 
-    hidden_states: tuple[Tensor, ...]  # (N, P, C) each; index 0 = embeddings
+    layers: dict[int, Tensor]  # hidden-state index (0 = embeddings, i = output of layer i) -> (N, P, C)
     final_layer: int  # the index the projector reads (the "final visual tokens")
     split_sizes: list[int]  # crops per image
     image_sizes: list[tuple[int, int]]  # (H, W) per image
     grid_shapes: list[tuple[int, int] | None]  # AnyRes (nH, nW) per image
+    num_layers: int  # layers of the tower (a negative index counts back from hidden state num_layers)
 
     @property
     def final(self) -> Tensor:
-        return self.hidden_states[self.final_layer]
+        return self.layers[self.final_layer]
 
     def levels(self, layer_indices: Sequence[int]) -> list[Tensor]:
-        return [self.hidden_states[i] for i in layer_indices]
+        return [self.layers[i % (self.num_layers + 1) if i < 0 else i] for i in layer_indices]
 
 
 @dataclass(kw_only=True)
@@ -69,17 +70,31 @@ class EncodesWithExpert(Protocol):
 
 
 class LlavaVision:
-    """The vision side of a LLaVA-OneVision model: AnyRes preprocessing and the frozen tower."""
+    """The vision side of a LLaVA-OneVision model: AnyRes preprocessing and the frozen tower.
 
-    def __init__(self, llava: Any, image_processor: Any) -> None:
-        cfg = llava.config
-        self.tower = llava.model.vision_tower
+    Built from the tower alone (`load_vision_tower` reads only its weights) or from a loaded LLaVA model
+    (`from_llava`). `keep_layers` are the hidden states `features` keeps besides the projector's (the
+    expert's levels, set by whoever attaches an expert)."""
+
+    def __init__(self, tower: Any, llava_config: Any, image_processor: Any) -> None:
+        cfg = llava_config
+        self.tower = tower
         self.image_processor = image_processor
         self.config = cfg.vision_config
         self.grid_pinpoints = [list(p) for p in cfg.image_grid_pinpoints]
         self.crop_size = int(cfg.vision_config.image_size)
+        self.num_layers = int(cfg.vision_config.num_hidden_layers)
         layer = cfg.vision_feature_layer
-        self.feature_layers: list[int] = [layer] if isinstance(layer, int) else list(layer)
+        self.feature_layers: list[int] = [self.hidden_index(i) for i in ([layer] if isinstance(layer, int) else layer)]
+        self.keep_layers: tuple[int, ...] = ()
+
+    @classmethod
+    def from_llava(cls, llava: Any, image_processor: Any) -> LlavaVision:
+        return cls(llava.model.vision_tower, llava.config, image_processor)
+
+    def hidden_index(self, index: int) -> int:
+        """A hidden-state index counted from the front (`-1` is the last layer's output)."""
+        return int(index) % (self.num_layers + 1) if int(index) < 0 else int(index)
 
     @property
     def device(self) -> torch.device:
@@ -104,6 +119,13 @@ class LlavaVision:
                 f"expert layer indices {too_deep} exceed the tower's {vc.num_hidden_layers} layers"
             )
 
+    def use_expert(self, expert: AnomalyExpert | None) -> None:
+        """Check `expert` against the tower and keep its levels in `features` from now on (None: the
+        projector's layer only)."""
+        if expert is not None:
+            self.check_expert(expert)
+        self.keep_layers = tuple(expert.config.layer_indices) if expert is not None else ()
+
     def preprocess(self, image: Image.Image, anyres: bool) -> tuple[Tensor, tuple[int, int], Any]:
         """(pixel values of the crops, (H, W), AnyRes grid or None) of one image."""
         from transformers.models.llava_onevision.modeling_llava_onevision import (
@@ -122,20 +144,43 @@ class LlavaVision:
         return pixels, size, grid
 
     @torch.no_grad()
-    def features(self, images: Sequence[Image.Image], anyres: bool = True) -> VisionFeatures:
-        """The frozen tower's hidden states for all crops of `images` (e.g. to train the expert:
-        `expert(f.final, f.levels(expert.config.layer_indices), f.split_sizes)`). `anyres=False`: the
-        base crop only."""
+    def features(
+        self, images: Sequence[Image.Image], anyres: bool = True, layers: Sequence[int] | None = None
+    ) -> VisionFeatures:
+        """The frozen tower's hidden states for all crops of `images`, at the projector's layer, the
+        `keep_layers` and `layers` only (e.g. to train the expert:
+        `expert(f.final, f.levels(expert.config.layer_indices), f.split_sizes)`). `anyres=False`: the base
+        crop only."""
         prepared = [self.preprocess(im, anyres) for im in images]
         pixels = torch.cat([p[0] for p in prepared], dim=0).to(self.device, self.dtype)
-        hidden = self.tower(pixels, output_hidden_states=True, return_dict=True).hidden_states
+        wanted = {*self.feature_layers, *(self.hidden_index(i) for i in (*self.keep_layers, *(layers or ())))}
         return VisionFeatures(
-            hidden_states=tuple(hidden),
+            layers=self.hidden_states(pixels, sorted(wanted)),
             final_layer=self.feature_layers[-1],
             split_sizes=[p[0].shape[0] for p in prepared],
             image_sizes=[p[1] for p in prepared],
             grid_shapes=[p[2] for p in prepared],
+            num_layers=self.num_layers,
         )
+
+    def hidden_states(self, pixels: Tensor, indices: Sequence[int]) -> dict[int, Tensor]:
+        """The tower's hidden states `indices` for `pixels`, caught by forward hooks as the tower runs
+        (`output_hidden_states=True` would keep every layer's output until the call returns)."""
+        caught: dict[int, Tensor] = {}
+        handles = []
+        for index in indices:
+            module = self.tower.embeddings if index == 0 else self.tower.encoder.layers[index - 1]
+
+            def keep(_module: Any, _inputs: Any, output: Any, index: int = index) -> None:
+                caught[index] = output[0] if isinstance(output, tuple) else output
+
+            handles.append(module.register_forward_hook(keep))
+        try:
+            self.tower(pixels, return_dict=True)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return caught
 
 
 @torch.no_grad()
@@ -169,22 +214,8 @@ class ExpertVision:
     def encode_images(self, images: Sequence[Image.Image]) -> list[ExpertEncoding]:
         """Score and map of each image (all AnyRes crops, one pass through the tower)."""
         assert self.expert is not None
-        feats = self.vision.features(list(images))
+        feats = self.vision.features(list(images), layers=self.expert.config.layer_indices)
         return expert_encodings(run_expert(self.expert, feats), feats)
-
-
-def load_expert_vision(
-    model: str | os.PathLike[str],
-    expert: ExpertSource = "auto",
-    dtype: str | torch.dtype | None = "auto",
-    device_map: Any = None,
-) -> ExpertVision | None:
-    """The tower and the expert of a LLaVA-OneVision checkpoint (see `load_llava`); None when no expert
-    weights were found for it."""
-    ckpt = load_llava(model, expert=expert, dtype=dtype, device_map=device_map)
-    if ckpt.expert is None:
-        return None
-    return ExpertVision(LlavaVision(ckpt.llava, ckpt.image_processor), ckpt.expert)
 
 
 __all__ = [
@@ -194,6 +225,5 @@ __all__ = [
     "LlavaVision",
     "VisionFeatures",
     "expert_encodings",
-    "load_expert_vision",
     "run_expert",
 ]

@@ -1,7 +1,7 @@
 """Stage 1: the Look-Twice anomaly expert alone, on image labels (optionally masks), tower frozen.
 
-The base model is loaded only for its vision tower, which is moved to the training device; the LLM
-stays where it was loaded (the CPU) and is never run. Each batch: the frozen tower's hidden states
+Only the base model's vision tower is loaded (`tools.ltfm.tower.load_vision_tower`: the language
+model's weights are never read), on the training device. Each batch: the frozen tower's hidden states
 for all crops of the images (AnyRes as at inference, or the base crop alone), the expert on them,
 `balanced_bce_loss` on the image logits, plus `mask_loss_weight * map_loss` on the base-crop maps of
 images whose mask is known. `cache_features` keeps the tower's outputs in memory after the first
@@ -27,21 +27,21 @@ class ExpertStage:
     """`StageTask` of stage 1."""
 
     def __init__(self, cfg: ExpertTrainConfig, device: torch.device | str) -> None:
-        from agent.mllm.loading import load_model
         from tools.ltfm.checkpoints import load_expert_for
+        from tools.ltfm.options import resolve_dtype
+        from tools.ltfm.tower import load_vision_tower
 
         self.cfg = cfg
         self.samples: list[LabelledImage] = labelled_images(cfg.data, cfg.categories)
-        self.model = load_model(cfg.model, expert=None, dtype=cfg.dtype)
-        self.model.llava.requires_grad_(False)
-        self.model.core.vision_tower.to(device).eval()
-        vision = self.model.vision.config
+        device = torch.device(device)
+        self.vision = load_vision_tower(cfg.model, dtype=resolve_dtype(cfg.dtype, device.type), device=str(device))
+        vision = self.vision.config
         if cfg.init_expert:
             expert = load_expert_for(cfg.init_expert, vision, device="cpu", dtype=torch.float32, **cfg.expert)
         else:
             expert = AnomalyExpert(ExpertConfig.from_vision_config(vision, **cfg.expert))
         assert expert is not None
-        self.model.set_expert(expert.float())  # checks the sizes against the tower
+        self.vision.use_expert(expert.float())  # checks the sizes against the tower
         self.module: nn.Module = expert
         self.module.requires_grad_(True)
         self._cache: dict[int, tuple[Tensor, list[Tensor]]] = {}
@@ -61,7 +61,7 @@ class ExpertStage:
         todo = [i for i in indices if i not in found]
         if todo:
             images = [load_image(self.samples[i].path, mode="RGB") for i in todo]
-            feats = self.model.vision.features(images, anyres=self.cfg.anyres)
+            feats = self.vision.features(images, anyres=self.cfg.anyres)
             start = 0
             for i, n in zip(todo, feats.split_sizes, strict=True):
                 found[i] = (

@@ -12,7 +12,8 @@ assistant answers and their `<|im_end|>` (system, user turns, role headers, visu
 tokens and padding are masked), see `LookTwiceModel.build_segment_inputs`.
 
 Output, `<out>/model/`: a complete model folder (weights, tokenizer, processor, and the expert as
-`ltfm_expert.safetensors`) that `load_model(<out>/model)` reads like any checkpoint. With LoRA and
+`ltfm_expert.safetensors`, with the marker `looktwice_expert.json` that says the LLM was trained with
+it) that `load_model(<out>/model)` reads like any checkpoint, expert tokens included. With LoRA and
 QLoRA the adapters are merged into a fresh unquantized copy of the base (`export_dtype`) for it, and
 also kept in `<out>/adapter/` (peft format, plus `non_lora_trainables.safetensors` for the projector,
 as LLaVA names it) for use with peft on top of the base.
@@ -76,6 +77,7 @@ class LLMStage:
             dtype=cfg.dtype,
             quantization="4bit" if qlora else None,
             device_map={"": str(device)} if qlora else None,
+            expert_tokens=True,  # the LLM is being taught the expert's tokens
         )
         llava = self.model.llava
         if not qlora:
@@ -151,9 +153,10 @@ class LLMStage:
     # ------------------------------------------------------------------------------------ export
     def export(self, out: Path) -> dict[str, str]:
         artifacts: dict[str, str] = {}
+        trained_by = f"looktwice train llm (stage 2, {self.cfg.method})"
         if self.peft_model is None:
             self.model.llava.eval()
-            save_model_folder(self.model, out / MODEL_DIR, self.cfg.model)
+            save_model_folder(self.model, out / MODEL_DIR, self.cfg.model, trained_by)
         else:
             adapter = out / ADAPTER_DIR
             self.peft_model.save_pretrained(str(adapter))
@@ -164,7 +167,7 @@ class LLMStage:
                 save_file(extras, str(adapter / NON_LORA_FILE))
             artifacts["adapter"] = str(adapter)
             merged = merge_adapter(self.cfg.model, adapter, self.model.expert, self._export_dtype())
-            save_model_folder(merged, out / MODEL_DIR, self.cfg.model)
+            save_model_folder(merged, out / MODEL_DIR, self.cfg.model, trained_by)
         artifacts["model"] = str(out / MODEL_DIR)
         return artifacts
 
@@ -202,12 +205,14 @@ def merge_adapter(base: str, adapter: Path, expert: Any, dtype: str) -> Any:
     return fresh
 
 
-def save_model_folder(model: Any, folder: Path, base: str) -> None:
-    """`model.save_pretrained(folder)`, plus the base's processor files (chat template, video
-    processor) when it has them, so the folder also serves with transformers' processor or vLLM."""
+def save_model_folder(model: Any, folder: Path, base: str, trained_by: str | None = None) -> None:
+    """`model.save_pretrained(folder)` (marked as trained with its expert when `trained_by` says by
+    what and an expert is attached), plus the base's processor files (chat template, video processor)
+    when it has them, so transformers' processor reads the folder too. vLLM serves it with the
+    LookTwice plugin (`agent.mllm.vllm_plugin`), which keeps the expert's tokens."""
     from tools.ltfm.checkpoints import resolve_model_path
 
-    model.save_pretrained(str(folder))
+    model.save_pretrained(str(folder), trained_by=trained_by)
     try:
         from transformers import AutoProcessor
 

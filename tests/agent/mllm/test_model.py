@@ -43,8 +43,12 @@ def test_single_crop_count_and_multi_image_prompt(tiny_model):
     kinds = inputs.token_kinds[0]
     g2 = (40 // 8) ** 2
     assert int((kinds == VISUAL).sum()) == 2 * (g2 + 1)  # base crop + newline per image, as transformers
-    assert int((kinds == ANOMALY).sum()) == 2 * (1 + 4 + 1) == 2 * anomaly_token_count(None)
+    # the expert's phrase and tokens follow the first image only (the inspected part, as in training)
+    assert int((kinds == ANOMALY).sum()) == 1 + 4 + 1 == anomaly_token_count(None)
     assert int((kinds == PHRASE).sum()) > 0
+    kinds = kinds.tolist()
+    last_visual = max(i for i, k in enumerate(kinds) if k == VISUAL)
+    assert max(i for i, k in enumerate(kinds) if k == ANOMALY) < last_visual  # before the second image
 
 
 def test_without_expert_matches_transformers(tiny_model):
