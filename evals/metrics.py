@@ -30,10 +30,17 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy import ndimage
 
+# the ranking core (input checks, the split by label, AUROC) is shared with agent.mllm: tools.ranking
+from tools.ranking import CHUNK, auroc_sorted
+from tools.ranking import as_labels as _as_labels
+from tools.ranking import as_scores as _as_scores
+from tools.ranking import raise_on_nan as _raise_on_nan
+from tools.ranking import split_scores as _split_scores
+
 Images: TypeAlias = "Sequence[ArrayLike] | np.ndarray"
 
 # Binary searches run over this many keys at a time so index arrays stay small (32 MiB).
-_CHUNK = 1 << 22
+_CHUNK = CHUNK
 
 
 @dataclass(frozen=True)
@@ -51,20 +58,6 @@ class _Pixels:
 # Input handling
 
 
-def _as_scores(x: ArrayLike) -> np.ndarray:
-    """Real-valued array; booleans become 0/1 so they can be sorted and searched like numbers."""
-    a = np.asarray(x)
-    if a.dtype.kind == "b":
-        return a.astype(np.uint8)
-    if a.dtype.kind not in "fiu":
-        raise TypeError(f"scores must be real numbers, got dtype {a.dtype}")
-    return a
-
-
-def _as_labels(x: ArrayLike) -> np.ndarray:
-    return np.asarray(x).astype(bool, copy=False)
-
-
 def _as_image_list(images: Images) -> list[ArrayLike]:
     """A list of per-image arrays from a list, a stacked (N, H, W) array or a single (H, W) array."""
     if isinstance(images, (list, tuple)):
@@ -73,24 +66,6 @@ def _as_image_list(images: Images) -> list[ArrayLike]:
         a = np.asarray(images)
         return [a] if a.ndim == 2 else list(a)
     return list(images)
-
-
-def _raise_on_nan(*sorted_arrays: np.ndarray) -> None:
-    """NaN sorts last, so checking the last element of each sorted array is enough."""
-    for a in sorted_arrays:
-        if a.size and a.dtype.kind == "f" and np.isnan(a[-1]):
-            raise ValueError("scores contain NaN")
-
-
-def _split_scores(labels: ArrayLike, scores: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted scores of the anomalous and of the normal samples."""
-    y = _as_labels(labels).ravel()
-    s = _as_scores(scores).ravel()
-    if y.shape != s.shape:
-        raise ValueError(f"{y.size} labels but {s.size} scores")
-    pos, neg = np.sort(s[y]), np.sort(s[~y])
-    _raise_on_nan(pos, neg)
-    return pos, neg
 
 
 def _join(parts: list[np.ndarray], dtype: np.dtype) -> np.ndarray:
@@ -144,20 +119,8 @@ def _collect(masks: Images, maps: Images, regions: bool) -> _Pixels:
 
 
 def _auroc_sorted(pos: np.ndarray, neg: np.ndarray) -> float:
-    """Mann-Whitney AUROC, P(s_pos > s_neg) + P(tie) / 2, by binary search of pos into neg.
-
-    Equal to the trapezoid area under the ROC curve over all distinct thresholds.
-    """
-    if pos.size == 0 or neg.size == 0:
-        return math.nan
-    if pos.size > neg.size:  # search the smaller array into the larger one
-        return 1.0 - _auroc_sorted(neg, pos)
-    twice_wins = 0  # 2 * (number of pairs with pos > neg) + (number of tied pairs)
-    for i in range(0, pos.size, _CHUNK):
-        keys = pos[i : i + _CHUNK]
-        twice_wins += int(np.searchsorted(neg, keys, "left").sum(dtype=np.int64))
-        twice_wins += int(np.searchsorted(neg, keys, "right").sum(dtype=np.int64))
-    return twice_wins / (2 * pos.size * neg.size)
+    """Mann-Whitney AUROC (the one of `tools.ranking`, shared with the MLLM's training check)."""
+    return auroc_sorted(pos, neg, _CHUNK)
 
 
 def _f1_max_sorted(pos: np.ndarray, neg: np.ndarray) -> tuple[float, float]:

@@ -11,12 +11,14 @@ P(Yes) is read off the first answer token's logits (accuracy at 0.5 and AUROC).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
 from agent.mllm.train.data import Conversation
+from tools.ranking import auroc as ranking_auroc
 
 
 def detection_items(conversations: Sequence[Conversation]) -> list[Conversation]:
@@ -29,13 +31,10 @@ def detection_items(conversations: Sequence[Conversation]) -> list[Conversation]
 
 
 def auroc(scores: Sequence[float], labels: Sequence[bool]) -> float | None:
-    """Area under the ROC curve (ties count half); None when one class is missing."""
-    pos = [s for s, y in zip(scores, labels, strict=True) if y]
-    neg = [s for s, y in zip(scores, labels, strict=True) if not y]
-    if not pos or not neg:
-        return None
-    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
-    return wins / (len(pos) * len(neg))
+    """Area under the ROC curve (ties count half; `tools.ranking`, the benchmarks' one); None when one
+    class is missing."""
+    value = ranking_auroc(labels, scores)
+    return None if math.isnan(value) else value
 
 
 @torch.no_grad()
