@@ -91,7 +91,8 @@ def test_session_answers_with_overlay_regions_and_history(engine, files, tmp_pat
         assert im.size == (case.SIZE, case.SIZE)
     assert reply.rows and all(len(row) == len(REGION_HEADERS) for row in reply.rows)
     first = reply.rows[0]
-    assert first[0] == 1 and isinstance(first[1], str) and first[2].count(",") == 3 and first[3] > 0
+    assert first[0] == 1 and isinstance(first[1], str) and first[2] and first[3].count(",") == 3 and first[4] > 0
+    assert [row[0] for row in reply.rows] == [r.number for r in session.conversation.record.regions]
 
     record = session.conversation.record
     follow = session.ask("Where is it?")
