@@ -9,10 +9,12 @@ use for it: blowhole -> hole, break -> broken area, crack -> crack, fray -> fray
 surface, pitting -> hole (a pit is a small cavity).
 
     python -m evals.bench_words --data ../shared/data/magnetic_tile --data ../shared/data/ball_screw \\
-        --shots 4 --seed 0 --json words.json
+        --shots 4 --seed 0 --dump words-measured.json --json words.json
 
-Prints one markdown table per data set (rows: folders, columns: words) and the share of images whose
-word is the expected one. No setting is chosen from it: it measures the rules as they are.
+Each folder's images are split in two seeded halves: the rules' thresholds are chosen on the
+"validation" half; the "test" half is reported. Prints one markdown table per data set and half (rows:
+folders, columns: words) and the share of images whose word is the expected one. `--dump` keeps every
+image's measurements, so `--from-dump` re-scores changed rules without inspecting again.
 """
 
 from __future__ import annotations
@@ -38,17 +40,29 @@ EXPECTED: dict[str, tuple[str, ...]] = {
 NONE = "(none)"
 
 
-def first_word(record: Any) -> str:
-    """The word of the record's first mark, else of its most suspicious place, else '(none)'."""
+def first_place(record: Any) -> Any:
+    """The record's first mark, else its most suspicious place, else None."""
+    return record.regions[0] if record.regions else record.suspicious_place
+
+
+def word_of(region: Any) -> str:
     from tools.regions import defect_word
 
-    region = record.regions[0] if record.regions else record.suspicious_place
     if region is None:
         return NONE
     return defect_word(region) if region.kind else (region.shape or NONE)
 
 
-def run(data: Path, shots: int, seed: int, limit: int | None = None) -> dict[str, Any]:
+def splits(paths: list[Path], seed: int) -> dict[Path, str]:
+    """Each folder's images in two seeded halves: 'validation' (rules chosen on it) and 'test'."""
+    order = list(paths)
+    random.Random(seed).shuffle(order)
+    half = (len(order) + 1) // 2
+    return {p: "validation" if i < half else "test" for i, p in enumerate(order)}
+
+
+def measure(data: Path, shots: int, seed: int, limit: int | None = None) -> list[dict[str, Any]]:
+    """Inspect every defect image; one row per image: folder, split, and its first place's measurements."""
     from agent.brains.rule import RuleBrain
     from agent.inspection import InspectionSettings, Pipeline
     from tools.image_io import list_images, load_image
@@ -57,22 +71,38 @@ def run(data: Path, shots: int, seed: int, limit: int | None = None) -> dict[str
     refs = random.Random(seed).sample(good, shots)
     pipeline = Pipeline(InspectionSettings(detector="refmatch"), brain=RuleBrain(), warn=lambda m: None)
     pipeline.fit([load_image(p) for p in refs])
-    table: dict[str, Counter[str]] = defaultdict(Counter)
-    t0 = time.perf_counter()
-    n = 0
+    rows = []
     for folder in sorted(p for p in (data / "test").iterdir() if p.is_dir() and p.name != "good"):
         paths = list_images(folder)
         if limit:
-            paths = random.Random(seed).sample(paths, min(limit, len(paths)))
+            paths = sorted(random.Random(seed).sample(paths, min(limit, len(paths))))
+        half = splits(paths, seed)
         for path in paths:
-            table[folder.name][first_word(pipeline.inspect(str(path)))] += 1
-            n += 1
-        print(f"{data.name}/{folder.name}: {sum(table[folder.name].values())} images", file=sys.stderr, flush=True)
-    right = sum(c for f, row in table.items() for w, c in row.items() if w in EXPECTED.get(f, ()))
+            place = first_place(pipeline.inspect(str(path)))
+            rows.append({"data": data.name, "folder": folder.name, "split": half[path], "path": str(path),
+                         "region": None if place is None else place.to_dict()})
+        print(f"{data.name}/{folder.name}: {len(paths)} images", file=sys.stderr, flush=True)
+    return rows
+
+
+def tables(rows: list[dict[str, Any]], split: str | None = None) -> dict[str, Any]:
+    """Per data set: the word-vs-folder counts and the share of expected words (over `split`, or all)."""
+    from tools.record import Region
+
+    out: dict[str, Any] = {}
+    for row in rows:
+        if split is not None and row["split"] != split:
+            continue
+        region = None if row["region"] is None else Region.from_dict(row["region"])
+        entry = out.setdefault(row["data"], {"table": defaultdict(Counter), "images": 0, "right": 0})
+        word = word_of(region)
+        entry["table"][row["folder"]][word] += 1
+        entry["images"] += 1
+        entry["right"] += word in EXPECTED.get(row["folder"], ())
     return {
-        "data": str(data), "shots": shots, "seed": seed, "images": n, "seconds": round(time.perf_counter() - t0, 1),
-        "expected_word_rate": round(right / n, 3) if n else None,
-        "table": {f: dict(row.most_common()) for f, row in table.items()},
+        name: {"images": e["images"], "expected_word_rate": round(e["right"] / e["images"], 3) if e["images"] else None,
+               "table": {f: dict(c.most_common()) for f, c in e["table"].items()}}
+        for name, e in out.items()
     }
 
 
@@ -94,17 +124,29 @@ def markdown(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", action="append", required=True, help="an MVTec-layout root (repeat for several)")
+    p.add_argument("--data", action="append", default=[], help="an MVTec-layout root (repeat for several)")
     p.add_argument("--shots", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, help="at most this many images per defect folder (seeded)")
-    p.add_argument("--json", help="write the results here")
+    p.add_argument("--dump", help="write every image's measurements here (JSON), to re-score words without inspecting")
+    p.add_argument("--from-dump", help="re-score the words of an earlier --dump (no inspection)")
+    p.add_argument("--json", help="write the tables here")
     args = p.parse_args(argv)
-    results = [run(Path(d), args.shots, args.seed, args.limit) for d in args.data]
-    for r in results:
-        print(f"\n{Path(r['data']).name}: {r['images']} defect images, {r['shots']} references (seed {r['seed']}), "
-              f"expected word {r['expected_word_rate']:.1%}, {r['seconds']} s\n")
-        print(markdown(r))
+    t0 = time.perf_counter()
+    if args.from_dump:
+        rows = json.loads(Path(args.from_dump).read_text(encoding="utf-8"))
+    else:
+        if not args.data:
+            p.error("give --data (or --from-dump)")
+        rows = [row for d in args.data for row in measure(Path(d), args.shots, args.seed, args.limit)]
+        if args.dump:
+            Path(args.dump).write_text(json.dumps(rows), encoding="utf-8")
+    results = {split: tables(rows, split) for split in ("validation", "test")}
+    for split, per_data in results.items():
+        for name, r in per_data.items():
+            print(f"\n{name}, {split} half: {r['images']} defect images, expected word {r['expected_word_rate']:.1%}\n")
+            print(markdown(r))
+    print(f"\n{time.perf_counter() - t0:.0f} s", file=sys.stderr)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2), encoding="utf-8")
     return 0

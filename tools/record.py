@@ -31,6 +31,8 @@ class Region:
     kind: str = ""  # a defect word from shape and tone ("crack", "hole", ...): `tools.regions.defect_word`
     reference_contrast: float | None = None  # mean grey inside minus the references' there (None: unknown)
     number: int = 0  # 1, 2, ...: the number on the overlay, in the explanation and the tables (0: not numbered)
+    texture_contrast: float = 0.0  # grey spread (std) inside minus a ring around it (0.0: not measured)
+    border_contact: float = 0.0  # share of the region's outline on the image's edge, 0..1
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

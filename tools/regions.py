@@ -36,6 +36,7 @@ from tools.record import Region
 
 #: 8-connectivity for `ndimage.label`.
 EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
+_CROSS4 = ndimage.generate_binary_structure(2, 1)
 
 #: elongation (major / minor axis length) from which a region is a line: a scratch or crack. Maps of
 #: patch-based detectors are coarse (stride 8) and smoothed, so a thin scratch comes out as an ellipse
@@ -138,10 +139,11 @@ def to_grey(image: np.ndarray) -> np.ndarray:
     return np.clip(scaled, 0.0, 1.0)
 
 
-def _ring_contrast(
+def _ring_measures(
     grey: np.ndarray, labels: np.ndarray, label: int, sl: tuple[slice, slice], area: int, mask: np.ndarray
-) -> float:
-    """Mean grey inside the region minus mean grey in a ring around it (see the module docstring)."""
+) -> tuple[float, float]:
+    """(tone, texture) of the region against a ring around it (see the module docstring): mean grey
+    inside minus the ring's, and the grey spread (standard deviation) inside minus the ring's."""
     h, w = labels.shape
     radius = max(3.0, 0.5 * math.sqrt(area))
     pad = int(math.ceil(radius))
@@ -154,8 +156,21 @@ def _ring_contrast(
     if not ring.any():
         ring = near & ~region
     if not ring.any():
-        return 0.0
-    return float(grey_win[region].mean() - grey_win[ring].mean())
+        return 0.0, 0.0
+    inside, around = grey_win[region], grey_win[ring]
+    return float(inside.mean() - around.mean()), float(inside.std() - around.std())
+
+
+def _border_contact(labels: np.ndarray, label: int, sl: tuple[slice, slice]) -> float:
+    """The share of the region's outline that lies on the image's edge: 0 for a region inside the
+    image, small for one that only grazes the edge, a quarter or more for one cut by it."""
+    h, w = labels.shape
+    region = labels[sl] == label
+    outline = region & ~ndimage.binary_erosion(region, structure=_CROSS4, border_value=0)
+    ys, xs = np.nonzero(outline)
+    ys, xs = ys + sl[0].start, xs + sl[1].start
+    on_edge = (ys == 0) | (ys == h - 1) | (xs == 0) | (xs == w - 1)
+    return float(on_edge.sum()) / max(1, int(outline.sum()))
 
 
 def _reduce_at(ufunc: np.ufunc, initial: float, lab: np.ndarray, values: np.ndarray, size: int) -> np.ndarray:
@@ -227,7 +242,7 @@ def measure_regions(
         sl = (slice(int(by0[i]), int(by1[i])), slice(int(bx0[i]), int(bx1[i])))
         a = int(area[i])
         frac = a / total
-        contrast = 0.0 if grey is None else _ring_contrast(grey, labels, int(i) + 1, sl, a, mask)
+        contrast, texture = (0.0, 0.0) if grey is None else _ring_measures(grey, labels, int(i) + 1, sl, a, mask)
         elong = float(elongation[i])
         border = int(bx0[i]) <= 1 or int(by0[i]) <= 1 or int(bx1[i]) >= w - 1 or int(by1[i]) >= h - 1
         region = Region(
@@ -242,6 +257,8 @@ def measure_regions(
             location=location_words(float(mx[i]), float(my[i]), w, h),
             shape=classify_shape(elong, frac),
             touches_border=border,
+            texture_contrast=texture,
+            border_contact=_border_contact(labels, int(i) + 1, sl) if border else 0.0,
         )
         region.kind = defect_word(region) if grey is not None else ""
         regions.append(region)
