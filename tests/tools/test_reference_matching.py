@@ -45,7 +45,7 @@ def test_defects_score_above_good_and_maps_peak_on_the_defect(fitted, case):
         near[max(0, peak[0] - 6) : peak[0] + 7, max(0, peak[1] - 6) : peak[1] + 7] = True
         assert (near & mask).any(), "the map's maximum should sit on the drawn defect"
         assert out.anomaly_map[mask].mean() > out.anomaly_map[~mask].mean() + 0.4
-        pred = out.extras["pred_mask"]
+        pred = out.predicted_mask()
         assert (pred & mask).sum() > 0.3 * mask.sum(), "the outline covers the defect"
         labels, _ = ndimage.label(pred)
         biggest = labels == np.argmax(np.bincount(labels.ravel())[1:]) + 1

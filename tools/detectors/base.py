@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import fields
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -36,21 +36,54 @@ def check_known_settings(config: type, settings: Mapping[str, Any], detector: st
         raise DetectorError(f"unknown {detector} settings {sorted(unknown)}; known: {sorted(known)}")
 
 
-@dataclass
 class DetectorOutput:
-    """One image's result. Maps are float32 HxW at the input image's own resolution."""
+    """One image's result. Maps are float32 HxW at the input image's own resolution.
 
-    anomaly_map: np.ndarray
-    pred_score: float
-    raw_score: float = float("nan")  # the detector's own unit, before calibration
-    extras: dict[str, Any] = field(default_factory=dict)
+    A calibrated detector gives its raw map (`extras["raw_map"]`) and its calibration; the calibrated
+    map and the mask are then made only when asked for (`anomaly_map`, `predicted_mask`), since a caller
+    that sets its own boundary (the pipeline) never asks, and on a large image they cost as much as
+    the scoring's last steps."""
+
+    def __init__(
+        self,
+        anomaly_map: np.ndarray | None = None,
+        pred_score: float = float("nan"),
+        raw_score: float = float("nan"),
+        extras: dict[str, Any] | None = None,
+        *,
+        calibration: Calibration | None = None,
+        mask_peak_fraction: float = 0.5,
+    ) -> None:
+        if anomaly_map is None and (calibration is None or (extras or {}).get("raw_map") is None):
+            raise ValueError("a detector output needs an anomaly map, or a raw map and its calibration")
+        self._anomaly_map = anomaly_map
+        self.pred_score = pred_score
+        self.raw_score = raw_score
+        self.extras: dict[str, Any] = dict(extras or {})
+        self.calibration = calibration
+        self.mask_peak_fraction = mask_peak_fraction
+
+    @property
+    def anomaly_map(self) -> np.ndarray:
+        """The calibrated map (0.5 at the detector's boundary), made on first use."""
+        if self._anomaly_map is None:
+            assert self.calibration is not None
+            self._anomaly_map = self.calibration.apply(self.extras["raw_map"])
+        return self._anomaly_map
+
+    @anomaly_map.setter
+    def anomaly_map(self, value: np.ndarray) -> None:
+        self._anomaly_map = value
 
     def predicted_mask(self, pixel_threshold: float = 0.5) -> np.ndarray:
-        """The defect mask: the detector's own outline (`extras["pred_mask"]`) when it gives one,
-        else the map thresholded; specks below the minimum area are dropped either way."""
-        from tools.regions import mask_from_map
+        """The defect mask: the detector's own outline (`extras["pred_mask"]`) when it gives one, the
+        raw map's peaks beyond its boundary for a calibrated detector, else the map thresholded;
+        specks below the minimum area are dropped either way."""
+        from tools.regions import mask_from_map, peak_relative_mask
 
         proposed = self.extras.get("pred_mask")
+        if proposed is None and self.calibration is not None and self.extras.get("raw_map") is not None:
+            proposed = peak_relative_mask(self.extras["raw_map"], self.calibration.boundary, self.mask_peak_fraction)
         if proposed is not None:
             return mask_from_map(np.asarray(proposed, dtype=np.float32), 0.5)
         return mask_from_map(self.anomaly_map, pixel_threshold)
@@ -135,10 +168,9 @@ class CalibratedDetector(Detector):
 
     def calibrated_output(self, size: tuple[int, int], raw: float, raw_map: Any) -> DetectorOutput:
         """The output for an image of `size` (width, height) from its raw score and raw map (a 2-D
-        torch tensor at working resolution, resized here)."""
+        torch tensor at working resolution, resized here); its calibrated map and mask are made only
+        when asked for."""
         import torch.nn.functional as F
-
-        from tools.regions import peak_relative_mask
 
         cal = self._calibration
         if cal is None:
@@ -147,8 +179,6 @@ class CalibratedDetector(Detector):
         m = F.interpolate(raw_map[None, None], size=(height, width), mode="bilinear", align_corners=False)
         full = m[0, 0].numpy()
         return DetectorOutput(
-            anomaly_map=cal.apply(full),
-            pred_score=float(cal.apply(raw)),
-            raw_score=float(raw),
-            extras={"pred_mask": peak_relative_mask(full, cal.boundary, self.mask_peak_fraction), "raw_map": full},
+            pred_score=float(cal.apply(raw)), raw_score=float(raw), extras={"raw_map": full},
+            calibration=cal, mask_peak_fraction=self.mask_peak_fraction,
         )

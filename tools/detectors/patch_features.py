@@ -12,6 +12,8 @@ Decisions, and why:
 - Working sizes keep the aspect ratio at one pixel scale (`scale`, working pixels per image pixel),
   rounded to the backbone's largest stride, and a huge image is capped (`max_side`).
 - Every image gets the same global mean and spread (`standardize`), which absorbs exposure drift.
+- A large working image goes through the backbone in overlapping tiles (`tiling.py`), so memory
+  stays bounded whatever the resolution.
 """
 
 from __future__ import annotations
@@ -24,9 +26,13 @@ import torch.nn.functional as F
 from PIL import Image
 
 from tools.backbones.efficientnet_lite import EfficientNetLiteFeatures
+from tools.detectors.tiling import tiled_levels
 from tools.preprocess import pil_to_tensor, remove_illumination, standardize_contrast
 
 GRID = 32  # working sizes are multiples of the backbone's largest stride
+#: working images with a side beyond TILE + 2 TILE_CONTEXT go through the backbone in tiles
+TILE = 1024
+TILE_CONTEXT = 128
 
 
 def round_to_grid(v: float) -> int:
@@ -88,6 +94,8 @@ class PatchFeatureExtractor:
         illumination_sigma: float = 0.0,
         device: str | torch.device = "cpu",
         network: EfficientNetLiteFeatures | None = None,
+        tile: int = TILE,
+        tile_context: int = TILE_CONTEXT,
     ) -> None:
         if reflect_pad % GRID or reflect_pad < 0:
             raise ValueError(f"reflect_pad must be a non-negative multiple of {GRID}, got {reflect_pad}")
@@ -96,6 +104,7 @@ class PatchFeatureExtractor:
         self.reflect_pad = reflect_pad
         self.standardize = standardize
         self.illumination_sigma = illumination_sigma
+        self.tile, self.tile_context = tile, tile_context
         self.stride = 8  # input pixels per feature cell, confirmed by the first forward pass
 
     def prepare(self, images: Sequence[Image.Image], size: tuple[int, int]) -> torch.Tensor:
@@ -110,7 +119,7 @@ class PatchFeatureExtractor:
         pad = self.reflect_pad
         if pad:
             x = F.pad(x, (pad, pad, pad, pad), mode="reflect")
-        levels = self.network(x)
+        levels = tiled_levels(self.network, x, self.tile, self.tile_context)
         size = levels[0].shape[-2:]
         self.stride = x.shape[-1] // size[-1]
         out = []
