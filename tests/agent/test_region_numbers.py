@@ -65,3 +65,18 @@ def test_overlay_tags_carry_each_regions_number_beside_it(stained):
 
 def test_report_counts_every_word_the_measurements_give():
     assert set(MEASURED_WORDS) <= set(DEFECT_WORDS)
+
+
+def test_report_header_names_the_detector_that_ran_and_counts_edge_words():
+    from agent.report.html import render_html, summarize
+
+    def row(i: int, detector: str, explanation: str) -> Row:
+        record = {"verdict": "defective", "pred_label": True, "pred_score": 0.9, "threshold": 0.5, "detector": detector,
+                  "regions": [], "explanation": explanation}
+        return Row(f"p{i}.png", f"p{i}.png", f"p{i}", status=STATUS_DONE, record=record)
+
+    rows = [row(0, "batch", "Defective (score 0.90): mark 1, a small elongated fray on the left."),
+            row(1, "batch", "Defective (score 0.90): mark 1, a small compact broken area at the top.")]
+    page = render_html(rows, {"settings": {"detector": "auto", "brain": "rule"}})
+    assert "detector <b>batch (asked: auto)</b>" in page
+    assert summarize(rows)["defect_words"] == {"fray": 1, "broken area": 1}
