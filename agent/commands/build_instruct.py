@@ -1,7 +1,9 @@
-"""`looktwice build-instruct (--data ROOT | --synth-from DIR) --out DIR [--per-image N] [--seed S] [--limit N]`.
+"""`looktwice build-instruct (--data ROOT | --synth-from DIR) --out DIR [--per-image N] [--seed S] [--limit N]
+[--exclude-from QA_DIR]`.
 
 Builds Anomaly-Instruct-style conversations in LLaVA JSON (instruct_data/instruct/conversations.py).
-Exit codes: 0 written, 2 usage errors (missing data, bad numbers, no images).
+Exit codes: 0 written, 2 usage errors (missing data, bad numbers, no images, images shared with the QA
+set of --exclude-from).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Add the `build-instruct` sub-command to `sub`."""
     from agent.commands import with_examples
+    from agent.commands.build_qa import add_split_args
 
     p = sub.add_parser(
         "build-instruct",
@@ -24,10 +27,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "image paths relative to <out>) and <out>/stats.json (counts per turn type, normal/anomalous "
             "balance). Turn types: detection (Yes/No), description, cause, suggestion, multi-round. --data "
             "reads an MVTec-layout data set with masks; --synth-from synthesizes one anomalous copy of every "
-            "good image (saved under <out>/images and <out>/masks). The same --seed gives the same output.",
+            "good image (saved under <out>/images and <out>/masks). The same --seed gives the same output. "
+            "--exclude-from QA_DIR refuses to build when an image would also be in that QA set (same file "
+            "content), unless --allow-overlap.",
             [
                 "looktwice data instruct --data mvtec_root --out instruct/ --per-image 4",
-                "looktwice data instruct --synth-from good_parts/ --out instruct/",
+                "looktwice data instruct --synth-from mvtec_root --out instruct/ --exclude-from qa/",
                 "looktwice data instruct --data mvtec_root --out instruct/ --rewrite openai:http://127.0.0.1:8000/v1#Qwen/Qwen2-7B-Instruct",
             ],
         ),
@@ -53,6 +58,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "must keep the Yes/No, location words and numbers, else the template answer stays",
     )
     p.add_argument("--rewrite-cache", help="JSON-lines cache of rewrites (default <out>/rewrite_cache.jsonl)")
+    add_split_args(p, "a QA set folder (from `looktwice data qa`) whose images the instruction data must not use")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_build_instruct)
 
@@ -73,17 +79,19 @@ def rewrite_chat(spec: str) -> tuple[Callable[..., str], dict[str, Any]]:
 
 
 def cmd_build_instruct(args: argparse.Namespace) -> int:
+    from agent.commands.build_qa import split_line
     from agent.commands.common import settings_from_args
     from agent.console import EXIT_OK, info_line, usage_error
     from agent.progress import progress_bar
     from instruct_data.datasets import DatasetError
     from instruct_data.instruct import InstructBuildError, InstructSettings, build_instruct
+    from instruct_data.qa.overlap import SplitOverlapError
 
     settings = settings_from_args(InstructSettings, args)
     try:
         with progress_bar(None, "instruct", not args.quiet) as bar:
             stats = build_instruct(settings, progress=bar.update, chat_for=rewrite_chat)
-    except (DatasetError, InstructBuildError) as err:
+    except (DatasetError, InstructBuildError, SplitOverlapError) as err:
         return usage_error(err)
     im = stats["images"]
     print(
@@ -91,6 +99,8 @@ def cmd_build_instruct(args: argparse.Namespace) -> int:
         f"on {im['normal'] + im['anomalous']} images ({im['anomalous']} anomalous, {im['normal']} normal)"
     )
     info_line("turn types: " + ", ".join(f"{k} {v}" for k, v in stats["turn_types"].items()))
+    if line := split_line(stats.get("split_check")):
+        info_line(line)
     rw = stats.get("rewrite")
     if rw:
         info_line(

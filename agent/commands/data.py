@@ -53,8 +53,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "Data for training and evaluation. `looktwice data WHAT --help` for each.",
             [
                 "looktwice data synth --images good_parts/ --out synth/",
-                "looktwice data instruct --data mvtec_root --out instruct/",
-                "looktwice data qa --data mvtec_root --out qa/ --limit 120",
+                "looktwice data instruct --synth-from mvtec_root --out instruct/",
+                "looktwice data qa --data mvtec_root --out qa/ --limit 120 --exclude-from instruct/",
                 PLATES_EXAMPLE,
             ],
         ),

@@ -97,9 +97,9 @@ def cmd_eval_dr(args: argparse.Namespace) -> int:
     from agent.commands.common import settings_from_args
     from agent.console import EXIT_OK, EXIT_SOME_FAILED, info_line, usage_error
     from agent.detector_flags import detector_options
-    from evals.dr.reader import QASetError
     from evals.dr.text import SbertUnavailable
     from instruct_data.datasets import DatasetError
+    from instruct_data.qa.reader import QASetError
     from tools.detectors import DetectorError
 
     if args.compare:

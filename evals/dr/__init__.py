@@ -2,8 +2,8 @@
 QA set written by `looktwice data qa` (format: instruct_data/qa/FORMAT.md). Run it with `looktwice eval-dr`."""
 
 from evals.dr.metrics import detection_metrics
-from evals.dr.reader import QAImage, QASet, QASetError, load_qa_set
 from evals.dr.text import SbertScorer, SbertUnavailable, lcs_length, rouge_l, tokenize
+from instruct_data.qa.reader import QAImage, QASet, QASetError, load_qa_set
 
 __all__ = [
     "QAImage",

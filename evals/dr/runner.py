@@ -28,9 +28,9 @@ from typing import Any
 
 from evals.dr.judge import LLMJudge
 from evals.dr.metrics import detection_metrics
-from evals.dr.reader import QAImage, QASet, load_qa_set
 from evals.dr.text import SbertScorer, rouge_l
 from instruct_data.answers import parse_yes_no
+from instruct_data.qa.reader import QAImage, QASet, load_qa_set
 
 SAMPLES_FILE, RESULTS_FILE, TABLE_FILE = "samples.jsonl", "results.json", "results.md"
 SUMMARY_KEYS = (

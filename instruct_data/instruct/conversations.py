@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,10 +39,10 @@ from instruct_data.qa.builder import (
     measure_mask,
     words_of,
 )
+from instruct_data.qa.overlap import INSTRUCT_FILE as INSTRUCT_FILE  # one name for the file, kept here too
 from prompts import load_prompts
 from tools.record import Region
 
-INSTRUCT_FILE = "instruct.json"
 STATS_FILE = "stats.json"
 IMAGE_TOKEN = "<image>"
 TURN_TYPES = ("detection", "description", "cause", "suggestion", "multi_round")
@@ -61,6 +62,8 @@ class InstructSettings:
     limit: int | None = None  # at most this many images per category (real) / source images (synth)
     rewrite: str | None = None  # llava:<m> | openai:<url>#<m>: LLM rephrasing of the answers (optional)
     rewrite_cache: str | None = None  # JSON-lines cache of rewrites (default <out>/rewrite_cache.jsonl)
+    exclude_from: str | None = None  # a QA set folder whose images must not be used (compared by content)
+    allow_overlap: bool = False  # build even when some images are in `exclude_from` (recorded in stats)
 
 
 @dataclass
@@ -267,9 +270,15 @@ def _good_images(folder: str) -> list[tuple[str, Path]]:
     return [(name, p) for p in list_images(folder, recursive=True)]
 
 
-def subjects_from_synthesis(settings: InstructSettings, out: Path, tpl: dict[str, Any]) -> list[Subject]:
+def subjects_from_synthesis(
+    settings: InstructSettings,
+    out: Path,
+    tpl: dict[str, Any],
+    check_sources: Callable[[list[Path]], None] | None = None,
+) -> list[Subject]:
     """Every good image as a normal subject plus one synthesized anomalous copy of it (image and mask
-    saved under `<out>/images` and `<out>/masks`)."""
+    saved under `<out>/images` and `<out>/masks`). `check_sources` sees the source images before
+    anything is written (the split guard)."""
     from PIL import Image
 
     from instruct_data.synthesis.anomalies import kinds as registered
@@ -284,6 +293,8 @@ def subjects_from_synthesis(settings: InstructSettings, out: Path, tpl: dict[str
     if settings.limit is not None:
         sources = sources[: settings.limit]
     sources.sort(key=str)
+    if check_sources is not None:
+        check_sources([Path(path) for _, path in sources])
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
     subjects: list[Subject] = []

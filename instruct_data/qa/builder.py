@@ -4,7 +4,8 @@ Writes three files into the output folder:
 - `test_data.json`: [{image, anomaly, class}] for the detection part (every selected test image);
 - `dr.json`: [{image, class, defect_type, questions, answers}] for the reasoning part (anomalous images
   only), a low-level question (describe the defect) and a complex one (likely cause, prevention);
-- `meta.json`: where the images are (`data_root`), how the set was drawn, and counts.
+- `meta.json`: where the images are (`data_root`), how the set was drawn, and counts (and, with
+  `exclude_from`, the split check against the instruction data: `instruct_data.qa.overlap`).
 
 Reference answers come from the ground truth only: the mask is measured with `tools.regions.measure_regions`
 (location words, size, shape, tone against the surroundings) and the defect type picks the cause and
@@ -26,13 +27,12 @@ from typing import Any
 import numpy as np
 
 from instruct_data.datasets import ALL_CATEGORIES, Dataset, Sample, open_dataset
+from instruct_data.qa.overlap import SplitGuard
+from instruct_data.qa.reader import DR_FILE, META_FILE, TEST_FILE
 from prompts import load_prompts
 from tools.record import Region
 from tools.regions import measure_regions
 
-TEST_FILE = "test_data.json"
-DR_FILE = "dr.json"
-META_FILE = "meta.json"
 FORMAT_VERSION = 1
 
 
@@ -47,6 +47,8 @@ class BuildSettings:
     category: str | None = None
     limit: int | None = None  # at most this many test images per category (about half anomalous)
     seed: int = 0
+    exclude_from: str | None = None  # instruction data (instruct.json or its folder) to share no image with
+    allow_overlap: bool = False  # build even when some images are in `exclude_from` (recorded in meta)
 
 
 def templates() -> dict[str, Any]:
@@ -250,14 +252,19 @@ def build_qa_set(settings: BuildSettings, progress: Callable[[int], None] | None
             f"category {settings.category!r} not found in '{settings.data}'; known: {', '.join(known)}"
         )
     root = Path(dataset.root)
+    guard = SplitGuard.against_instruct(settings.exclude_from) if settings.exclude_from else None
+    chosen = {c: select_samples(dataset.test_samples(c), settings.limit, settings.seed, c) for c in categories}
+    split_check = None
+    if guard is not None:
+        images = [(_relative(s.image_path, root), Path(s.image_path)) for c in categories for s in chosen[c]]
+        split_check = guard.check(images, "QA set", settings.allow_overlap)
     tpl = templates()
     test_data: list[dict[str, Any]] = []
     dr: list[dict[str, Any]] = []
     per_class: dict[str, dict[str, int]] = {}
     for cat in categories:
-        chosen = select_samples(dataset.test_samples(cat), settings.limit, settings.seed, cat)
         counts = per_class.setdefault(cat, {"images": 0, "anomalous": 0, "good": 0, "without_mask": 0})
-        for s in chosen:
+        for s in chosen[cat]:
             rel = _relative(s.image_path, root)
             test_data.append({"image": rel, "anomaly": bool(s.gt_label), "class": cat})
             counts["images"] += 1
@@ -290,6 +297,8 @@ def build_qa_set(settings: BuildSettings, progress: Callable[[int], None] | None
         },
         "per_class": per_class,
     }
+    if split_check is not None:
+        meta["split_check"] = split_check
     (out / TEST_FILE).write_text(json.dumps(test_data, indent=1), encoding="utf-8")
     (out / DR_FILE).write_text(json.dumps(dr, indent=1), encoding="utf-8")
     (out / META_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")

@@ -3,6 +3,10 @@
 The format is documented in instruct_data/qa/FORMAT.md. Images are resolved against the data root:
 the `data_root` argument, else `meta.json`'s `data_root` (relative = relative to the QA folder), else
 the QA folder itself. An image listed in both files is one `QAImage` (detection and reasoning).
+
+Why here, beside the builder: the reader is the format's other half. The benchmark (`evals.dr`) reads
+a set to score it, and the instruction-data builder reads one to keep clear of its images
+(`instruct_data.qa.overlap`); both use this one reader.
 """
 
 from __future__ import annotations
