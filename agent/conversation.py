@@ -40,7 +40,6 @@ def build_pipeline(
     from agent.console import info_line
     from agent.detector_flags import inspection_settings
     from agent.images import limits_from_args
-    from agent.inspection import Pipeline
     from tools.detectors import DetectorError
 
     say = warn or info_line
@@ -56,6 +55,8 @@ def build_pipeline(
             from tools.sam import SamTool
 
             sam = SamTool(args.sam)
+        from agent.inspection import Pipeline  # after the settings: a missing model ends before torch loads
+
         return Pipeline(settings, warn=say, brain=brain, sam=sam).fit(refs, n_images=1)
     except (BrainError, DetectorError, ValueError, KeyError) as err:
         raise SetupError(str(err)) from None

@@ -153,11 +153,18 @@ def inspection_settings(args: argparse.Namespace, brain: str | None = None) -> I
         raise ValueError(f"trace {loop['trace']!r}: expected brief or full")
     if "fallback" in config or getattr(args, "fallback", False):
         loop["fallback"] = bool(config.get("fallback", False)) or bool(getattr(args, "fallback", False))
-    _check_brain(brain or getattr(args, "brain", None) or "rule")
+    spec = brain or getattr(args, "brain", None) or "rule"
+    detector = getattr(args, "detector", None) or "auto"
+    _check_brain(spec)
+    if not loop.get("fallback"):
+        _require_models(None, {}, spec)  # before the detector settings import the detectors (and torch)
+    options = detector_options(args)
+    if not loop.get("fallback"):
+        _require_models(detector, options, "rule")
     return InspectionSettings(
-        detector=getattr(args, "detector", None) or "auto",
-        detector_options=detector_options(args),
-        brain=brain or getattr(args, "brain", None) or "rule",
+        detector=detector,
+        detector_options=options,
+        brain=spec,
         decision=decision_settings(args),
         **loop,
     )
@@ -170,6 +177,26 @@ def _check_brain(spec: str) -> None:
     try:
         parse_brain_spec(spec)
     except BrainError as err:
+        raise ValueError(str(err)) from None
+
+
+def _require_models(detector: str | None, options: dict[str, Any], brain: str) -> None:
+    """The models an explicitly named detector or a LLaVA brain loads, found now (local folder or cache,
+    else one short hub request; no torch imported): a missing one is a usage error, within seconds,
+    with one complete message (`tools.model_catalog.require_detector_model`, `require_llava`)."""
+    from agent.brains.spec import parse_brain_spec
+    from tools.model_catalog import require_detector_model, require_llava
+    from tools.models import ModelNotAvailableError
+
+    kind, brain_options = parse_brain_spec(brain)
+    try:
+        if detector:
+            require_detector_model(detector, options)
+        if kind == "llava" and "loaded" not in brain_options:
+            from agent.brains.llava import DEFAULT_LLAVA
+
+            require_llava(brain_options.get("model") or DEFAULT_LLAVA)
+    except ModelNotAvailableError as err:
         raise ValueError(str(err)) from None
 
 

@@ -16,7 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tools.models import MODELS, check_model, hf_repo_dir, hf_snapshot_file, resolve_model
+from tools.models import (
+    MODELS,
+    check_model,
+    hf_repo_dir,
+    hf_snapshot_file,
+    require_model,
+    resolve_model,
+    with_default_tag,
+)
 
 #: tools.ltfm.checkpoints.DEFAULT_MODEL_ID and EXPERT_FILENAME, restated so listing models imports no torch;
 #: a test holds them equal.
@@ -114,6 +122,34 @@ def packaged_rows() -> list[dict[str, Any]]:
             )
         )
     return rows
+
+
+#: the tool checkpoint (a `tools.models.MODELS` name) or "llava" each model-based detector loads; `fused`
+#: is left out: it goes on with the parts whose models are here, by design
+DETECTOR_MODELS: dict[str, str] = {"winclip": "clip", "winclip+": "clip", "ltfm": "llava"}
+#: how a user gives each kind of model a folder (the end of the missing-model message)
+USE = {
+    "clip": "--model <folder> / LOOKTWICE_MODEL_CLIP",
+    "llava": "--brain 'llava:<folder>' (or --model <folder> with --detector ltfm)",
+}
+
+
+def require_llava(model: str, use: str = USE["llava"]) -> str:
+    """Where a LLaVA-OneVision model is on this machine (a folder, or the hub cache), or
+    `ModelNotAvailableError` within seconds (`tools.models.require_model`); imports no torch, so a
+    command that asked for a model that is not there ends before loading anything."""
+    avail = require_model("llava", model, display=model, use=use)
+    return avail.location
+
+
+def require_detector_model(detector: str, options: Mapping[str, Any]) -> None:
+    """Raise `ModelNotAvailableError` (within seconds, no torch imported) when the model an explicitly
+    named detector loads is not on this machine; nothing for detectors without one."""
+    what = DETECTOR_MODELS.get(detector)
+    if what == "clip":
+        require_model("open_clip", with_default_tag(resolve_model("clip", options.get("model"))), use=USE["clip"])
+    elif what == "llava":
+        require_llava(str(options.get("model") or LLAVA_05B))
 
 
 def describe_llava_folder(folder: str | Path) -> str:
@@ -219,6 +255,7 @@ def tool_rows(config: Mapping[str, str] | None) -> list[dict[str, Any]]:
 
 
 __all__ = [
+    "DETECTOR_MODELS",
     "EXPERT_FILENAME",
     "LLAVA",
     "LLAVA_05B",
@@ -228,5 +265,7 @@ __all__ = [
     "list_models",
     "llava_rows",
     "packaged_rows",
+    "require_detector_model",
+    "require_llava",
     "tool_rows",
 ]

@@ -207,7 +207,7 @@ def split_open_clip_id(model_id: str) -> tuple[str, str | None]:
     return model_id, None
 
 
-def _with_default_tag(model_id: str) -> str:
+def with_default_tag(model_id: str) -> str:
     """A bare architecture name gets its registry tag ("ViT-B-16-plus-240" -> "...:laion400m_e31").
 
     Any other bare name is an error rather than silently random weights.
@@ -280,7 +280,7 @@ def _has_weights(folder: Path) -> bool:
 
 
 def _check_open_clip(model_id: str) -> Availability:
-    model_id = _with_default_tag(model_id)
+    model_id = with_default_tag(model_id)
     arch, tag = split_open_clip_id(model_id)
     if arch.startswith("local-dir:") or (tag is None and Path(arch).expanduser().is_dir()):
         folder = Path(arch.removeprefix("local-dir:")).expanduser()
@@ -383,7 +383,7 @@ def hub_repo_for(kind: str, model_id: str) -> str | None:
     if kind in ("sam", "llava"):
         return model_id
     if kind == "open_clip":
-        arch, tag = split_open_clip_id(_with_default_tag(model_id))
+        arch, tag = split_open_clip_id(with_default_tag(model_id))
         if arch.startswith("hf-hub:"):
             return arch.removeprefix("hf-hub:")
         if tag and tag != RANDOM_TAG:
@@ -448,7 +448,7 @@ def load_open_clip(model: str | None = None, device: str = "cpu", precision: str
 
     Raises `ModelNotAvailableError` when the weights are not on disk and the hub is offline.
     """
-    model_id = _with_default_tag(resolve_model("clip", model))
+    model_id = with_default_tag(resolve_model("clip", model))
     arch, tag = split_open_clip_id(model_id)
     if tag is None and Path(arch).expanduser().is_dir():
         arch = "local-dir:" + str(Path(arch).expanduser())

@@ -114,7 +114,7 @@ class LlavaBrain(Brain, SeesImages, JudgesDefects, ProposesRules, ReportsModelCa
                     attn_implementation=resolved.attn,
                 )
             except ModelNotFoundError as err:
-                raise BrainError(f"cannot load LLaVA model {self.model_id!r}: {_one_line(err)}") from None
+                raise BrainError(f"--brain llava: {_one_line(err)}") from None
             except (OptionError, ExpertWeightsError, ImportError, OSError, ValueError) as err:
                 raise BrainError(f"cannot load LLaVA model {self.model_id!r}: {_one_line(err)}") from None
             self.resolved = resolved

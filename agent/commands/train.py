@@ -40,7 +40,10 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=float, help="passes over the data")
     p.add_argument("--lr", type=float, help="learning rate")
     p.add_argument("--batch-size", type=int, help="per-device batch size")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to train (default: the config's)")
+    p.add_argument(
+        "--device", help="where to train: auto (a GPU when there is one), cpu, cuda, cuda:N (default: the config's)"
+    )
+    p.add_argument("--dtype", help="weights of the loaded model: auto, bf16, fp16, fp32 (default: the config's)")
     p.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="any config field, e.g. lora.r=8 (repeatable)"
     )
@@ -83,7 +86,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     _add_common(m)
     m.add_argument("--expert", help="expert weights (stage 1's ltfm_expert.safetensors), auto or none")
-    m.add_argument("--method", choices=["full", "lora", "qlora"], help="how to train the LLM")
+    m.add_argument(
+        "--method", choices=["full", "lora", "qlora"],
+        help="how to train the LLM; qlora is LoRA on the base loaded with quant=4bit (NF4), as --brain's quant option",
+    )
     m.add_argument(
         "--eval-data", action="append", help="held-out LLaVA JSON: Yes/No detection accuracy before and after"
     )
@@ -115,6 +121,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "lr": args.lr,
         "batch_size": args.batch_size,
         "device": args.device,
+        "dtype": args.dtype,
         "progress": False if args.quiet else None,
     }
     if args.stage == "llm":

@@ -184,7 +184,7 @@ def test_llava_brain_with_tiny_model(tiny_llava, tmp_path):
     assert isinstance(brain.answer("Where?", record, history), str)
     assert history == [("Is it defective?", "Yes.")]
     assert 0.0 <= brain.yes_probability(case.scratched()) <= 1.0
-    with pytest.raises(BrainError, match="cannot load LLaVA model"):
+    with pytest.raises(BrainError, match="--brain llava: model .* not found: no such folder"):
         LlavaBrain(str(tmp_path / "no_model")).explain(record)
 
 

@@ -27,15 +27,20 @@ def test_eval_with_tiny_clip(tmp_path, detector, capsys):
     assert res["categories"][0]["n_images"] == 6
 
 
-def test_inspect_missing_clip_falls_back(tmp_path, monkeypatch, capsys):
+def test_inspect_missing_clip_stops_unless_fallback(tmp_path, monkeypatch, capsys):
+    """A named detector whose weights are not here is a usage error (exit 2, one message); `--fallback`
+    goes on with the embedded detector, said once (tests/agent/test_missing_models.py: the hub)."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-cache"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty-cache"))
     root = _mvtec_root(tmp_path / "data")
     img = next((root / "plates" / "test" / "scratch").iterdir())
-    code = main(["inspect", str(img), "--refs", str(root / "plates" / "train" / "good"), "--detector", "winclip+",
-                 "--out", str(tmp_path / "o"), "--json"])
+    argv = ["inspect", str(img), "--refs", str(root / "plates" / "train" / "good"), "--detector", "winclip+",
+            "--out", str(tmp_path / "o"), "--json"]
+    assert main(argv) == 2
     captured = capsys.readouterr()
-    assert code == 0
-    assert "huggingface-cli download" in captured.err and "falling back" in captured.err
+    assert captured.out == "" and "HF_HUB_OFFLINE is set" in captured.err and "huggingface-cli download" in captured.err
+    assert main([*argv, "--fallback"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.count("huggingface-cli download") == 1 and "Falling back" in captured.err
     assert json.loads(captured.out)["detector"] == "refmatch"

@@ -24,7 +24,6 @@ STAGES = ("expert", "llm")
 METHODS = ("full", "lora", "qlora")
 SCHEDULERS = ("cosine", "linear", "constant")
 PRECISIONS = ("no", "bf16", "fp16")
-DEVICES = ("auto", "cpu", "cuda")
 
 
 class TrainConfigError(ValueError):
@@ -61,9 +60,9 @@ class CommonSettings:
     warmup_ratio: float = 0.03
     scheduler: str = "cosine"
     max_grad_norm: float = 1.0
-    dtype: str = "float32"  # weights of the loaded model: float32, bfloat16, float16
+    dtype: str = "float32"  # weights of the loaded model: auto (bf16 on a GPU, fp32 on the CPU), bf16, fp16, fp32
     mixed_precision: str = "no"  # accelerate autocast: no, bf16, fp16
-    device: str = "auto"  # auto (GPU when there is one), cpu, cuda
+    device: str = "auto"  # auto (GPU when there is one), cpu, cuda, cuda:N (`tools.ltfm.options` spellings)
     save_every: int = 500  # optimizer steps between checkpoints (and one at the end)
     keep_checkpoints: int = 2
     log_every: int = 10
@@ -259,10 +258,18 @@ def _coerce(tp: Any, value: Any, where: str, name: str) -> Any:
 
 
 def _check_choices(cfg: CommonSettings, where: str) -> None:
+    from tools.ltfm.options import OptionError, normalize_device, normalize_dtype
+
+    try:  # the spellings every command takes (bf16, cuda:1, ...), stored in one form
+        cfg.device = normalize_device(cfg.device, "field 'device':")
+        cfg.dtype = normalize_dtype(cfg.dtype, "field 'dtype':")
+        if isinstance(cfg, LLMTrainConfig) and cfg.export_dtype != "auto":
+            cfg.export_dtype = normalize_dtype(cfg.export_dtype, "field 'export_dtype':")
+    except OptionError as err:
+        raise TrainConfigError(f"{where}: {err}") from None
     choices: dict[str, tuple[str, ...]] = {
         "scheduler": SCHEDULERS,
         "mixed_precision": PRECISIONS,
-        "device": DEVICES,
     }
     if isinstance(cfg, LLMTrainConfig):
         choices["method"] = METHODS

@@ -71,10 +71,12 @@ class LLMStage:
         device = torch.device(device)
         if device.type == "cuda" and device.index is None:  # bitsandbytes wants an explicit GPU
             device = torch.device("cuda", torch.cuda.current_device())
+        from tools.ltfm.options import resolve_dtype
+
         self.model = load_model(
             cfg.model,
             expert=expert,
-            dtype=cfg.dtype,
+            dtype=resolve_dtype(cfg.dtype, device.type),
             quantization="4bit" if qlora else None,
             device_map={"": str(device)} if qlora else None,
             expert_tokens=True,  # the LLM is being taught the expert's tokens
@@ -172,7 +174,10 @@ class LLMStage:
         return artifacts
 
     def _export_dtype(self) -> str:
-        return self.cfg.dtype if self.cfg.export_dtype == "auto" else self.cfg.export_dtype
+        from tools.ltfm.options import resolve_dtype
+
+        dtype = self.cfg.dtype if self.cfg.export_dtype == "auto" else self.cfg.export_dtype
+        return resolve_dtype(dtype, str(self.model.device))
 
 
 def non_lora_trainables(peft_model: nn.Module) -> dict[str, Tensor]:

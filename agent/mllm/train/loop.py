@@ -89,8 +89,10 @@ def make_accelerator(cfg: CommonSettings) -> Any:
         from accelerate import Accelerator
     except ImportError:
         raise ImportError('training needs accelerate and peft: pip install "looktwice[train]"') from None
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' asked for, but torch sees no CUDA GPU; use device: cpu or auto")
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {cfg.device!r} asked for, but torch sees no CUDA GPU; use device: cpu or auto")
+    if cfg.device.startswith("cuda:"):  # one process on a chosen GPU (accelerate uses the current one)
+        torch.cuda.set_device(int(cfg.device.split(":", 1)[1]))
     cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
     if cpu and cfg.mixed_precision == "fp16":
         raise RuntimeError("mixed_precision 'fp16' needs a GPU; use 'no' or 'bf16' on the CPU")

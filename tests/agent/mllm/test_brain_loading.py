@@ -206,3 +206,16 @@ def test_missing_model_is_one_complete_brain_error(monkeypatch, tmp_path):
     msg = str(err.value)
     assert "\n" not in msg and "looktwice-test/no-such-model" in msg
     assert "huggingface-cli download looktwice-test/no-such-model" in msg and msg.endswith(").")
+
+
+# ------------------------------------------------------------------------------------------ training
+def test_train_takes_the_same_spellings():
+    """`looktwice train` reads device and dtype as the brain's spec does (stored in one form)."""
+    from agent.mllm.train import TrainConfigError, apply_overrides, load_config
+
+    cfg = apply_overrides(load_config("tiny-llm", stage="llm"), {"device": "CUDA:1", "dtype": "bf16"})
+    assert (cfg.device, cfg.dtype) == ("cuda:1", "bfloat16")
+    with pytest.raises(TrainConfigError, match="field 'dtype': 'fp8' is not allowed; use one of: auto, bf16"):
+        apply_overrides(cfg, {"dtype": "fp8"})
+    with pytest.raises(TrainConfigError, match="field 'device': 'gpu' is not allowed"):
+        load_config("tiny-expert", overrides=["device=gpu"], stage="expert")
