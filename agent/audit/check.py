@@ -17,7 +17,6 @@ max (as LogSAD does); any hard violation makes the image anomalous.
 
 from __future__ import annotations
 
-import colorsys
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
+from agent.audit.looks import colour_word
 from agent.audit.spec import ComponentSpec, Spec
 from tools.components import Part, find_parts, hungarian, white_balance, work_pixels
 from tools.regions import location_words
@@ -464,26 +464,9 @@ def check_components(
     return out
 
 
-_HUES = (
-    (0.04, "red"),
-    (0.11, "orange"),
-    (0.19, "yellow"),
-    (0.45, "green"),
-    (0.53, "cyan"),
-    (0.72, "blue"),
-    (0.85, "purple"),
-    (0.95, "pink"),
-    (1.01, "red"),
-)
-
-
 def _colour_word(rgb: Sequence[float]) -> str:
-    h, s, v = colorsys.rgb_to_hsv(*rgb)
-    if v < 0.2:
-        return "black"
-    if s < 0.2:
-        return "white" if v > 0.8 else "grey"
-    return next(word for lim, word in _HUES if h < lim)
+    """A plain colour word (the scenes' words: no "brown")."""
+    return colour_word(rgb, brown=False)
 
 
 def normalized_structural(score: float, threshold: float) -> float:
@@ -537,6 +520,11 @@ def audit_image(
     """Check one image; `structural` = (calibrated score, threshold) of the structural detector;
     `finders` = the SAM mask generator and CLIP scorer of the run (default: none, so components that
     need them are skipped)."""
+    if spec.segmenter == "regions":
+        from agent.audit.product_check import check_product
+
+        rules, blobs, work = check_product(image, spec)
+        return _conclude(rules, blobs, structural, work)
     if finders is None:
         from agent.audit.finders import Finders
 
@@ -562,6 +550,13 @@ def audit_image(
                 skipped=True,
             ),
         )
+    return _conclude(rules, blobs, structural, (px.shape[1], px.shape[0]))
+
+
+def _conclude(
+    rules: list[RuleResult], blobs: list[Part], structural: tuple[float, float] | None, work: tuple[int, int]
+) -> AuditResult:
+    """Score, verdict and sentence from the measured rules (and the structural detector's score)."""
     failed = [r for r in rules if not r.passed]
     devs = [r.deviation for r in rules if not r.skipped]
     if failed:
@@ -579,7 +574,7 @@ def audit_image(
         text = f"All {checked} audit rules pass."
     if s_norm is not None and s_norm > 0.5:
         text += f" The structural detector also flags it (score {structural[0]:.2f})."
-    return AuditResult(rules, blobs, logical, s_norm, score, anomalous, text, (px.shape[1], px.shape[0]))
+    return AuditResult(rules, blobs, logical, s_norm, score, anomalous, text, work)
 
 
 __all__ = [

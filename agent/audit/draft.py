@@ -13,6 +13,13 @@ statistics, no model).
 5. Validation: every rule is checked on every reference; a rule that fails on one is dropped and the
    spec lists it in `dropped`.
 
+Real photos (`segmenter="regions"`, agent.audit.product_draft): colour blobs fragment on glass, print
+and shading, so the references disagree with themselves and most rules above are dropped. There the
+parts are discovered as regions the references agree on and found by their look. `segmenter="auto"`
+(the default) drafts by colour first and turns to the product's parts when the colour draft is weak:
+no count rule kept, fewer than twice as many rules kept as dropped, or no component on every
+reference. The spec's `notes` say which way was taken and why.
+
 With `segmenter="sam"` (and a SAM mask generator in `finders`) step 2 uses SAM's segments
 (agent.audit.segment) instead of colour blobs; the components are then `find: {sam: true, rgb: ...}`
 (or `{sam: true, region: ...}`) and the spec says `segmenter: sam`, so a run segments the same way.
@@ -140,20 +147,62 @@ def _row_major(centres: list[tuple[float, float]]) -> list[int]:
 def draft_spec(
     references: Sequence[Image.Image],
     names: Sequence[str] | None = None,
-    segmenter: Literal["colour", "sam"] = "colour",
+    segmenter: Literal["auto", "colour", "sam", "regions"] = "auto",
     finders: Finders | None = None,
     sam: SamSettings | None = None,
 ) -> Spec:
     """A validated spec from good references; raises DraftError when none can be made.
 
     `segmenter="sam"` drafts on SAM's segments (`finders` gives the mask generator, `sam` its settings,
-    kept in the spec)."""
-    from agent.audit.finders import Finders
-
+    kept in the spec); "regions" on the product's parts; "auto" by colour, else the product's parts."""
     if len(references) < 1:
         raise DraftError("drafting a spec needs at least one good reference image")
-    finders = finders or Finders()
     names = list(names) if names else [f"reference {i + 1}" for i in range(len(references))]
+    if segmenter == "regions":
+        from agent.audit.product_draft import draft_product_spec
+
+        return draft_product_spec(references, names)
+    if segmenter != "auto":
+        return _draft_by_colour(references, names, segmenter, finders, sam)
+    try:
+        spec = _draft_by_colour(references, names, "colour", finders, sam)
+        weak = weak_colour_draft(spec)
+    except DraftError as err:
+        spec, weak = None, str(err)
+    if weak is None:
+        return spec
+    from agent.audit.product_draft import draft_product_spec
+
+    out = draft_product_spec(references, names)
+    out.notes.insert(0, f"drafted on the product's parts, not colour blobs: the colour draft was weak ({weak})")
+    return out
+
+
+def weak_colour_draft(spec: Spec) -> str | None:
+    """Why a colour draft is too weak to use (no count rule kept, or fewer than twice as many rules
+    kept as dropped), or None when it is fine."""
+    counts = sum(c.count is not None for c in spec.components)
+    kept = counts + sum(
+        getattr(c, k) is not None for c in spec.components for k in ("colour", "area", "position")
+    ) + len(spec.pairs) + int(spec.unexpected_objects)
+    if counts == 0:
+        return f"no count rule held on every reference; {len(spec.dropped)} rule(s) dropped"
+    if kept < 2 * len(spec.dropped):
+        return f"{kept} rule(s) kept, {len(spec.dropped)} dropped"
+    return None
+
+
+def _draft_by_colour(
+    references: Sequence[Image.Image],
+    names: list[str],
+    segmenter: Literal["colour", "sam"],
+    finders: Finders | None,
+    sam: SamSettings | None,
+) -> Spec:
+    """The colour (or SAM) draft of steps 1-5."""
+    from agent.audit.finders import Finders
+
+    finders = finders or Finders()
     pixels = [work_pixels(im) for im in references]
     target = np.median([border_colour(p) for p in pixels], axis=0)
     pixels = [white_balance(p, target) for p in pixels]
@@ -308,4 +357,4 @@ def _without(spec: Spec, rule: str) -> Spec:
     return data
 
 
-__all__ = ["DraftError", "draft_spec", "validate_on_references"]
+__all__ = ["DraftError", "draft_spec", "validate_on_references", "weak_colour_draft"]

@@ -1,5 +1,7 @@
 """The audit spec: which components a good part has and the rules they obey (YAML, validated by pydantic).
 
+The format is described for users in docs/audit_spec.md; this is the schema that checks it.
+
 ```yaml
 version: 1
 background: {rgb: [0.89, 0.87, 0.82], tolerance: 0.2}   # pixels this close (RGB 0..1) are background
@@ -42,7 +44,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-ATTRIBUTES = ("hue", "colour", "area", "x", "y")
+ATTRIBUTES = ("hue", "colour", "area", "x", "y", "kind")
 
 
 class SpecError(ValueError):
@@ -64,6 +66,16 @@ class HsvRange(_Model):
     v: tuple[float, float] = (0.0, 1.0)
 
 
+class Template(_Model):
+    """A part found by its look (`segmenter: regions`): the pattern (a small PNG, base64) is matched by
+    normalized cross-correlation around its box, in the product's frame."""
+
+    box: tuple[float, float, float, float]  # x0, y0, x1, y1 in the product frame (0..1)
+    pattern: str = Field(min_length=8)  # base64 PNG of the mean look of the part on the references
+    min_match: float = Field(0.3, ge=-1, le=1)  # correlation at or above which the part is there
+    search: float = Field(0.15, gt=0, le=1)  # half-width of the search window, fraction of the product
+
+
 class Find(_Model):
     rgb: tuple[float, float, float] | None = None
     tolerance: float = Field(0.25, gt=0)
@@ -71,6 +83,8 @@ class Find(_Model):
     region: tuple[float, float, float, float] | None = None
     clip_prompt: str | None = None
     sam: bool = False
+    template: Template | None = None
+    product: bool = False  # the product itself: the largest piece of foreground (segmenter: regions)
 
     @model_validator(mode="after")
     def _one_way(self) -> Find:
@@ -80,14 +94,25 @@ class Find(_Model):
             and self.region is None
             and not self.clip_prompt
             and not self.sam
+            and self.template is None
+            and not self.product
         ):
-            raise ValueError("give one of rgb, hsv, region, clip_prompt or sam")
+            raise ValueError("give one of rgb, hsv, region, clip_prompt, sam, template or product")
+        if (self.template is not None or self.product) and (
+            self.rgb is not None or self.hsv is not None or self.region is not None or self.clip_prompt or self.sam
+        ):
+            raise ValueError("template and product finders stand alone (no rgb, hsv, region, clip_prompt or sam)")
         return self
 
     @property
+    def by_look(self) -> bool:
+        """Found in the product's frame (`segmenter: regions`): by template or as the product."""
+        return self.template is not None or self.product
+
+    @property
     def by_appearance(self) -> bool:
-        """Found without a model: by colour (rgb / hsv) or by region."""
-        return self.rgb is not None or self.hsv is not None or self.region is not None
+        """Found without a model: by colour (rgb / hsv), by region, or by look (template, product)."""
+        return self.rgb is not None or self.hsv is not None or self.region is not None or self.by_look
 
     @property
     def needs_extras(self) -> str | None:
@@ -109,8 +134,34 @@ class Count(_Model):
 
 
 class Colour(_Model):
-    rgb: tuple[float, float, float]
+    """One colour (`rgb`), or one of several kinds seen on the references (`classes`, named)."""
+
+    rgb: tuple[float, float, float] | None = None
+    classes: dict[str, tuple[float, float, float]] | None = None
     tolerance: float = Field(0.1, gt=0)
+
+    @model_validator(mode="after")
+    def _one_way(self) -> Colour:
+        if (self.rgb is None) == (self.classes is None):
+            raise ValueError("give either rgb or classes")
+        if self.classes is not None and not self.classes:
+            raise ValueError("classes must name at least one colour")
+        return self
+
+
+class Orientation(_Model):
+    """The part's tilt in degrees (counter-clockwise), as found by its template."""
+
+    angle: float = 0.0
+    tolerance: float = Field(5.0, gt=0, le=45)
+
+
+class Fill(_Model):
+    """The height of the part's colour inside the product: (product bottom - top of the colour) /
+    product height, e.g. how full a bottle is."""
+
+    level: float = Field(ge=0, le=1)
+    tolerance: float = Field(0.03, gt=0, le=1)
 
 
 class Area(_Model):
@@ -142,6 +193,8 @@ class ComponentSpec(_Model):
     colour: Colour | None = None
     area: Area | None = None
     position: Position | None = None
+    orientation: Orientation | None = None
+    fill: Fill | None = None
 
     @field_validator("count", mode="before")
     @classmethod
@@ -174,10 +227,29 @@ class ClipSettings(_Model):
 
 
 class PairRule(_Model):
+    """Two parts that go together. hue / colour / area / x / y: A's attribute matches B's within the
+    tolerance. kind: the combinations seen on the references (`looks`: for each colour class of B, the
+    look of A seen with it; A must look most like the one of B's class)."""
+
     a: str
     b: str
-    attribute: Literal["hue", "colour", "area", "x", "y"] = "hue"
+    attribute: Literal["hue", "colour", "area", "x", "y", "kind"] = "hue"
     tolerance: float = Field(0.05, gt=0)
+    looks: dict[str, str] | None = None  # kind: B's colour class -> base64 PNG of A's look with it
+
+    @model_validator(mode="after")
+    def _looks(self) -> PairRule:
+        if self.attribute == "kind" and not self.looks:
+            raise ValueError("a kind pair needs looks (B's colour class -> A's look)")
+        return self
+
+
+class RegionSettings(_Model):
+    """`segmenter: regions`: how images are looked at (work size, the template search)."""
+
+    work_size: int = Field(256, ge=64, le=2048)  # long side of the work image, pixels
+    angles: list[float] = Field(default_factory=lambda: [-30.0, -20.0, -12.0, -6.0, -3.0, 0.0, 3.0, 6.0, 12.0, 20.0, 30.0])
+    scales: list[float] = Field(default_factory=lambda: [0.7, 0.85, 1.0, 1.15, 1.3])
 
 
 class Spec(_Model):
@@ -187,11 +259,16 @@ class Spec(_Model):
     components: list[ComponentSpec] = Field(min_length=1)
     pairs: list[PairRule] = Field(default_factory=list)
     unexpected_objects: bool = True
-    segmenter: Literal["colour", "sam"] | None = None  # None: sam when a component has `find.sam`
+    segmenter: Literal["colour", "sam", "regions"] | None = None  # None: sam when a component has `find.sam`
+    frame: Literal["image", "product"] = "image"  # positions and sizes relative to the image or the product
+    regions: RegionSettings | None = None
     sam: SamSettings | None = None
     clip: ClipSettings | None = None
     white_balance: bool = True  # correct colours so the image border matches the background colour
     dropped: list[str] = Field(default_factory=list)
+    kept: list[str] = Field(default_factory=list)  # why each drafted rule was kept (spread, tolerance)
+    # each reference's logical score under the rules drafted without it (the decision is calibrated on them)
+    held_out_scores: list[float] = Field(default_factory=list)
     notes: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -211,6 +288,12 @@ class Spec(_Model):
                     raise ValueError(
                         f"components[{i}].find.sam: needs segmenter: sam (or leave segmenter out)"
                     )
+        for i, c in enumerate(self.components):
+            if c.find.by_look != (self.segmenter == "regions"):
+                raise ValueError(
+                    f"components[{i}].find: template and product finders go with segmenter: regions, "
+                    "and segmenter: regions finds parts only by template or as the product"
+                )
         for i, p in enumerate(self.pairs):
             for side in ("a", "b"):
                 if getattr(p, side) not in names:
@@ -223,6 +306,10 @@ class Spec(_Model):
         return self.segmenter == "sam" or (
             self.segmenter is None and any(c.find.sam for c in self.components)
         )
+
+    @property
+    def region_settings(self) -> RegionSettings:
+        return self.regions or RegionSettings()
 
     @property
     def sam_settings(self) -> SamSettings:
@@ -241,13 +328,14 @@ class Spec(_Model):
         data = self.model_dump(mode="json", exclude_none=True)
         for comp in data["components"]:
             find = comp["find"]
-            if not find.get("sam"):
-                find.pop("sam", None)
+            for flag in ("sam", "product"):
+                if not find.get(flag):
+                    find.pop(flag, None)
             if "rgb" not in find:
                 find.pop("tolerance", None)
-        head = "# LookTwice audit spec (see agent/audit/spec.py for the format)\n"
+        head = "# LookTwice audit spec (the format: docs/audit_spec.md)\n"
         if self.dropped:
-            head += "# dropped rules (they failed on a good reference):\n"
+            head += "# dropped rules (and why):\n"
             head += "".join(f"#   - {d}\n" for d in self.dropped)
         return head + yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=120)
 
@@ -310,12 +398,16 @@ __all__ = [
     "Colour",
     "ComponentSpec",
     "Count",
+    "Fill",
     "Find",
+    "Orientation",
     "PairRule",
+    "RegionSettings",
     "Position",
     "SamSettings",
     "Spec",
     "SpecError",
+    "Template",
     "load_spec",
     "parse_spec",
 ]

@@ -1,0 +1,229 @@
+"""The parts of one product on real photos (`segmenter: regions`): discovered on the good references,
+then found on any image by their look.
+
+Discovery (drafting only): every reference is cut into graph regions; regions of different
+references that overlap in the product's frame are matched (`tools.part_segmentation`), and what at
+least half of the references agree on becomes a candidate part, with its box in the product frame.
+A part's pattern is the mean of its crops on the references, each aligned to the others by
+correlation first, so that the pattern is sharp although labels sit a little differently on each.
+
+Finding (every image): the product frame of the image, then each part's pattern searched around its
+expected place by normalized cross-correlation over a few angles and sizes (`tools.part_templates`).
+The peak tells presence (its value), position, orientation and size; the crop there gives the part's
+colour and its look. Thin print, reflections and a neighbour of nearly the same colour do not
+split or merge anything here, which is what made colour blobs fail on real photos.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from agent.audit.looks import look_vector
+from tools.components import border_colour
+from tools.part_segmentation import (
+    ProductFrame,
+    consensus_parts,
+    grid_shape,
+    product_frame,
+    region_masks,
+    silhouette_tolerance,
+    smooth_regions,
+    work_image,
+)
+from tools.part_templates import crop, edge_angle, half, locate
+
+REGION_K = 1.0  # graph segmentation scale of the discovery step
+MIN_IOU = 0.4  # regions of two references overlapping this much are the same part
+MIN_SUPPORT = 0.75  # a candidate part is on at least this share of the references
+MIN_AREA = 0.01  # of the product box
+MIN_SIDE = 0.06  # of the product's width and height: thinner pieces are edges and glints
+MAX_AREA = 0.8  # larger: the product itself
+ALIGN = 0.05  # how far (share of the product) a reference's crop may move to align with the others
+COARSE_ANGLES = (-20.0, 0.0, 20.0)
+MIN_EDGE_STRENGTH = 0.2  # below: no leading edge direction, the template's angle is the part's
+
+
+@dataclass
+class ProductView:
+    """One image at the work size, with its product frame."""
+
+    px: np.ndarray
+    frame: ProductFrame
+    background: np.ndarray
+
+    @property
+    def half(self) -> np.ndarray:
+        """The work image at half size (computed once)."""
+        if getattr(self, "_half", None) is None:
+            self._half = half(self.px)
+        return self._half
+
+
+def border_distances(px: np.ndarray, background: Sequence[float]) -> np.ndarray:
+    frame = np.concatenate([px[:2].reshape(-1, 3), px[-2:].reshape(-1, 3), px[:, :2].reshape(-1, 3), px[:, -2:].reshape(-1, 3)])
+    return np.sqrt(((frame - np.asarray(background, float)) ** 2).sum(-1))
+
+
+def product_view(image: Image.Image, background: Sequence[float] | None, work_size: int, tolerance: float | None = None) -> ProductView:
+    """The image's work pixels and product frame (`background`: the spec's colour, else the border's)."""
+    px = work_image(image, work_size)
+    bg = np.asarray(background if background is not None else border_colour(px), dtype=np.float64)
+    tol = tolerance if tolerance is not None else silhouette_tolerance(border_distances(px, bg))
+    return ProductView(px, product_frame(px, bg, tol), bg)
+
+
+@dataclass
+class Candidate:
+    """A part the references agree on: its box in the product frame and who supports it."""
+
+    box: tuple[float, float, float, float]
+    cells: int
+    support: list[int]
+
+
+def discover(views: Sequence[ProductView]) -> list[Candidate]:
+    """Candidate parts from the references' graph regions (see the module docstring), largest first."""
+    grid = grid_shape(float(np.median([v.frame.aspect for v in views])))
+    gw, gh = grid
+    masks = []
+    for v in views:
+        regions = smooth_regions(v.px, k=REGION_K)
+        masks.append(region_masks(v.frame.sample(regions, grid), v.frame.sample(v.frame.silhouette, grid), int(0.004 * gw * gh)))
+    parts, support = consensus_parts(masks, MIN_IOU, MIN_SUPPORT)
+    out = []
+    for p, sup in enumerate(support):
+        ys, xs = np.nonzero(parts == p)
+        if ys.size == 0:
+            continue
+        box = (xs.min() / gw, ys.min() / gh, (xs.max() + 1) / gw, (ys.max() + 1) / gh)
+        area = ys.size / (gw * gh)
+        if area < MIN_AREA or area > MAX_AREA or box[2] - box[0] < MIN_SIDE or box[3] - box[1] < MIN_SIDE:
+            continue
+        out.append(Candidate(tuple(round(float(b), 4) for b in box), int(ys.size), sup))
+    return out
+
+
+def box_pixels(frame: ProductFrame, box: tuple[float, float, float, float]) -> tuple[tuple[float, float], tuple[int, int]]:
+    """(centre (x, y), size (w, h)) in work pixels of a product-frame box on this image."""
+    x0, y0 = frame.to_pixels(box[0], box[1])
+    x1, y1 = frame.to_pixels(box[2], box[3])
+    return ((x0 + x1) / 2, (y0 + y1) / 2), (max(3, round(x1 - x0)), max(3, round(y1 - y0)))
+
+
+def aligned_crops(views: Sequence[ProductView], box: tuple[float, float, float, float], rounds: int = 2) -> list[np.ndarray]:
+    """Each view's crop of the box at the references' median size, moved (up to `ALIGN` of the product)
+    to agree with the mean of the others."""
+    size = (
+        max(3, round((box[2] - box[0]) * float(np.median([v.frame.width for v in views])))),
+        max(3, round((box[3] - box[1]) * float(np.median([v.frame.height for v in views])))),
+    )
+    centres = [box_pixels(v.frame, box)[0] for v in views]
+    crops = [crop(v.px, c, size) for v, c in zip(views, centres, strict=True)]
+    for _ in range(rounds):
+        total = np.sum(crops, axis=0)
+        moved = []
+        for i, v in enumerate(views):
+            others = (total - crops[i]) / max(1, len(crops) - 1) if len(crops) > 1 else total
+            m = locate(v.px, others, centres[i], (ALIGN * v.frame.width + 1, ALIGN * v.frame.height + 1))
+            centres[i] = (m.x, m.y)
+            moved.append(crop(v.px, (m.x, m.y), size))
+        crops = moved
+    return crops
+
+
+@dataclass
+class PartFind:
+    """Where a part was found on one image (or not)."""
+
+    score: float  # correlation with the part's pattern at the best place
+    centre: tuple[float, float]  # product frame
+    angle: float
+    scale: float
+    crop: np.ndarray  # the part as found (work pixels, at the pattern's angle)
+    centre_px: tuple[float, float]
+    size_px: tuple[int, int]
+
+    def colour(self) -> np.ndarray:
+        """Median colour of the middle of the found part."""
+        h, w = self.crop.shape[:2]
+        core = self.crop[h // 5 : h - h // 5 or None, w // 5 : w - w // 5 or None]
+        return np.median(core.reshape(-1, 3), axis=0)
+
+    def look(self) -> np.ndarray:
+        return look_vector(self.crop)
+
+
+def find_part(
+    view: ProductView,
+    pattern: np.ndarray,
+    box: tuple[float, float, float, float],
+    search: float,
+    angles: Sequence[float] = (0.0,),
+    scales: Sequence[float] = (1.0,),
+) -> PartFind:
+    """The best match of the part's pattern within `search` (share of the product) of its box: a coarse
+    search at half size over the whole window (upright and turned by the coarse angles), then the
+    angles near the best one and the sizes at full size around its place. The reported angle is the
+    found part's own edge direction (finer than the angle steps)."""
+    centre, size = box_pixels(view.frame, box)
+    img = Image.fromarray((np.clip(pattern, 0, 1) * 255).astype(np.uint8)).resize(size, Image.BILINEAR)
+    tpl = np.asarray(img, dtype=np.float64) / 255.0
+    window = (search * view.frame.width + 1, search * view.frame.height + 1)
+    lo, hi = min(angles, default=0.0), max(angles, default=0.0)
+    coarse = tuple(a for a in COARSE_ANGLES if lo <= a <= hi) or (0.0,)
+    rough = locate(view.half, half(tpl), (centre[0] / 2, centre[1] / 2), (window[0] / 2, window[1] / 2), coarse)
+    near = tuple(a for a in angles if abs(a - rough.angle) <= 9.0) or (rough.angle,)
+    best = locate(view.px, tpl, (rough.x * 2, rough.y * 2), (3.0, 3.0), near, tuple(scales))
+    found_size = (max(3, round(size[0] * best.scale)), max(3, round(size[1] * best.scale)))
+    part = crop(view.px, (best.x, best.y), found_size)
+    tilt, strength = edge_angle(part)
+    angle = tilt if strength >= MIN_EDGE_STRENGTH else best.angle
+    return PartFind(
+        best.score, view.frame.to_frame(best.x, best.y), angle, best.scale, part, (best.x, best.y), found_size
+    )
+
+
+def fill_level(view: ProductView, found: PartFind, column: tuple[float, float]) -> float:
+    """How full the product is with the found part's colour: 1 - the frame y of the top of that colour,
+    going up the product's middle (`column`, frame x range) from the part's centre.
+
+    The colour and its tolerance come from the same middle column within the part on this image (its
+    median row colour; 3 x the rows' median distance to it, at least 0.08: a liquid's shading), so a
+    recoloured liquid still has a level; three rows in a row off the colour end the climb."""
+    f = view.frame
+    x0 = int(round(f.to_pixels(column[0], 0.0)[0]))
+    x1 = max(x0 + 1, int(round(f.to_pixels(column[1], 0.0)[0])))
+    rows = np.median(view.px[:, x0:x1], axis=1)
+    cy = int(round(found.centre_px[1]))
+    half_h = max(1, found.size_px[1] // 2)
+    own = rows[max(0, cy - half_h) : cy + half_h]
+    colour = np.median(own, axis=0)
+    dist = np.sqrt(((rows - colour) ** 2).sum(-1))
+    tolerance = max(0.08, 3.0 * float(np.median(np.sqrt(((own - colour) ** 2).sum(-1)))))
+    y, last_in, misses = cy, cy, 0
+    while y > max(0, f.box[1]):
+        y -= 1
+        if dist[y] > tolerance:
+            misses += 1
+            if misses >= 3:
+                break
+        else:
+            misses, last_in = 0, y
+    return 1.0 - f.to_frame(0.0, last_in)[1]
+
+
+__all__ = [
+    "Candidate",
+    "PartFind",
+    "ProductView",
+    "aligned_crops",
+    "box_pixels",
+    "discover",
+    "fill_level",
+    "find_part",
+    "product_view",
+]
