@@ -20,6 +20,9 @@ detection   "Are there any defects for the object in the image? Please reply wit
             F1, miss rate, overkill rate and image AUROC (from pred_score), each the mean over classes.
 reasoning   for each anomalous image the questions of dr.json in order, with the history kept;
             ROUGE-L and SBERT cosine (all-MiniLM-L6-v2, the `evals` extra) against the references.
+control     rouge_l_control and sbert_control: each reasoning answer of another image of the same
+            class (drawn with --seed) scored against this image's reference, i.e. what the shared
+            wording scores without knowing the image; compare rouge_l and sbert with them.
 judge       optional: --judge openai:<base-url>#<model> scores each reasoning answer 1-10 against the
             reference (prompt: prompts/dr_judge.yaml); `judge` in results.json. A rerun with --judge
             on a finished --out scores the answers that have no score yet.
@@ -27,7 +30,7 @@ judge       optional: --judge openai:<base-url>#<model> scores each reasoning an
 fallback    when the brain fails (error, no text) the loop shows the RuleBrain's answer; the benchmark
             scores such answers as empty (they are not the brain's) unless --score-fallback.
 outputs     <out>/samples.jsonl (one line per image; a rerun skips the images already there),
-            <out>/results.json, <out>/results.md
+            <out>/results.json, <out>/results.md, <out>/control.jsonl (the control's pairs)
 compare     --compare A.json B.json prints two runs side by side"""
 
 
@@ -54,7 +57,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--refs-from", help="MVTec-layout root: --shots good references per class from train/good")
     p.add_argument("--shots", type=int, default=4, help="number of references per class (default 4)")
     p.add_argument(
-        "--seed", type=int, default=0, help="seed of the reference draw and of --limit (default 0)"
+        "--seed", type=int, default=0, help="seed of the reference draw, of --limit and of the control pairs (default 0)"
     )
     p.add_argument("--limit", type=int, help="evaluate a seeded sample of N images (default: all)")
     p.add_argument("--no-sbert", action="store_true", help="skip SBERT similarity (no `evals` extra needed)")

