@@ -315,7 +315,7 @@ def markdown_table(result: dict[str, Any]) -> str:
     for key in ("train_stage1", "train_stage2_lora", "train_stage2_qlora"):
         if key in s:
             t = s[key]
-            lines.append(f"| {key.replace('_', ' ')}: one step ({t['config']}) | {t['seconds_with_load']} s with the load |{_memory(t, lead='')} |")
+            lines.append(f"| {key.replace('_', ' ')}: one step ({t['config']}) | {t['seconds_with_load']} s with the load | {_memory(t, lead='')} |")
     if "vllm" in s:
         v = s["vllm"]
         value = v.get("not_run") or f"{v['images_per_second']} images/s, {v['tokens_per_second']} tokens/s"

@@ -218,6 +218,7 @@ class LlavaBrain(Brain, SeesImages, JudgesDefects, ProposesRules, ReportsModelCa
             "new_tokens": run.get("new_tokens"),
             "images_sent": list(self.last_images),
             "expert_tokens": run.get("expert_tokens", 0),
+            "expert": getattr(model, "expert_note", ""),  # why the LLM reads the expert's tokens, or not
         }
 
     @contextmanager

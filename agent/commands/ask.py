@@ -23,8 +23,14 @@ match with the references), then the brain answers from that evidence.
 
 brains:
   rule                                   templates over the measured regions (default; no weights)
-  llava:<hub-id-or-folder>               the local LLaVA-OneVision (+ anomaly expert)
-  openai:<base-url>#<model>              an OpenAI-compatible server, e.g. vLLM:
+  llava:<hub-id-or-folder>[?options]     the local LLaVA-OneVision, with the Look-Twice expert's tokens
+                                         where the folder was trained with them (looktwice_expert.json);
+                                         options: device=auto|cpu|cuda|cuda:N, dtype=auto|bf16|fp16|fp32,
+                                         quant=none|4bit|8bit, attn=sdpa|eager|flash_attention_2,
+                                         expert=auto|none|FILE (device auto: CUDA when present, else the
+                                         CPU in float32); a model that is not here: exit 2 (--fallback:
+                                         the rule brain)
+  openai:<base-url>#<model>[?views=on]   an OpenAI-compatible server, e.g. vLLM:
                                          openai:http://127.0.0.1:8000/v1#Qwen/Qwen2-VL-2B-Instruct
   (LOOKTWICE_OPENAI_BASE_URL, LOOKTWICE_OPENAI_MODEL, LOOKTWICE_OPENAI_API_KEY fill in what is missing)"""
 
@@ -32,6 +38,8 @@ EXAMPLES = (
     'looktwice ask part_017.png "Is there a defect? Where?" --refs good_parts/',
     'looktwice ask part_017.png "How big is the defect?" --refs good_parts/ --json',
     'looktwice ask part_017.png "What could cause it?" --brain llava:/models/anomaly-ov',
+    "looktwice ask part_017.png \"Is there a defect?\" --refs good_parts/ "
+    "--brain 'llava:/models/anomaly-ov?device=cuda&dtype=bf16&quant=4bit'",
 )
 
 

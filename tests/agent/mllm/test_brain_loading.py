@@ -139,6 +139,7 @@ def test_ask_with_brain_options(marked_dir, tmp_path):
     assert data["brain"] == "llava" and "fallback" not in steps["answer"] and "fallback" not in steps["explain"]
     call = steps["answer"]["model_call"]
     assert call["images_sent"] == ["the whole image"] and call["expert_tokens"] > 0 and call["new_tokens"] > 0
+    assert "trained with ltfm_expert.safetensors" in call["expert"]  # the trace says why the tokens are there
 
 
 # ------------------------------------------------------------------------------------------ the expert
@@ -169,7 +170,7 @@ def test_brain_and_models_listing_say_which(unmarked_dir, marked_dir):
     brain = build_brain(f"llava:{unmarked_dir}?device=cpu&dtype=float32")
     brain.note = notes.append
     brain.load()
-    assert brain.settings()["expert_tokens"] is False
+    assert brain.settings()["expert_tokens"] is False and "plain LLaVA-OneVision" in brain.settings()["expert_note"]
     assert any("plain LLaVA-OneVision" in n for n in notes)
     from tools.model_catalog import describe_llava_folder
 
