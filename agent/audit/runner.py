@@ -8,6 +8,11 @@ stored record holds every rule with measured vs expected. The spec used is writt
 the output folder (drafted from the references when none is given); its content is part of the
 settings, so `--resume` with another spec is refused like a change of detector.
 
+The decision (agent.audit.decision): the fused score's boundary is set on the references, each held
+out in turn, for `--false-alarm-rate` (default 0.05; 8 references promise no finer than 1/9), and every
+record carries it in `decision` (method, false_alarm_rate, good_samples, note) with a verdict of good,
+review or anomalous ("defective" in the record, as `inspect` writes it).
+
 `--sam MODEL` / `--clip MODEL` name the models of the SAM segmenter and the CLIP prompt finder
 (agent.audit.finders: loaded once, on first use, only when the spec needs them; a missing one is
 warned once and its components are reported as skipped rules). With `--sam` and no `--spec` the
@@ -68,6 +73,9 @@ class AuditSettings:
     sam: str | None = None  # SAM model (hub id or folder) for `segmenter: sam`; also drafts with SAM
     clip: str | None = None  # open_clip model for `clip_prompt` finders
     limits: ImageLimits = field(default_factory=ImageLimits)  # pixel limit, analysis size
+    segmenter: str = "auto"  # drafting: auto, colour or regions (the product's parts); sam with --sam
+    false_alarm_rate: float = 0.05  # share of good parts allowed to be called anomalous
+    review: bool = True  # a review band under the boundary
 
 
 def model_finders(
@@ -112,12 +120,12 @@ def get_spec(
     brain: str = "rule",
     finders: ModelFinders | None = None,
     limits: ImageLimits | None = None,
+    segmenter: str = "auto",
 ) -> tuple[Spec, list]:
     """The spec (loaded, or drafted from the references) and the reference images. With an LLM
     `brain` the drafted spec is refined by it (agent.audit.llm_draft); its failures leave a note.
     When `finders` names a SAM model the draft segments with SAM (the model is kept in the spec)."""
-    from agent.audit.draft import DraftError, draft_spec
-    from agent.audit.spec import SamSettings
+    from agent.audit.draft import DraftError
     from agent.brains.common import BrainError
 
     images, names = load_reference_images(refs, warn, limits)
@@ -126,12 +134,8 @@ def get_spec(
             return load_spec(spec_path), images
         except SpecError as err:
             raise ReportUsageError(str(err)) from None
-    sam_model = finders.sam_model if finders is not None else None
     try:
-        if sam_model:
-            spec = draft_spec(images, names, "sam", finders, SamSettings(model=sam_model))
-        else:
-            spec = draft_spec(images, names, finders=finders)
+        spec = drafter(finders, segmenter)(images, names)
     except DraftError as err:
         raise ReportUsageError(str(err)) from None
     if brain == "rule":
@@ -149,10 +153,36 @@ def get_spec(
     return spec, images
 
 
-def _record(path: str, image, result, structural) -> Any:
+def drafter(finders: ModelFinders | None, segmenter: str = "auto") -> Callable[[list, list[str] | None], Spec]:
+    """The run's drafting function (references, names) -> spec: SAM segments when `finders` names a SAM
+    model, else `segmenter` (auto, colour or regions)."""
+    from agent.audit.draft import draft_spec
+    from agent.audit.spec import SamSettings
+
+    sam_model = finders.sam_model if finders is not None else None
+    if sam_model:
+        return lambda images, names=None: draft_spec(images, names, "sam", finders, SamSettings(model=sam_model))
+    return lambda images, names=None: draft_spec(images, names, segmenter, finders=finders)
+
+
+def audit_decision(
+    spec: Spec, images: list, drafted: bool, redraft: Callable[[list], Spec], inspector: Any, s: AuditSettings
+) -> Any:
+    """The run's calibrated decision (agent.audit.decision) on the references, each held out."""
+    from agent.audit.decision import AuditDecision, held_out_logical, structural_held_out
+
+    logical, how = held_out_logical(spec, images, redraft if drafted and spec.segmenter != "regions" else None)
+    structural = None
+    if inspector is not None:
+        structural = structural_held_out(inspector.good_samples, len(images), inspector.calibration)
+    return AuditDecision.fit(logical, how, structural, s.false_alarm_rate, 2.0 if s.review else None)
+
+
+def _record(path: str, image, result, structural, decision) -> Any:
     from tools.record import InspectionRecord
     from tools.regions import measure_regions
 
+    pred_score, verdict, block, text = decision.decide(result)
     mask = result.offending_mask(image.size)
     amap = structural.anomaly_map if structural is not None else None
     base = amap if amap is not None else np.zeros(mask.shape, np.float32)
@@ -161,24 +191,26 @@ def _record(path: str, image, result, structural) -> Any:
     trace.append(
         {
             "step": "audit",
-            "summary": f"{sum(not r.passed for r in result.rules)} of {len(result.rules)} rules violated",
+            "summary": f"{sum(not r.passed for r in result.rules)} of {len(result.rules)} rules violated; {verdict}",
             "rules": [r.to_dict() for r in result.rules],
         }
     )
     return InspectionRecord(
         image_path=path,
-        pred_score=result.score,
-        pred_label=result.anomalous,
+        pred_score=pred_score,
+        pred_label=verdict == "defective",
         threshold=0.5,
         anomaly_map=amap,
         pred_mask=mask,
         regions=regions,
-        explanation=result.explanation,
+        explanation=text,
         detector=structural.detector if structural is not None else NO_DETECTOR,
         brain="audit",
         image_size=image.size,
         source_size=source_size(image),
         trace=trace,
+        verdict=verdict,
+        decision=block,
     )
 
 
@@ -201,7 +233,7 @@ def run_audit(s: AuditSettings, info: Callable[[str], None] = _stderr) -> Report
     if spec_path is None and s.resume and (Path(s.out) / SPEC_NAME).is_file():
         spec_path = str(Path(s.out) / SPEC_NAME)  # the spec of the first run, not a new (LLM) draft
     finders = model_finders(s.sam, s.clip, s.detector_options.get("device"), info)
-    spec, ref_images = get_spec(spec_path, s.refs, info, s.brain, finders, s.limits)
+    spec, ref_images = get_spec(spec_path, s.refs, info, s.brain, finders, s.limits, s.segmenter)
     spec_text = spec.to_yaml()
     fingerprint = settings_fingerprint(
         ReportSettings(
@@ -212,6 +244,7 @@ def run_audit(s: AuditSettings, info: Callable[[str], None] = _stderr) -> Report
         )
     )
     fingerprint["spec_sha256"] = hashlib.sha256(spec_text.encode("utf-8")).hexdigest()[:16]
+    fingerprint["decision"] = {"false_alarm_rate": s.false_alarm_rate, "review": s.review}
     if s.sam or s.clip:
         fingerprint["finders"] = {"sam": s.sam, "clip": s.clip}
     digest = settings_hash(fingerprint)
@@ -230,16 +263,25 @@ def run_audit(s: AuditSettings, info: Callable[[str], None] = _stderr) -> Report
         inspector = None
         if s.detector != NO_DETECTOR:
             from agent.inspection import MatchSettings, Pipeline
+            from agent.inspection.settings import DecisionSettings
             from tools.detectors import DetectorError
 
             t = time.perf_counter()
             try:
                 # the spec's rules are the match step here: the pipeline's own part matching is off
-                settings = InspectionSettings(s.detector, s.detector_options, match=MatchSettings(enabled=False))
+                settings = InspectionSettings(
+                    s.detector, s.detector_options, match=MatchSettings(enabled=False),
+                    decision=DecisionSettings(s.false_alarm_rate, s.review, "references"),
+                )
                 inspector = Pipeline(settings, warn=info).fit(ref_images, n_images=1)
             except (DetectorError, ValueError, KeyError, TypeError) as err:
                 raise ReportUsageError(str(err)) from None
             summary.setup_seconds = time.perf_counter() - t
+        t = time.perf_counter()
+        decision = audit_decision(spec, ref_images, s.spec is None, drafter(finders, s.segmenter), inspector, s)
+        summary.setup_seconds += time.perf_counter() - t
+        if decision.calibration.note:
+            info(f"audit decision: {decision.calibration.note}")
         bar = progress_bar(len(items), "audit", s.progress)
         say = bar_writer(bar)
         try:
@@ -278,7 +320,7 @@ def run_audit(s: AuditSettings, info: Callable[[str], None] = _stderr) -> Report
                         None if structural is None else (structural.pred_score, structural.threshold),
                         finders,
                     )
-                    record = _record(item.display_path, image, result, structural)
+                    record = _record(item.display_path, image, result, structural, decision)
                 except Exception as err:  # one image breaking the audit must not stop the batch
                     msg = error_message(item, err, "audit")
                     store.put(failed_row(item, stem, seq, digest, msg, size=size, sha256=sha))
@@ -325,4 +367,4 @@ def run_audit(s: AuditSettings, info: Callable[[str], None] = _stderr) -> Report
     return summary
 
 
-__all__ = ["NO_DETECTOR", "SPEC_NAME", "AuditSettings", "get_spec", "model_finders", "run_audit"]
+__all__ = ["NO_DETECTOR", "SPEC_NAME", "AuditSettings", "audit_decision", "drafter", "get_spec", "model_finders", "run_audit"]

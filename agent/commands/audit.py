@@ -22,7 +22,9 @@ text prompt or among SAM's automatic masks) and their rules: count, colour, posi
 `run` writes the same report as `looktwice report` (results.db, index.html, results.jsonl/.csv, overlays
 marking the offending components) plus the spec used (spec.yaml); every image's record holds each rule
 with measured vs expected value. The score fuses the rules with the structural detector's (--detector,
-default refmatch; --detector none checks the rules only). --sam MODEL segments with SAM (and drafts with
+default refmatch; --detector none checks the rules only); its boundary is set on the references, each
+held out in turn, for --false-alarm-rate (default 0.05; n references promise no finer than 1/(n+1),
+so 8 references promise 1/9), and each record's `decision` says what was promised. --sam MODEL segments with SAM (and drafts with
 it); --clip MODEL runs the spec's clip_prompt finders; a model that is not here is warned once and its
 components are reported as skipped. --resume continues an interrupted audit. Exit codes: 0 all done,
 1 some inputs failed, 2 usage, spec or output-folder errors, 130 interrupted."""
@@ -31,7 +33,7 @@ components are reported as skipped. --resume continues an interrupted audit. Exi
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Add the `audit` command (with `draft` and `run`) to `sub`."""
     from agent.commands import with_examples
-    from agent.detector_flags import add_brain_arg, add_detector_args
+    from agent.detector_flags import add_brain_arg, add_decision_args, add_detector_args
     from agent.images import add_max_megapixels_arg
 
     p = sub.add_parser(
@@ -54,6 +56,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     d.add_argument("--refs", required=True, help="folder (or file) of good reference images")
     d.add_argument("--out", help="write the spec here (default: standard output)")
+    d.add_argument("--segmenter", choices=SEGMENTERS, default="auto", help=SEGMENTER_HELP)
     add_brain_arg(d, BRAIN_HELP)
     d.add_argument("--sam", metavar="MODEL", help=SAM_HELP)
     d.add_argument("--device", help="cpu, cuda, cuda:1, ... for SAM (default cpu)")
@@ -72,6 +75,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     r.add_argument(
         "--out", required=True, help="output folder (new or empty, or an earlier audit with --resume)"
     )
+    r.add_argument("--segmenter", choices=SEGMENTERS, default="auto", help=SEGMENTER_HELP + "; used when there is no --spec")
     add_brain_arg(r, BRAIN_HELP + "; used when there is no --spec")
     r.add_argument(
         "--resume",
@@ -86,6 +90,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--no-fsync", action="store_true", help="do not flush each image's files before committing it"
     )
     add_detector_args(r)
+    add_decision_args(r)
     r.set_defaults(func=cmd_run)
 
 
@@ -95,6 +100,13 @@ RESUME_EXAMPLE = "looktwice audit run line3/boxes/ --refs good_boxes/ --out audi
 RUN_DESCRIPTION = (
     "Check every image against the spec (drafted from --refs when --spec is not given) and write "
     "the same report as `looktwice report`, plus the spec used."
+)
+
+SEGMENTERS = ("auto", "colour", "regions")
+SEGMENTER_HELP = (
+    "how the draft finds parts: colour (blobs of one colour on a plain background, e.g. boxes on a tray), "
+    "regions (the parts of one product on real photos, found by their look), or auto (colour, else regions "
+    "when the colour draft is weak; default)"
 )
 
 BRAIN_HELP = (
@@ -126,7 +138,9 @@ def cmd_draft(args: argparse.Namespace) -> int:
         return usage_error(err)
     finders = model_finders(args.sam, None, args.device, info_line)
     try:
-        spec, _ = get_spec(None, args.refs, warn=info_line, brain=args.brain, finders=finders, limits=limits)
+        spec, _ = get_spec(
+            None, args.refs, warn=info_line, brain=args.brain, finders=finders, limits=limits, segmenter=args.segmenter
+        )
     except ReportUsageError as err:
         return usage_error(err)
     text = spec.to_yaml()
@@ -148,16 +162,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     from agent.audit.runner import AuditSettings, run_audit
     from agent.commands.common import batch_run_fields, settings_from_args
     from agent.console import info_line, usage_error
-    from agent.detector_flags import detector_options
+    from agent.detector_flags import decision_settings, detector_options
     from agent.images import limits_from_args
     from agent.report.runner import ReportUsageError, ReportWriteError, StoreError
 
     try:
         options = detector_options(args)
         limits = limits_from_args(args, options)
+        decision = decision_settings(args)
     except ValueError as err:
         return usage_error(err)
-    settings = settings_from_args(AuditSettings, args, detector_options=options, **batch_run_fields(args, limits))
+    settings = settings_from_args(
+        AuditSettings, args, detector_options=options, false_alarm_rate=decision.false_alarm_rate,
+        review=decision.review, **batch_run_fields(args, limits),
+    )
     try:
         summary = run_audit(settings, info=info_line)
     except (ReportUsageError, ReportWriteError, StoreError) as err:
