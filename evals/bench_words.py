@@ -12,7 +12,8 @@ surface, pitting -> hole (a pit is a small cavity).
         --shots 4 --seed 0 --dump words-measured.json --json words.json
 
 Each folder's images are split in two seeded halves: the rules' thresholds are chosen on the
-"validation" half; the "test" half is reported. Prints one markdown table per data set and half (rows:
+"validation" half; the "test" half is reported, over all images and over those whose first mark
+overlaps the ground truth (a word on the wrong place measures the detector, not the words). Prints one markdown table per data set and half (rows:
 folders, columns: words) and the share of images whose word is the expected one. `--dump` keeps every
 image's measurements, so `--from-dump` re-scores changed rules without inspecting again.
 """
@@ -85,13 +86,31 @@ def measure(data: Path, shots: int, seed: int, limit: int | None = None) -> list
     return rows
 
 
-def tables(rows: list[dict[str, Any]], split: str | None = None) -> dict[str, Any]:
-    """Per data set: the word-vs-folder counts and the share of expected words (over `split`, or all)."""
+def on_defect(row: dict[str, Any]) -> bool | None:
+    """Whether the image's first place overlaps its ground-truth mask (None: no mask): a wrong word on
+    the wrong place says nothing about the words, only about where the detector looked."""
+    from tools.image_io import load_mask
+
+    if row["region"] is None:
+        return False
+    path = Path(row["path"])
+    mask_path = path.parents[2] / "ground_truth" / row["folder"] / f"{path.stem}_mask.png"
+    if not mask_path.exists():
+        return None
+    x0, y0, x1, y1 = row["region"]["bbox"]
+    return bool(load_mask(mask_path)[y0:y1, x0:x1].any())
+
+
+def tables(rows: list[dict[str, Any]], split: str | None = None, placed: bool = False) -> dict[str, Any]:
+    """Per data set: the word-vs-folder counts and the share of expected words, over `split` (or all);
+    with `placed`, only the images whose first place is on the defect."""
     from tools.record import Region
 
     out: dict[str, Any] = {}
     for row in rows:
         if split is not None and row["split"] != split:
+            continue
+        if placed and not row.get("on_defect"):
             continue
         region = None if row["region"] is None else Region.from_dict(row["region"])
         entry = out.setdefault(row["data"], {"table": defaultdict(Counter), "images": 0, "right": 0})
@@ -141,10 +160,15 @@ def main(argv: list[str] | None = None) -> int:
         rows = [row for d in args.data for row in measure(Path(d), args.shots, args.seed, args.limit)]
         if args.dump:
             Path(args.dump).write_text(json.dumps(rows), encoding="utf-8")
-    results = {split: tables(rows, split) for split in ("validation", "test")}
-    for split, per_data in results.items():
+    for row in rows:
+        row["on_defect"] = on_defect(row)
+    results = {f"{split}{'_on_defect' if placed else ''}": tables(rows, split, placed)
+               for placed in (False, True) for split in ("validation", "test")}
+    for key, per_data in results.items():
         for name, r in per_data.items():
-            print(f"\n{name}, {split} half: {r['images']} defect images, expected word {r['expected_word_rate']:.1%}\n")
+            where = ", first mark on the defect" if key.endswith("on_defect") else ""
+            print(f"\n{name}, {key.split('_')[0]} half{where}: {r['images']} defect images, "
+                  f"expected word {r['expected_word_rate']:.1%}\n")
             print(markdown(r))
     print(f"\n{time.perf_counter() - t0:.0f} s", file=sys.stderr)
     if args.json:

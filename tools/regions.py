@@ -269,8 +269,18 @@ def measure_regions(
 TONE_THRESHOLD = 0.05
 #: |grey difference to the references at the same place| below which it is not a tone of its own
 REFERENCE_TONE_THRESHOLD = 0.02
+#: Thresholds of the defect words, chosen on the validation halves of the real defect folders
+#: (magnetic tile, ball screw; `evals.bench_words`, BENCHMARKS.md), the test halves reported after:
 #: area fraction below which a compact mark is small enough to be a hole or a spot
-SMALL_MARK = 0.01
+SMALL_MARK = 0.04
+#: share of a region's outline on the image's edge from which it is cut by the edge (a break, a fray);
+#: a region that only grazes the edge (the detector's smoothed halo reaching it) is not
+EDGE_CONTACT = 0.4
+#: texture contrast (grey spread inside minus the ring's) from which a mark that is not darker is an
+#: uneven surface: as rough as its surroundings or rougher, with no dark cavity or line in it
+UNEVEN_TEXTURE = 0.0
+#: area fraction below which a weak response at the edge is small (`edge_response`)
+EDGE_RESPONSE_AREA = 0.01
 
 
 @dataclass(frozen=True)
@@ -309,24 +319,29 @@ def region_tone(region: Region) -> Tone | None:
 
 def defect_word(region: Region) -> str:
     """What a measured region looks like, in the words of the shop floor: from its shape, its tone
-    (`region_tone`, one comparison) and whether it reaches the image's edge.
+    (`region_tone`, one comparison), its texture and how much of it the image's edge cuts off.
 
-    thin, long, darker: crack; thin, long, brighter or alike: scratch; small, round, darker: hole;
-    small, round, brighter: spot; at the edge, long: fray; at the edge, compact, darker: broken area;
-    broad with little contrast: uneven surface; otherwise a broad or large darker or brighter change:
-    stain. (Words of `prompts/qa_templates.yaml`'s defect types, so causes can be looked up.)
+    cut by the edge and long: fray; cut by the edge, not long, darker: broken area; long and darker:
+    crack; long otherwise: scratch; not darker and at least as rough as its surroundings: uneven
+    surface; small and darker: hole; small and brighter: spot; larger with little tone: uneven
+    surface; otherwise a darker or brighter change: stain. (Words of `prompts/qa_templates.yaml`'s
+    defect types, so causes can be looked up.)
     """
     tone = region_tone(region)
     direction = tone.direction if tone is not None else "similar"
     darker, brighter = direction == "darker", direction == "brighter"
     shape = region.shape or classify_shape(region.elongation, region.area_fraction)
-    if region.touches_border and shape == "elongated":
+    long = shape == "elongated"
+    at_edge = region.touches_border and region.border_contact >= EDGE_CONTACT
+    if at_edge and long:
         return "fray"
-    if region.touches_border and darker and shape == "compact":
+    if at_edge and darker:
         return "broken area"
-    if shape == "elongated":
+    if long:
         return "crack" if darker else "scratch"
-    if shape == "compact" and region.area_fraction < SMALL_MARK:
+    if not darker and region.texture_contrast >= UNEVEN_TEXTURE:
+        return "uneven surface"
+    if shape != "diffuse" and region.area_fraction < SMALL_MARK:
         return "hole" if darker else ("spot" if brighter else "stain")
     if not (darker or brighter):
         return "uneven surface"
@@ -356,7 +371,7 @@ def edge_response(region: Region, strongest: Region) -> bool:
     return (
         region is not strongest
         and region.touches_border
-        and region.area_fraction < SMALL_MARK
+        and region.area_fraction < EDGE_RESPONSE_AREA
         and region.max_score < strongest.max_score
     )
 

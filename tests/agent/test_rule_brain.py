@@ -21,6 +21,7 @@ def _region(
     max_score: float = 0.93,
     bbox: tuple[int, int, int, int] = (10, 20, 50, 25),
     centroid: tuple[float, float] = (30.0, 22.0),
+    texture: float = -0.02,
 ) -> Region:
     r = Region(
         bbox=bbox,
@@ -33,6 +34,7 @@ def _region(
         intensity_contrast=contrast,
         location=location,
         shape=shape,
+        texture_contrast=texture,
     )
     r.kind = defect_word(r) if contrast != 0.0 else ""  # as the region measurer does with an image
     return r
@@ -163,10 +165,20 @@ def test_defect_words_from_shape_and_tone(fields, word):
 
 def test_defect_words_at_the_edge():
     fray = _region(shape="elongated", elongation=6.0, contrast=-0.2)
-    fray.touches_border = True
+    fray.touches_border, fray.border_contact = True, 0.5
     broken = _region(shape="compact", elongation=1.2, contrast=-0.3, area_fraction=0.03)
-    broken.touches_border = True
+    broken.touches_border, broken.border_contact = True, 0.45
     assert defect_word(fray) == "fray" and defect_word(broken) == "broken area"
+    grazing = _region(shape="compact", elongation=1.2, contrast=-0.3, area_fraction=0.03)
+    grazing.touches_border, grazing.border_contact = True, 0.1  # a halo reaching the edge is not cut by it
+    assert defect_word(grazing) == "hole"
+
+
+def test_uneven_surface_from_texture():
+    rough = _region(shape="compact", elongation=1.3, contrast=0.01, area_fraction=0.006, texture=0.02)
+    assert rough.kind == "uneven surface"
+    dark_pit = _region(shape="compact", elongation=1.1, contrast=-0.1, area_fraction=0.006, texture=0.02)
+    assert dark_pit.kind == "hole"  # a darker mark stays a hole however rough
 
 
 def test_measured_region_end_to_end(brain):
@@ -364,10 +376,10 @@ def test_weak_edge_responses_are_not_listed_as_marks(brain):
     edge.touches_border = True
     main.number, edge.number = 1, 2
     text = brain.explain(_record([main, edge]))
-    assert text.startswith("Defective (score 0.93): mark 1, a medium-sized compact stain in the center")
+    assert text.startswith("Defective (score 0.93): mark 1, a medium-sized compact hole in the center")
     assert "marks:" not in text
     assert text.endswith("Region 2, in the lower-right at the image's edge, is a weak, small response there, more likely the border than a defect.")
-    assert brain.answer("How many defects?", _record([main, edge])).startswith("One: (1) a stain in the center.")
+    assert brain.answer("How many defects?", _record([main, edge])).startswith("One: (1) a hole in the center.")
     # the strongest region at the edge (a break, a frayed edge) is a mark like any other
     edge.max_score = 1.0
     edge.number, main.number = 1, 2
