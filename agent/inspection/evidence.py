@@ -21,6 +21,9 @@ from agent.inspection.settings import MatchSettings, ZoomRecheckSettings
 from agent.inspection.trace import change, short, step
 from agent.inspection.zoom_recheck import Look, ZoomRecheck, fused_factor
 from tools.detectors import DetectorOutput
+from tools.record import InspectionRecord, Region
+from tools.region_views import ReferenceTones, order_by_places, place_region
+from tools.regions import measure_regions
 
 
 @dataclass
@@ -104,4 +107,32 @@ def match_step(
     )
 
 
-__all__ = ["Evidence", "match_step", "zoom_recheck_step"]
+def measured_regions(ev: Evidence, anomaly_map: np.ndarray, mask: np.ndarray, tones: ReferenceTones) -> tuple[list[Region], Region | None]:
+    """The outlined defects measured (ordered by what the re-check confirmed) and the most suspicious
+    place (the first region, or the top place when none is outlined), with their reference contrast."""
+    pixels = np.asarray(ev.image)
+    regions = order_by_places(measure_regions(anomaly_map, mask, pixels), [(lk.place, lk.ratio) for lk in ev.looks])
+    suspect = regions[0] if regions else place_region(anomaly_map, ev.raw_map, pixels, ev.looks[0].place if ev.looks else None)
+    for region in regions + ([suspect] if suspect is not None and not regions else []):
+        region.reference_contrast = tones.contrast(pixels, region.bbox)
+    return regions, suspect
+
+
+def sam_refine_step(record: InspectionRecord, image: Image.Image, sam: Any) -> None:
+    """SAM's masks for the outlined regions where it agrees with the map (`tools.sam`); a failure
+    keeps the map's mask and is traced."""
+    if sam is None or record.pred_mask is None or not record.pred_mask.any():
+        return
+    t0 = time.perf_counter()
+    try:
+        refined, refinements = sam.refine(image, record.pred_mask, record.anomaly_map)
+        record.pred_mask = np.asarray(refined, dtype=bool)
+        record.regions = measure_regions(record.anomaly_map, record.pred_mask, np.asarray(image))
+        kept = sum(1 for r in refinements if r.kept == "sam")
+        step(record.trace, "sam_refine", t0, tool="sam", refinements=[r.to_dict() for r in refinements],
+             summary=f"SAM mask kept for {kept} of {len(refinements)} region(s); {len(record.regions)} region(s)")
+    except Exception as err:  # noqa: BLE001
+        step(record.trace, "sam_refine", t0, tool="sam", error=short(str(err), 200), summary="SAM failed; map mask kept")
+
+
+__all__ = ["Evidence", "match_step", "measured_regions", "sam_refine_step", "zoom_recheck_step"]

@@ -31,28 +31,22 @@ from PIL import Image
 
 from agent.brains.abilities import ProposesRules
 from agent.brains.base import Brain
+from agent.inspection import decision as decisions
+from agent.inspection import evidence as steps
 from agent.inspection.brain_steps import BrainSteps
-from agent.inspection.decision import (
-    Decision,
-    batch_calibration,
-    batch_keys,
-    calibration_sample,
-    decide,
-    reference_calibration,
-)
 from agent.inspection.detector_setup import fitted_detector
-from agent.inspection.evidence import Evidence, match_step, zoom_recheck_step
+from agent.inspection.evidence import Evidence
 from agent.inspection.match import ReferenceModel, ask_brain_rules, reference_model
 from agent.inspection.settings import InspectionSettings
-from agent.inspection.trace import short, step
+from agent.inspection.trace import step
 from agent.inspection.zoom_recheck import ZoomRecheck, comparable_part
 from tools.content_key import image_key
 from tools.detectors import Detector
 from tools.detectors.calibration import Calibration, good_samples
 from tools.image_io import ImageLoadError, load_image
 from tools.record import InspectionRecord
-from tools.region_views import ReferenceTones, order_by_places, place_region
-from tools.regions import measure_regions, number_regions
+from tools.region_views import ReferenceTones
+from tools.regions import number_regions
 
 #: evidence of a calibration sample kept until its image is inspected, at most this many bytes of it
 CACHE_BYTES = 1 << 30
@@ -168,7 +162,7 @@ class Pipeline:
             self.warn("the detector gives no held-out scores: the boundary rests on its own scores, before the loop's evidence")
         self._good = good
         what = "the final score" if held else "the detector's score"
-        self.calibration = reference_calibration(good, self.settings.decision, f"references (leave-one-out, {what})")
+        self.calibration = decisions.reference_calibration(good, self.settings.decision, f"references (leave-one-out, {what})")
         self.brain_steps.calibrate(self.references, good, self.calibration)
 
     def fit_batch(self, images: Sequence[Image.Image], paths: Sequence[str] | None = None) -> None:
@@ -177,7 +171,7 @@ class Pipeline:
         the sampled images are read. The parts (`learn_batch`, `calibration_sample` scored with
         `score`, `calibrate_on_batch`) are public so that a distributed run can score the sample
         elsewhere and still decide exactly as here."""
-        keys = batch_keys(images)
+        keys = decisions.batch_keys(images)
         self.learn_batch(images, keys)
         if not self.calibrates_on_batch:
             return
@@ -200,7 +194,7 @@ class Pipeline:
         assert self.detector is not None, "call fit() first"
         t0 = time.perf_counter()
         if self.detector.needs_batch:
-            self.detector.fit_batch(images, batch_keys(images) if keys is None else keys)
+            self.detector.fit_batch(images, decisions.batch_keys(images) if keys is None else keys)
             self._calibrate_on_references()
         self.fit_seconds += time.perf_counter() - t0
 
@@ -221,7 +215,7 @@ class Pipeline:
 
     def calibration_sample(self, keys: Sequence[str]) -> list[int]:
         """Indices (sorted) of the images of a batch (given by their content keys) the boundary is set on."""
-        return calibration_sample(keys, int(self.settings.detector_options.get("seed", 0)))
+        return decisions.calibration_sample(keys, int(self.settings.detector_options.get("seed", 0)))
 
     def calibrate_on_batch(self, scores: Sequence[float]) -> None:
         """Set the boundary from the sample's final raw scores; fewer than 3 keep the references'
@@ -231,7 +225,7 @@ class Pipeline:
             return
         exchangeable = not self.detector.learns_from_references
         self._unit = float(np.median(scores))
-        self.calibration = batch_calibration(scores, self.settings.decision, self._good if exchangeable else None, self._good)
+        self.calibration = decisions.batch_calibration(scores, self.settings.decision, self._good if exchangeable else None, self._good)
         self.brain_steps.batch_boundary()
         if self.calibration.note:
             self.warn(f"batch calibration: {self.calibration.note}")
@@ -265,9 +259,9 @@ class Pipeline:
         ev = Evidence.of(image_path, image, out, trace)
         s = self.settings
         skipped = self.recheck_reason if s.zoom_recheck.enabled else ZOOM_RECHECK_OFF
-        zoom_recheck_step(ev, self.recheck, s.zoom_recheck, skipped, held_out)
+        steps.zoom_recheck_step(ev, self.recheck, s.zoom_recheck, skipped, held_out)
         if self._runs_match():
-            match_step(ev, self.reference_model, s.match, self._unit, held_out, len(self.references))
+            steps.match_step(ev, self.reference_model, s.match, self._unit, held_out, len(self.references))
         return ev
 
     def reference_model(self, held_out: int | None = None, trace: list[dict[str, Any]] | None = None) -> ReferenceModel | None:
@@ -287,13 +281,13 @@ class Pipeline:
                 trace.append({"step": "propose_rules", "brain": brain.name, **status})
         return self._refs_model
 
-    def decide(self, ev: Evidence) -> Decision:
+    def decide(self, ev: Evidence) -> decisions.Decision:
         """Step 4: the verdict of the final score under the boundary (every command decides here)."""
         assert self.detector is not None
         cal = self.calibration
         if cal is not None and not self.settings.decision.review:
             cal = cal.without_review()
-        return decide(ev.raw, ev.raw_map, cal, ev.output, self.detector)
+        return decisions.decide(ev.raw, ev.raw_map, cal, ev.output, self.detector)
 
     # ------------------------------------------------------------------------------------------ conclude
     def conclude(self, ev: Evidence, question: str | None = None, history: list[tuple[str, str]] | None = None) -> InspectionRecord:
@@ -302,11 +296,7 @@ class Pipeline:
         trace = list(ev.trace)
         t0 = time.perf_counter()
         d = self.decide(ev)
-        pixels = np.asarray(ev.image)
-        regions = order_by_places(measure_regions(d.anomaly_map, d.mask, pixels), [(lk.place, lk.ratio) for lk in ev.looks])
-        suspect = regions[0] if regions else place_region(d.anomaly_map, ev.raw_map, pixels, ev.looks[0].place if ev.looks else None)
-        for region in regions + ([suspect] if suspect is not None and not regions else []):
-            region.reference_contrast = self._tones.contrast(pixels, region.bbox)
+        regions, suspect = steps.measured_regions(ev, d.anomaly_map, d.mask, self._tones)
         record = InspectionRecord(
             image_path=ev.image_path, pred_score=d.pred_score, pred_label=d.verdict == "defective", threshold=0.5,
             anomaly_map=d.anomaly_map, pred_mask=d.mask, regions=regions, detector=self.detector.name,
@@ -318,13 +308,13 @@ class Pipeline:
              summary=f"{d.verdict} (score {d.pred_score:.3f})"
              + (f": boundary for a false-alarm rate of {rate:.3g}, from {d.info['good_samples']} good sample(s)" if rate else "")
              + f"; {len(regions)} region(s)")
-        self._refine_with_sam(record, ev.image)
+        steps.sam_refine_step(record, ev.image, self.sam)
         number_regions(record.regions)  # final order: the numbers the overlay, the explanation and the tables show
         brain = self.brain_steps
         brain.hand_over(ev.image_path, ev.image, ev.raw_map, ev.looks, self.references)
         brain.judge(record, ev.raw, trace)
         if self.settings.first_opinion:
-            first = decide(ev.first_raw, ev.raw_map, self.calibration, ev.output, self.detector)
+            first = decisions.decide(ev.first_raw, ev.raw_map, self.calibration, ev.output, self.detector)
             opinion = dataclasses.replace(record, pred_score=first.pred_score, verdict=first.verdict, pred_label=first.verdict == "defective")
             brain.text(trace, "first_opinion", lambda b: b.explain(opinion))
         record.explanation = brain.text(trace, "explain", lambda b: b.explain(record))
@@ -344,20 +334,6 @@ class Pipeline:
         ev = self.score(str(image_path), img)
         ev.trace.insert(0, loaded)
         return self.conclude(ev, question, history)
-
-    def _refine_with_sam(self, record: InspectionRecord, image: Image.Image) -> None:
-        if self.sam is None or record.pred_mask is None or not record.pred_mask.any():
-            return
-        t0 = time.perf_counter()
-        try:
-            refined, refinements = self.sam.refine(image, record.pred_mask, record.anomaly_map)
-            record.pred_mask = np.asarray(refined, dtype=bool)
-            record.regions = measure_regions(record.anomaly_map, record.pred_mask, np.asarray(image))
-            kept = sum(1 for r in refinements if r.kept == "sam")
-            step(record.trace, "sam_refine", t0, tool="sam", refinements=[r.to_dict() for r in refinements],
-                 summary=f"SAM mask kept for {kept} of {len(refinements)} region(s); {len(record.regions)} region(s)")
-        except Exception as err:  # noqa: BLE001
-            step(record.trace, "sam_refine", t0, tool="sam", error=short(str(err), 200), summary="SAM failed; map mask kept")
 
     def answer(self, question: str, record: InspectionRecord, history: list[tuple[str, str]] | None = None) -> str:
         """The brain's answer to a question about `record` (RuleBrain's on failure); traced in the record."""

@@ -36,7 +36,13 @@ from tools.detectors.mutual_scoring import (
     neighbour_refined,
     per_partner_distances,
 )
-from tools.detectors.patch_features import GRID, PatchFeatureExtractor, typical_side, working_size
+from tools.detectors.patch_features import (
+    GRID,
+    PatchFeatureExtractor,
+    typical_side,
+    working_scale,
+    working_size,
+)
 from tools.detectors.reference_matching import ReferenceMatchingConfig, ReferenceMatchingDetector
 from tools.image_io import ImageLoadError
 from tools.preprocess import gaussian_blur
@@ -52,6 +58,7 @@ class BatchConfig:
     backbone: str = "efficientnet-lite0"
     blocks: tuple[int, ...] = (4, 10)
     resolution: int = 192  # working size of a typical image (aspect kept)
+    min_scale: float = 0.0  # large images: working pixels per image pixel at least this (0 = off)
     pools: tuple[int, ...] = (1,)  # neighbourhood sizes; their maps are averaged
     reflect_pad: int = 32
     standardize: bool = True
@@ -125,6 +132,7 @@ class BatchDetector(CalibratedDetector):
         self.extractor = PatchFeatureExtractor(cfg.backbone, cfg.blocks, cfg.reflect_pad, cfg.standardize, device=cfg.device)
         self.reference_part: Any = None  # a fitted ReferenceMatchingDetector when references are given
         self.scale: float | None = None
+        self._max_side = 4 * self.config.resolution
         self.channel_scale: torch.Tensor | None = None
         self.pool_keys: list[str] = []
         self.pool_feats: list[list[torch.Tensor]] = []  # per pool image, one (P, C) per pool size
@@ -144,7 +152,8 @@ class BatchDetector(CalibratedDetector):
         self._references = [_rgb(r) for r in references]
         self._held_out = []
         if references:
-            opts = {"resolution": self.config.resolution, "device": self.config.device, **(self.config.reference_options or {})}
+            opts = {"resolution": self.config.resolution, "min_scale": self.config.min_scale, "device": self.config.device,
+                    **(self.config.reference_options or {})}
             self.reference_part = ReferenceMatchingDetector(**opts)
             self.reference_part.fit(references)
         self._calibration = None
@@ -173,7 +182,8 @@ class BatchDetector(CalibratedDetector):
         if self.reference_part is not None:
             self.scale = self.reference_part.scale
         else:
-            self.scale = cfg.resolution / typical_side(pool)
+            self.scale = working_scale(cfg.resolution, typical_side(pool), cfg.min_scale)
+        self._max_side = 4 * max(cfg.resolution, round(self.scale * typical_side(pool)))
         self.pool_keys = [image_key(im) for im in pool]
         with torch.inference_mode():
             raw_feats = [self._features(im) for im in pool]
@@ -234,7 +244,7 @@ class BatchDetector(CalibratedDetector):
     def _features(self, image: Image.Image) -> list[torch.Tensor]:
         assert self.scale is not None
         r = self.config.resolution
-        size = working_size(*image.size, scale=self.scale, max_side=4 * r)
+        size = working_size(*image.size, scale=self.scale, max_side=max(4 * r, self._max_side))
         return [f[0] for f in self.extractor(self.extractor.prepare([image], size), self.config.pools)]
 
     def _batch_map(self, key: str, feats: list[torch.Tensor], shape: tuple[int, int]) -> torch.Tensor:

@@ -74,9 +74,15 @@ class GoodModel:
         return float(math.exp(self.centre + _NORMAL.inv_cdf(1.0 - rate) * self.spread) + self.shift)
 
 
-def good_model_from_batch(batch_scores: np.ndarray, known_good: np.ndarray | None = None) -> GoodModel:
+def good_model_from_batch(
+    batch_scores: np.ndarray, known_good: np.ndarray | None = None, anchor: np.ndarray | None = None,
+) -> GoodModel:
     """The good-score model of a batch where an unknown minority may be defective (see the module
-    docstring). `known_good` scores (e.g. references) join the batch."""
+    docstring). `known_good` scores (e.g. references) join the batch. `anchor` (known-good scores on the
+    batch's scale, e.g. the references held out) bounds where the good scores' mode can lie: defects
+    score higher, never lower, than good parts, so the good mode is looked for no further than
+    `ANCHOR_REACH` good spreads above the anchors' median (the spread as the batch shows it below that
+    median); a denser cluster beyond it is taken for what it is, defects that look alike."""
     parts = [np.asarray(batch_scores, dtype=np.float64).ravel()]
     if known_good is not None and len(known_good):
         parts.append(np.asarray(known_good, dtype=np.float64).ravel())
@@ -90,7 +96,11 @@ def good_model_from_batch(batch_scores: np.ndarray, known_good: np.ndarray | Non
     # Mode of a Gaussian kernel density (Silverman's bandwidth on the robust spread).
     spread = _robust_spread(x) or float(np.std(x)) or 1e-3
     bw = 1.06 * spread * x.size ** (-0.2)
-    grid = np.linspace(np.quantile(x, 0.01), np.quantile(x, 0.9), 256)
+    top = float(np.quantile(x, 0.9))
+    a = _log_anchor(anchor, shift)
+    if a.size:
+        top = min(top, _anchor_reach(x, a))
+    grid = np.linspace(min(float(np.quantile(x, 0.01)), top), top, 256)
     density = np.exp(-0.5 * ((grid[:, None] - x[None, :]) / bw) ** 2).sum(1)
     mode = float(grid[int(np.argmax(density))])
     below = float(np.mean(x <= mode))
@@ -101,8 +111,24 @@ def good_model_from_batch(batch_scores: np.ndarray, known_good: np.ndarray | Non
     return GoodModel(mode, sigma, good_share, int(round(good_share * x.size)), shift)
 
 
-#: anchors this many batch spreads below the batch's good centre contradict it
-ANCHOR_LOW_SPREADS = 2.0
+def _log_anchor(anchor: np.ndarray | None, shift: float) -> np.ndarray:
+    if anchor is None:
+        return np.empty(0)
+    a = np.asarray(anchor, dtype=np.float64).ravel()
+    a = a[np.isfinite(a)]
+    return np.log(np.maximum(a - shift, 1e-12)) if a.size >= 2 else np.empty(0)
+
+
+def _anchor_reach(x: np.ndarray, a: np.ndarray) -> float:
+    """How far up (log scale) the good mode of batch scores `x` may lie, given log anchor scores `a`."""
+    centre = float(np.median(a))
+    below = centre - x[x < centre]
+    spread = float(np.median(below)) / 0.6745 if below.size >= 5 else (_robust_spread(a) if a.size >= 3 else 0.0)
+    return centre + ANCHOR_REACH * max(spread, 1e-3)
+
+
+#: the good mode of a batch lies at most this many good spreads above the references' median
+ANCHOR_REACH = 1.0
 
 
 def good_model_anchored(batch_scores: np.ndarray, anchor: np.ndarray, shift: float) -> GoodModel:
@@ -121,24 +147,14 @@ def good_model_anchored(batch_scores: np.ndarray, anchor: np.ndarray, shift: flo
     return GoodModel(centre, sigma, good_share, int(round(good_share * x.size)) + int(a.size), shift)
 
 
-def batch_contradiction(model: GoodModel, anchor: np.ndarray, rate: float) -> str:
-    """Why known-good `anchor` scores (the references held out) contradict a batch's good model, or ''.
-
-    The batch model assumes that most of the batch is good. Two signs that it is not: the references
-    sit far below what the batch takes for good (the batch's mode is made of defects), or more of them
-    score above the batch's boundary than the promised rate allows (p < 0.01, binomial)."""
+def anchors_above(model: GoodModel, anchor: np.ndarray, rate: float) -> str:
+    """Why known-good `anchor` scores (the references held out) say a batch's boundary is too low, or
+    '': more of them score above it than the promised rate allows (p < 0.01, binomial), so the
+    batch's good parts are rarer or more alike than they seem."""
     a = np.asarray(anchor, dtype=np.float64).ravel()
     a = a[np.isfinite(a)]
-    if a.size < 2:
-        return ""
-    z = (np.log(np.maximum(a - model.shift, 1e-12)) - model.centre) / model.spread
-    low = float(np.median(z))
-    if low < -ANCHOR_LOW_SPREADS:
-        return (f"the references score {abs(low):.1f} spreads below what the batch takes for good "
-                f"(estimated good share {model.good_share:.2f}): most of the batch may be defective")
     boundary = model.quantile(rate)
-    k = int(np.sum(a > boundary))
-    n = a.size
+    k, n = int(np.sum(a > boundary)), a.size
     tail = sum(math.comb(n, j) * rate**j * (1 - rate) ** (n - j) for j in range(k, n + 1))
     if k and tail < 0.01:
         return (f"{k} of {n} references score above the batch's boundary, more than a false-alarm rate of "
@@ -189,18 +205,25 @@ class Calibration:
         known_good: np.ndarray | None = None, method: str = "batch", anchor: np.ndarray | None = None,
     ) -> Calibration:
         """Batch mode: the boundary from the batch's lower bulk (see `good_model_from_batch`). With
-        `anchor` (known-good scores on the batch's scale, e.g. the references held out), the batch's
-        assumption is checked against them (`batch_contradiction`); when it fails, the good model is
-        anchored on them instead (`good_model_anchored`) and the calibration's note says why."""
+        `anchor` (known-good scores on the batch's scale, e.g. the references held out), the good mode
+        is looked for near them, and when too many of them score above the batch's boundary the good
+        model is anchored on them instead (`anchors_above`, `good_model_anchored`); the note says so."""
         _check_rate(rate)
-        model = good_model_from_batch(batch_scores, known_good)
-        note = ""
+        model = good_model_from_batch(batch_scores, known_good, anchor)
+        notes = []
         if anchor is not None and len(anchor):
-            why = batch_contradiction(model, anchor, rate)
+            free = good_model_from_batch(batch_scores, known_good)
+            if free.centre > model.centre + 0.25 * model.spread:
+                method = f"{method}, good mode bounded by the references"
+                notes.append(f"the batch's densest scores lie above what the references score (good share {free.good_share:.2f} "
+                             f"if they were good): much of the batch may share a defect; its good parts are looked for "
+                             f"near the references")
+            why = anchors_above(model, anchor, rate)
             if why:
                 model = good_model_anchored(batch_scores, anchor, model.shift)
                 method = f"{method}, anchored on the references"
-                note = f"{why}; the good scores are modelled from the references instead"
+                notes.append(f"{why}; the good scores are modelled from the references instead")
+        note = "; ".join(notes)
         boundary = model.quantile(rate)
         review = model.quantile(min(0.5, rate * review_factor)) if review_factor and review_factor > 1 else None
         centre = math.exp(model.centre) + model.shift
@@ -277,7 +300,7 @@ __all__ = [
     "VERDICTS",
     "conformal_threshold",
     "finest_rate",
-    "batch_contradiction",
+    "anchors_above",
     "good_model_anchored",
     "good_model_from_batch",
     "good_samples",

@@ -45,6 +45,13 @@ def working_size(width: int, height: int, scale: float, max_side: int) -> tuple[
     return round_to_grid(height * s), round_to_grid(width * s)
 
 
+def working_scale(resolution: int, typical: float, min_scale: float = 0.0) -> float:
+    """Working pixels per image pixel: `resolution` over the images' typical side, but never below
+    `min_scale` (capped at 1: native size), so that on large images small defects are shrunk by at
+    most 1 / `min_scale` (the backbone then works in tiles, `tiling.py`)."""
+    return max(resolution / max(typical, 1.0), min(min_scale, 1.0))
+
+
 def typical_side(images: Sequence[Image.Image]) -> float:
     """Median of sqrt(width * height): the pixel scale a set of images shares."""
     return float(np.median([np.sqrt(im.size[0] * im.size[1]) for im in images]))
@@ -146,6 +153,7 @@ __all__ = [
     "group_by_size",
     "round_to_grid",
     "typical_side",
+    "working_scale",
     "undo_view",
     "view",
     "working_size",

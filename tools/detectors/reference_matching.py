@@ -49,6 +49,7 @@ from tools.detectors.patch_features import (
     typical_side,
     undo_view,
     view,
+    working_scale,
     working_size,
 )
 from tools.preprocess import gaussian_blur
@@ -67,6 +68,7 @@ class ReferenceMatchingConfig:
     backbone: str = "efficientnet-lite0"
     blocks: tuple[int, ...] = (4, 10)  # stride-8 and stride-16 block outputs of EfficientNet-Lite0
     resolution: int = 192  # working size: side of the square ("squash") or of a typical reference
+    min_scale: float = 0.0  # large images: working pixels per image pixel at least this (0 = off; tiles beyond 1280 px)
     extra_resolution: int = 0  # a second working size fused with the first; 0 = off
     resize: Literal["squash", "reference_scale"] = "reference_scale"  # keep aspect at the references' scale, or squash
     pools: tuple[int, ...] = (1,)  # neighbourhood sizes (k x k feature averages), maps averaged
@@ -186,6 +188,7 @@ class ReferenceMatchingDetector(CalibratedDetector):
         )
         self.device = self.extractor.device
         self.scale: float | None = None  # working pixels per image pixel ("reference_scale")
+        self._max_side = 4 * self.config.resolution  # an image far larger than the references is shrunk to this
         self.channels: list[_Channel] = []
         self.views: tuple[str, ...] = ()
         self.augmentation: AugmentationDecision | None = None
@@ -211,7 +214,7 @@ class ReferenceMatchingDetector(CalibratedDetector):
         r = resolution or self.config.resolution
         if self.config.resize == "squash" or self.scale is None:
             return r, r
-        return working_size(width, height, self.scale * r / self.config.resolution, max_side=4 * r)
+        return working_size(width, height, self.scale * r / self.config.resolution, max_side=self._max_side * r // self.config.resolution)
 
     def _features(self, images: Sequence[Image.Image], resolution: int, view_name: str | None = None) -> list[torch.Tensor]:
         """Features of same-size images at `resolution`, one (N, h, w, C) per pool (unscaled)."""
@@ -242,7 +245,9 @@ class ReferenceMatchingDetector(CalibratedDetector):
         t0 = time.perf_counter()
         cfg = self.config
         refs = [im.convert("RGB") if im.mode != "RGB" else im for im in references]
-        self.scale = cfg.resolution / typical_side(refs)
+        typical = typical_side(refs)
+        self.scale = working_scale(cfg.resolution, typical, cfg.min_scale)
+        self._max_side = 4 * max(cfg.resolution, round(self.scale * typical))
         self.channels = [_Channel(res, pool) for res in self._resolutions() for pool in cfg.pools]
         with torch.inference_mode():
             grids = self._reference_grids(refs)
@@ -565,6 +570,7 @@ class ReferenceMatchingDetector(CalibratedDetector):
         d = asdict(self.config)
         d["detector"] = self.name
         d["bank_size"] = 0 if self.bank is None else int(self.bank.shape[0])
+        d["working_scale"] = None if self.scale is None else round(self.scale, 4)  # working pixels per image pixel
         d["views"] = list(self.views)
         d["augmentation"] = self.augmentation.to_dict() if self.augmentation else None
         d["alignment"] = self.alignment_evidence
