@@ -30,7 +30,7 @@ def test_a_false_alarm_joins_the_references_and_is_not_flagged_again(tmp_path, c
 
     assert main(["feedback", str(part), "--good", "--refs", str(files["refs"]), *FAST]) == 0
     err = capsys.readouterr().err
-    assert "kept as good" in err and "with it among the references, good" in err
+    assert "kept as good" in err and "with it among the references: good" in err
     stored = list((files["refs"] / GOOD_FOLDER).glob("*.png"))
     assert len(stored) == 1
 
