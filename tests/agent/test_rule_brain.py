@@ -342,10 +342,10 @@ def test_answers_are_deterministic(brain):
 def test_most_suspicious_spot(brain):
     assert brain.intents("What is the most suspicious spot?") == ["suspicious"]
     text = brain.answer("What is the most suspicious spot?", _record(_four_regions()))
-    assert text.startswith("The most suspicious spot is mark 1, in the upper-left, centred near x = 30, y = 22: a medium-sized")
+    assert text.startswith("The most suspicious spot is mark 1, centred near x = 30, y = 22: a medium-sized elongated crack in the upper-left")
     assert "Its anomaly score peaks at 0.93 there (the boundary is 0.45)." in text
     passed = brain.answer("Where is the most suspicious spot?", _record(score=0.3, label=False, suspect=_region(location="right", max_score=0.41)))
-    assert passed.startswith("The most suspicious spot is on the right")
+    assert passed.startswith("The most suspicious spot, centred near x = 30, y = 22, is a medium-sized elongated crack on the right")
     assert "peaks at 0.41 there, below the boundary 0.45, so the part passed" in passed
     nothing = brain.answer("What is the most suspicious spot?", _record(score=0.1, label=False))
     assert nothing.startswith("No spot stands out")
