@@ -104,10 +104,11 @@ def _write_set(
     seed: int,
     progress: Callable[[int], None] | None,
     defect_scale: float = 1.0,
+    edit: Callable[[np.ndarray, str, np.random.Generator], tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> SetCounts:
     """`goods(i)` gives the i-th clean good image; the first `train_good` are the reference pool, the
     next `test_good` the good test images, the rest receive one defect each (kinds cycled), drawn at
-    `defect_scale` (see `faint_defect`)."""
+    `defect_scale` (see `faint_defect`), or by `edit(image, kind, rng)` when given."""
     counts = SetCounts(root=root)
     for i in range(train_good + test_good + test_bad):
         image = goods(i)
@@ -120,7 +121,8 @@ def _write_set(
         else:
             j = i - train_good - test_good
             kind = kinds[j % len(kinds)]
-            defective, mask = faint_defect(image, kind, np.random.default_rng([seed, 7, j]), scale=defect_scale)
+            rng = np.random.default_rng([seed, 7, j])
+            defective, mask = edit(image, kind, rng) if edit else faint_defect(image, kind, rng, scale=defect_scale)
             _save(defective, root / "test" / kind / f"{i:04d}.png")
             _save(mask.astype(np.uint8) * 255, root / "ground_truth" / kind / f"{i:04d}_mask.png")
             counts.test_bad[kind] = counts.test_bad.get(kind, 0) + 1
@@ -139,17 +141,21 @@ def make_procedural_set(
     kinds: Sequence[str] = VALIDATION_KINDS,
     seed: int = 0,
     progress: Callable[[int], None] | None = None,
+    whole_image: bool = False,
 ) -> SetCounts:
-    """A validation set of a procedural product (`weave` or `bracket`) under `root/<product>`."""
+    """A validation set of a procedural product (`weave` or `bracket`) under `root/<product>` (with
+    `whole_image`: `root/<product>_global`, whole-image changes instead of local defects)."""
+    from instruct_data.synthesis.global_changes import GLOBAL_CHANGES
     from instruct_data.synthesis.products import PRODUCTS
 
     if product not in PRODUCTS:
         raise ValueError(f"unknown product {product!r}; available: {', '.join(PRODUCTS)}")
     draw = PRODUCTS[product]
     return _write_set(
-        Path(root) / product,
+        Path(root) / (product + "_global" if whole_image else product),
         lambda i: _to_uint8(draw(np.random.default_rng([seed, 11, i]), size)),
-        train_good, test_good, test_bad, kinds, seed, progress,
+        train_good, test_good, test_bad, GLOBAL_CHANGES.names() if whole_image else kinds, seed, progress,
+        edit=whole_image_change if whole_image else None,
     )
 
 
@@ -163,10 +169,12 @@ def make_held_out_set(
     seed: int = 0,
     progress: Callable[[int], None] | None = None,
     defect_scale: float = 1.0,
+    whole_image: bool = False,
 ) -> SetCounts:
     """A validation set from real good images (e.g. a data set's `train/good`), shuffled with `seed`:
     `train_good` become the reference pool, half of the rest stay good, the other half get a defect
-    (drawn at `defect_scale`, see `faint_defect`)."""
+    (drawn at `defect_scale`, see `faint_defect`), or, with `whole_image`, a change of the whole image
+    (`global_changes`: colour, density, defocus, grain)."""
     from tools.image_io import load_image
 
     paths = sorted(Path(p) for p in good_images)
@@ -181,7 +189,22 @@ def make_held_out_set(
         arr = np.asarray(image)
         return arr[..., 0].copy() if _is_grey(arr) else arr
 
+    if whole_image:
+        from instruct_data.synthesis.global_changes import GLOBAL_CHANGES
+
+        return _write_set(Path(root) / name, load, train_good, n_good, rest - n_good, GLOBAL_CHANGES.names(), seed,
+                          progress, edit=whole_image_change)
     return _write_set(Path(root) / name, load, train_good, n_good, rest - n_good, kinds, seed, progress, defect_scale)
+
+
+def whole_image_change(clean: np.ndarray, kind: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """`clean` with the whole-image change `kind` (a grey product stays grey), and its (full) mask."""
+    from instruct_data.synthesis.anomalies import as_rgb_uint8
+    from instruct_data.synthesis.global_changes import change
+
+    result = change(as_rgb_uint8(clean), kind, rng)
+    out = np.asarray(Image.fromarray(result.image).convert("L")) if _is_grey(clean) else result.image
+    return out, result.mask
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -198,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--held-out", help="folder of real good images the test split never sees (e.g. train/good)")
     p.add_argument("--name", default="held_out", help="category name of the --held-out set")
     p.add_argument("--train-good", type=int, default=120, help="reference pool of the --held-out set")
+    p.add_argument("--whole-image", action="store_true",
+                   help="anomalies change the whole image (colour, density, defocus, grain); procedural sets "
+                   "are named <product>_global")
     p.add_argument("--defect-scale", type=float, default=1.0,
                    help="draw each defect of the --held-out set in a crop of this share of the sides (0.5: "
                    "a quarter of the area; small defects on large images)")
@@ -209,12 +235,12 @@ def main(argv: list[str] | None = None) -> int:
 
     with tqdm(desc="validation sets", unit="img") as bar:
         for product in args.products:
-            c = make_procedural_set(args.out, product, seed=args.seed, progress=bar.update)
+            c = make_procedural_set(args.out, product, seed=args.seed, progress=bar.update, whole_image=args.whole_image)
             bar.write(f"{c.root}: {c.train_good} reference pool, {c.test_good} good, {sum(c.test_bad.values())} defective")
         if args.held_out:
             goods = list_images(Path(args.held_out), recursive=True)
             c = make_held_out_set(args.out, goods, args.name, args.train_good, seed=args.seed, progress=bar.update,
-                                  defect_scale=args.defect_scale)
+                                  defect_scale=args.defect_scale, whole_image=args.whole_image)
             bar.write(f"{c.root}: {c.train_good} reference pool, {c.test_good} good, {sum(c.test_bad.values())} defective")
     return 0
 
