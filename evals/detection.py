@@ -66,9 +66,11 @@ def draw_references(dataset: Dataset, category: str, shots: int, seed: int) -> l
 
 
 def stratified_limit(by_category: dict[str, list[Sample]], limit: int | None, seed: int) -> dict[str, list[Sample]]:
-    """At most `limit` samples in all, drawn with `seed` and spread over categories and, within each,
-    over good and every defect type (round-robin over the groups, so small groups are kept); each
-    category keeps its samples in their order."""
+    """At most `limit` samples in all, drawn with `seed`, stratified over categories and, within each,
+    over good and every defect type: each group keeps its share of the whole (largest remainders), and
+    every group keeps at least one sample when the limit allows, so the share of good images, and with
+    it the batch a calibration sees, stays as in the full set. Each category keeps its samples in their
+    order."""
     if limit is None or limit >= sum(len(v) for v in by_category.values()):
         return by_category
     if limit <= 0:
@@ -83,11 +85,20 @@ def stratified_limit(by_category: dict[str, list[Sample]], limit: int | None, se
             members = list(per_type[kind])
             rng.shuffle(members)
             groups.append(members)
-    chosen: set[int] = set()
-    while len(chosen) < limit and any(groups):
-        for members in groups:
-            if members and len(chosen) < limit:
-                chosen.add(id(members.pop()))
+    total = sum(len(g) for g in groups)
+    quota = [min(len(g), max(1 if limit >= len(groups) else 0, int(limit * len(g) / total))) for g in groups]
+    order = sorted(range(len(groups)), key=lambda i: -(limit * len(groups[i]) / total - int(limit * len(groups[i]) / total)))
+    while sum(quota) < limit:  # largest remainders first, then wherever samples are left
+        grew = False
+        for i in order:
+            if sum(quota) < limit and quota[i] < len(groups[i]):
+                quota[i] += 1
+                grew = True
+        if not grew:
+            break
+    while sum(quota) > limit:  # the minimum of one per group overshot: take from the largest groups
+        quota[max(range(len(quota)), key=lambda i: quota[i])] -= 1
+    chosen = {id(s) for g, q in zip(groups, quota, strict=True) for s in g[:q]}
     return {cat: [s for s in samples if id(s) in chosen] for cat, samples in by_category.items()}
 
 
