@@ -135,9 +135,10 @@ class Stages:
 
 class CountedImages(Sequence[Any]):
     """A (lazy) image sequence that calls `on_read` after every image read from it; other attributes
-    (the content `keys` of a lazy sequence) are the wrapped sequence's."""
+    (the content `keys` of a lazy sequence) are the wrapped sequence's. It stops counting when its
+    bar closes, and travels (pickled, e.g. to Ray workers) without its counter."""
 
-    def __init__(self, images: Sequence[Any], on_read: Callable[[], None]) -> None:
+    def __init__(self, images: Sequence[Any], on_read: Callable[[], None] | None) -> None:
         self.images = images
         self.on_read = on_read
 
@@ -148,7 +149,14 @@ class CountedImages(Sequence[Any]):
         try:
             return self.images[index]
         finally:
-            self.on_read()
+            if self.on_read is not None:
+                self.on_read()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"images": self.images, "on_read": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.images, name)
@@ -165,6 +173,7 @@ class BatchProgress:
         self.bar.unit = "read"
         if pool:
             self.bar.set_postfix_str("reading the partner pool", refresh=False)
+        self._counted: list[CountedImages] = []
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
         if not self.bar.disable:
@@ -176,8 +185,10 @@ class BatchProgress:
             self.bar.refresh()
 
     def images(self, images: Sequence[Any]) -> CountedImages:
-        """`images`, counted on this bar as they are read."""
-        return CountedImages(images, self.tick)
+        """`images`, counted on this bar as they are read (until the bar closes)."""
+        counted = CountedImages(images, self.tick)
+        self._counted.append(counted)
+        return counted
 
     def tick(self) -> None:
         self.read += 1
@@ -191,6 +202,8 @@ class BatchProgress:
         self._stop.set()
         if self._ticker is not None:
             self._ticker.join(timeout=2.0)
+        for counted in self._counted:  # a detector may keep the sequence: later reads are not this stage's
+            counted.on_read = None
         self.bar.close()
 
     def __enter__(self) -> BatchProgress:

@@ -435,7 +435,7 @@ def run_report(
         store.set_meta("inputs", json.dumps(s.inputs))
         clear_staging(out)
         stems = assign_stems(store.stems(), items)
-        bar = LazyBar(len(items), "report", s.progress, progress_file or sys.stderr)
+        bar = LazyBar(len(items), "report", s.progress, progress_file)  # no stream held: `say` travels to Ray
 
         def say(msg: str) -> None:
             if not bar.disable:

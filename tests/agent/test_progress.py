@@ -113,3 +113,14 @@ def test_report_says_its_stages_and_ctrl_c_in_the_set_up_keeps_true_timings(tmp_
     parts = {name.strip(): float(sec) for name, sec in re.findall(r"([a-z ]+?) ([\d.]+) s", spent.group(2))}
     assert parts.get("learning from the batch", 0.0) >= 0.4, closing  # the interrupted stage keeps its time
     assert abs(sum(parts.values()) - float(spent.group(1))) <= 0.1 + 0.05 * len(parts), closing
+
+
+def test_counted_images_travel_without_their_counter_and_stop_counting_when_the_bar_closes():
+    import pickle
+
+    with BatchProgress(pool=2, sample=0, enabled=False) as progress:
+        images = progress.images(["a", "b"])
+        assert images[0] == "a" and progress.read == 1
+    assert images[1] == "b" and progress.read == 1  # read after the stage: not counted on its bar
+    copy = pickle.loads(pickle.dumps(images))  # what a Ray worker gets: the images, no bar, no stream
+    assert copy[0] == "a" and copy.on_read is None
