@@ -2,7 +2,7 @@
 
     python -m evals.bench_missing_model --out missing_model.json [--repeat 3]
 
-Each case runs the real command in a fresh process (Python's start and the imports included, as a user
+Each case runs the real `looktwice` command in a fresh process (Python's start and the imports included, as a user
 sees it), with empty model caches, and records the wall seconds, the exit code, the stderr lines and
 how many connections "the hub" got:
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -85,6 +86,15 @@ COMMANDS: dict[str, list[str]] = {
 HUBS = ("offline", "refused", "silent", "default endpoint")
 
 
+def looktwice() -> str:
+    """The `looktwice` command of this environment (the console script beside the interpreter)."""
+    script = Path(sys.executable).with_name("looktwice")
+    found = str(script) if script.is_file() else shutil.which("looktwice")
+    if not found:
+        raise SystemExit("bench_missing_model: no `looktwice` command here (pip install -e .)")
+    return found
+
+
 def run_case(command: list[str], hub_state: str, root: Path, query: Path, refs: Path) -> dict[str, Any]:
     home = root / "home"
     home.mkdir(exist_ok=True)
@@ -100,8 +110,8 @@ def run_case(command: list[str], hub_state: str, root: Path, query: Path, refs: 
     out = Path(tempfile.mkdtemp(dir=root))
     argv = [a.format(query=query, refs=refs, out=out) for a in command]
     t0 = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "agent.cli", *argv], env=env, capture_output=True, text=True,
-                          timeout=300, cwd=Path(__file__).resolve().parents[1])
+    done = subprocess.run([looktwice(), *argv], env=env, capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parents[1])
     seconds = time.perf_counter() - t0
     if hub is not None:
         hub.close()

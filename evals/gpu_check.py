@@ -76,7 +76,7 @@ def write_llava_folder(folder: Path, tiny: bool, device: str = "cpu", dtype: str
     if tiny:
         from agent.mllm.testing import build_tiny_llava
 
-        build_tiny_llava(folder, text_hidden_size=128)  # 4-bit layers need sides that are multiples of 64
+        build_tiny_llava(folder, text_hidden_size=128, speaks=True)  # 4-bit layers: sides multiple of 64
         from transformers import AutoConfig
 
         vision_config = AutoConfig.from_pretrained(folder).vision_config

@@ -20,8 +20,8 @@ from tools.record import InspectionRecord
 @runtime_checkable
 class SeesImages(Protocol):
     """Looks at the image itself; the loop hands it over once per inspection, so no file is read twice,
-    and with it the views of the second look (labelled crops: the zoomed place, the same place on the
-    nearest reference), which go into the model's request after the whole image."""
+    and, to a brain whose `send_views` is on, the views of the second look (labelled crops: the zoomed
+    place, the same place on the nearest reference), which go into its requests after the whole image."""
 
     def use_image(self, path: str, image: Image.Image) -> None: ...
 

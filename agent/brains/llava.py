@@ -66,7 +66,7 @@ class LlavaBrain(Brain, SeesImages, JudgesDefects, ProposesRules, ReportsModelCa
         self.images = ImageMemory()
         self.last_images: list[str] = []  # labels of the images the last request carried
         self.last_call: dict[str, Any] = {}
-        self.note = note or (lambda _msg: None)
+        self.note = note or _quiet
         self.resolved: Any = None  # the ResolvedLoad the model was loaded with
         self._model = loaded
 
@@ -230,6 +230,10 @@ class LlavaBrain(Brain, SeesImages, JudgesDefects, ProposesRules, ReportsModelCa
             raise
         except (RuntimeError, ValueError, IndexError) as err:
             raise BrainError(f"LLaVA model {self.model_id!r} failed: {_one_line(err)[:300]}") from None
+
+
+def _quiet(_message: str) -> None:
+    """Where notes go when nobody listens (a module function: a brain stays picklable)."""
 
 
 def _one_line(err: BaseException) -> str:

@@ -40,9 +40,9 @@ NOT_FUSED = "recorded, not fused into the score (brain_weight 0)"
 class BrainSteps:
     """The brain of one pipeline and the steps that call it (module docstring)."""
 
-    def __init__(self, settings: InspectionSettings, warn: Callable[[str], None], brain: Brain | None = None) -> None:
+    def __init__(self, settings: InspectionSettings, brain: Brain | None = None) -> None:
+        """No callbacks are kept (a pipeline is pickled to Ray actors with its brain steps)."""
         self.settings = settings
-        self.warn = warn
         self._brain = brain
         self._fallback: Brain | None = None
         self.fused: Calibration | None = None  # the boundary of the fused score (references mode)
@@ -66,23 +66,27 @@ class BrainSteps:
             self._fallback = RuleBrain()
         return self._fallback
 
-    def prepare(self) -> Brain:
-        """Load a model brain now (its `load()`); when it cannot load, raise its `BrainError`, or with
-        `fallback` go on with the rule brain, said once."""
+    def prepare(self, warn: Callable[[str], None]) -> Brain:
+        """Load a model brain now (its `load()`, its notes to `warn`); when it cannot load, raise its
+        `BrainError`, or with `fallback` go on with the rule brain, said once."""
         from agent.brains.common import BrainError
 
         brain = self.brain
         load = getattr(brain, "load", None)
         if callable(load):
-            if getattr(brain, "note", None) is not None and self.warn is not None:
-                brain.note = self.warn
+            note = getattr(brain, "note", None)
+            if note is not None:
+                brain.note = warn
             try:
                 load()
             except BrainError as err:
                 if not self.settings.fallback:
                     raise
-                self.warn(f"{err} Going on with the rule brain (--fallback).")
+                warn(f"{err} Going on with the rule brain (--fallback).")
                 self._brain = self.fallback
+            finally:
+                if note is not None:
+                    brain.note = note
         return self.brain
 
     def calibrate(self, references: Sequence[Image.Image], good_raw: np.ndarray, cal: Calibration | None) -> None:

@@ -80,7 +80,7 @@ class Pipeline:
         self._unit = 1.0  # good-score unit of the raw scores (what one broken rule adds, times its weight)
         self._cache: dict[str, Evidence] = {}
         self._cache_bytes = 0
-        self.brain_steps = BrainSteps(self.settings, warn, brain)  # the brain, its set-up, P(Yes) and texts
+        self.brain_steps = BrainSteps(self.settings, brain)  # the brain, its set-up, P(Yes) and texts
         self._tones = ReferenceTones([])
 
     # ------------------------------------------------------------------------------------------ setup
@@ -97,7 +97,7 @@ class Pipeline:
         (for detectors that need no batch) set the boundary on the references, each held out in turn."""
         t0 = time.perf_counter()
         s = self.settings
-        self._brain = self.brain_steps.prepare()  # a model brain loads first: a missing model stops here, at once
+        self._brain = self.brain_steps.prepare(self.warn)  # a model brain loads first: a missing model stops here
         self.references = [r if r.mode == "RGB" else r.convert("RGB") for r in references]
         if self._given_detector is not None:
             self.detector = self._given_detector

@@ -83,11 +83,15 @@ def build_tiny_llava(
     vision_layers: int = 4,
     text_hidden_size: int = 64,
     seed: int = 0,
+    speaks: bool = False,
 ) -> Path:
     """Write a tiny LLaVA-OneVision (weights, tokenizer, processor) into `folder`; returns it.
 
     `patch_size` 4 gives 10 x 10 tokens per crop instead of 5 x 5: small defects then fill more of a
-    token, which the training smoke test uses."""
+    token, which the training smoke test uses. `speaks`: special and whitespace-only tokens silenced
+    (`silence_special_tokens`), so that greedy decoding writes words where a brain must answer (the
+    random model otherwise often says nothing, which counts as a failed answer); off for training,
+    where the chat tokens must keep their own embeddings."""
     import torch
     from transformers import (
         LlavaOnevisionConfig,
@@ -134,7 +138,8 @@ def build_tiny_llava(
     )
     torch.manual_seed(seed)
     model = LlavaOnevisionForConditionalGeneration(config).eval()
-    silence_special_tokens(model.get_input_embeddings(), tokenizer)
+    if speaks:
+        silence_special_tokens(model.get_input_embeddings(), tokenizer)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     image_processor = LlavaOnevisionImageProcessor(

@@ -23,7 +23,7 @@ def tiny_folder(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("gpu_check")
     torch.manual_seed(0)
-    model = load_model(build_tiny_llava(root / "tiny"), expert="random", dtype="float32")
+    model = load_model(build_tiny_llava(root / "tiny", speaks=True), expert="random", dtype="float32")
     model.save_pretrained(str(root / "looktwice"), trained_by="test: stage 2 stand-in")
     return root / "looktwice"
 

@@ -45,16 +45,25 @@ class ServedFolder:
     trained_by: str
 
 
+#: the files of a hub repository the plugin reads itself (vLLM fetches the rest)
+PLUGIN_FILES = ["config.json", "looktwice_expert.json", "ltfm_expert*.safetensors"]
+
+
 def local_folder(model: str | os.PathLike[str]) -> Path:
-    """The local folder of `model` (a folder, or a hub id already in the cache, as vLLM downloaded it)."""
+    """The local folder of `model`: a folder, or for a hub id the snapshot holding the marker and the
+    expert (from the cache; fetched, as vLLM fetches the weights, unless HF_HUB_OFFLINE is set)."""
     path = Path(model).expanduser()
     if path.is_dir():
         return path
-    try:
-        from huggingface_hub import snapshot_download
+    from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(str(model), local_files_only=True))
-    except Exception as err:  # the hub's error types differ between versions
+    try:
+        return Path(snapshot_download(str(model), allow_patterns=PLUGIN_FILES, local_files_only=True))
+    except Exception:  # not in the cache (the hub's error types differ between versions)
+        pass
+    try:
+        return Path(snapshot_download(str(model), allow_patterns=PLUGIN_FILES))
+    except Exception as err:
         raise PluginError(f"LookTwice plugin: cannot find the folder of {model!r} ({type(err).__name__})") from None
 
 

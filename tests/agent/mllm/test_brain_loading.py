@@ -23,11 +23,17 @@ from tools.ltfm.expert_marker import MARKER_FILENAME
 
 
 @pytest.fixture(scope="module")
-def marked_dir(tiny_model, tmp_path_factory) -> Path:
-    """A folder whose LLM was (as far as the marker says) trained with its expert."""
-    folder = tmp_path_factory.mktemp("marked") / "model"
-    tiny_model.save_pretrained(str(folder), trained_by="test: stage 2 stand-in")
-    return folder
+def marked_dir(tmp_path_factory) -> Path:
+    """A folder whose LLM was (as far as the marker says) trained with its expert; the tiny model
+    speaks (`build_tiny_llava(speaks=True)`), so its answers are words, not blanks."""
+    from agent.mllm.loading import load_model
+    from agent.mllm.testing import build_tiny_llava
+
+    root = tmp_path_factory.mktemp("marked")
+    torch.manual_seed(1)
+    model = load_model(build_tiny_llava(root / "tiny", speaks=True), expert="random", dtype="float32")
+    model.save_pretrained(str(root / "model"), trained_by="test: stage 2 stand-in")
+    return root / "model"
 
 
 @pytest.fixture(scope="module")
