@@ -29,7 +29,14 @@ brought back to the image's size (bilinear), then maps and masks are resized to 
 `metric_size` by `evals.detection`'s helper; AUPRO integrates up to a false-positive rate of 0.3.
 Throughput counts pre-processing, the forward pass and the map at image size, one image at a time
 (as LookTwice scores them); not importing anomalib, building the model, reading files or metrics.
-Fitting the bank is timed apart (`fit_seconds`).
+Fitting the bank is timed apart (`fit_seconds`). On a machine loaded by other processes, torch's
+default of one thread per core can cost several times the CPU per image (seen on the shared 2-core
+machine: 0.7 s CPU with 2 threads, 0.09 s with `OMP_NUM_THREADS=1`): compare speeds only within one run
+under one thread setting, as `evals.suite --peer` does.
+
+The pixel figures follow LookTwice's protocol (image aspect kept, long side `metric_size`); anomalib's
+own (map and mask squashed to 256 x 256) gives other pixel values on images of other aspects (on
+magnetic tile, seed 0: 0.732 against 0.751 here); image AUROC does not depend on it.
 """
 
 from __future__ import annotations
