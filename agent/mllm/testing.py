@@ -35,10 +35,13 @@ WHOLE_WORDS = (" slightly", " moderately", " highly")
 
 
 def build_bpe_tokenizer(
-    vocab_size: int = 384, extra_special: list[str] | None = None, chat_template: str = CHAT_TEMPLATE
+    vocab_size: int = 384,
+    extra_special: list[str] | None = None,
+    chat_template: str = CHAT_TEMPLATE,
+    whole_words: tuple[str, ...] = WHOLE_WORDS,
 ) -> Any:
     """A byte-level BPE tokenizer trained in-process, with Qwen's special tokens and a ChatML template
-    (`extra_special`: more special tokens, e.g. Hermes' `<tool_call>`), and `WHOLE_WORDS` as single
+    (`extra_special`: more special tokens, e.g. Hermes' `<tool_call>`), and `whole_words` as single
     tokens."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -60,18 +63,26 @@ def build_bpe_tokenizer(
         chat_template=chat_template,
     )
     tokenizer.padding_side = "left"
-    tokenizer.add_tokens([AddedToken(word, normalized=False) for word in WHOLE_WORDS])
+    if whole_words:
+        tokenizer.add_tokens([AddedToken(word, normalized=False) for word in whole_words])
     return tokenizer
 
 
-def silence_special_tokens(embeddings: Any, tokenizer: Any, extra: list[str] | None = None) -> None:
-    """Zero the (tied) embedding rows of special and whitespace-only tokens, so that a random model's
-    greedy decoding writes visible words instead of stopping at once or answering blanks (what a
-    brain would count as no answer)."""
+def silence_special_tokens(
+    embeddings: Any, tokenizer: Any, extra: list[str] | None = None, fragments: bool = True
+) -> None:
+    """Zero the (tied) embedding rows of special, whitespace-only and byte-fragment tokens, so that a
+    random model's greedy decoding writes visible words instead of stopping at once or answering blanks
+    or broken bytes (what a brain would count as no answer)."""
     import torch
 
     special = set(tokenizer.convert_tokens_to_ids(SPECIAL + list(extra or [])))
-    silent = [i for i in range(len(tokenizer)) if i in special or not tokenizer.decode([i]).strip()]
+
+    def mute(i: int) -> bool:  # special, blank, or a byte fragment that is no text on its own
+        text = tokenizer.decode([i])
+        return i in special or not text.strip() or (fragments and "\ufffd" in text)
+
+    silent = [i for i in range(len(tokenizer)) if mute(i)]
     with torch.no_grad():
         embeddings.weight[silent] = 0.0
 
@@ -185,7 +196,8 @@ def build_tiny_qwen2_chat(folder: Path, vocab_size: int = 384, seed: int = 0) ->
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     extra = ["<tool_call>", "</tool_call>"]
-    tokenizer = build_bpe_tokenizer(vocab_size, extra_special=extra, chat_template=TOOLS_CHAT_TEMPLATE)
+    # the tokenizer and the silenced rows the vLLM server tests were written against (no whole words)
+    tokenizer = build_bpe_tokenizer(vocab_size, extra_special=extra, chat_template=TOOLS_CHAT_TEMPLATE, whole_words=())
     config = Qwen2Config(
         vocab_size=len(tokenizer),
         hidden_size=128,
@@ -201,7 +213,7 @@ def build_tiny_qwen2_chat(folder: Path, vocab_size: int = 384, seed: int = 0) ->
     )
     torch.manual_seed(seed)
     model = Qwen2ForCausalLM(config).eval()
-    silence_special_tokens(model.get_input_embeddings(), tokenizer, extra)
+    silence_special_tokens(model.get_input_embeddings(), tokenizer, extra, fragments=False)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     folder.mkdir(parents=True, exist_ok=True)
