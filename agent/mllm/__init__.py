@@ -8,9 +8,12 @@ Importing this package is cheap: torch and transformers load only when a name be
     model.chat(history, "Where is the defect?", images=[image])
 
 Modules: `model` (the composed LLaVA-OneVision wrapper), `loading` (the wrapper from a hub id or a
-folder), `chat_format` (ChatML, image markers, the suspicion phrase), `sequences` (token layout, labels,
-padding), `yes_no` (P(Yes) from logits), `train` (the two training stages). The expert itself, its
-weights, the checkpoint loading and the vision tower are perception, in `tools.ltfm`.
+folder), `chat_format` (ChatML, image markers, the suspicion phrase, the detection question of
+prompts/agent.yaml), `expert_tokens` (the expert's block after an image, one layout for transformers
+and vLLM), `sequences` (token layout, labels, padding), `yes_no` (P(Yes) from logits), `train` (the
+two training stages), `convert_anomaly_ov` (the official stage-2 checkpoint to a LookTwice folder),
+`vllm_plugin` (vLLM serving with the expert's tokens). The expert itself, its weights, the checkpoint
+loading and the vision tower are perception, in `tools.ltfm`.
 """
 
 from __future__ import annotations

@@ -226,3 +226,15 @@ def test_train_takes_the_same_spellings():
         apply_overrides(cfg, {"dtype": "fp8"})
     with pytest.raises(TrainConfigError, match="field 'device': 'gpu' is not allowed"):
         load_config("tiny-expert", overrides=["device=gpu"], stage="expert")
+
+
+def test_the_detection_question_is_one_training_template():
+    """P(Yes) asks what stage 2 taught: the question of prompts/agent.yaml is one of the training
+    templates (and `chat_format` holds no other)."""
+    import agent.mllm.chat_format as chat_format
+    from agent.mllm.chat_format import detection_question
+    from prompts import load_prompts
+
+    templates = load_prompts("instruct_templates")["questions"]["detection"]
+    assert detection_question() in [t.format(object="object") for t in templates]
+    assert not hasattr(chat_format, "DETECTION_QUESTION")
