@@ -44,8 +44,8 @@ def head_synthesizer() -> Callable[[np.ndarray, np.random.Generator], tuple[np.n
 
 
 def build_detector(name: str, options: dict[str, Any]) -> Detector:
-    """`DETECTORS.build` plus what the detector can take from this layer (the head's synthesizer) and
-    the auto device when none is given."""
+    """`DETECTORS.build` plus what the detector can take from this layer (the head's synthesizer, the
+    global rule's whole-image changes) and the auto device when none is given."""
     from tools.settings import declared_settings
 
     options = dict(options)
@@ -56,6 +56,10 @@ def build_detector(name: str, options: dict[str, Any]) -> Detector:
         params = {}
     if "synthesizer" in params and options.get("head_synthetic", 0):
         options["synthesizer"] = head_synthesizer()
+    if "global_changes" in params and options.get("global_weight", "auto") == "auto":
+        from instruct_data.synthesis.global_changes import rule_change
+
+        options["global_changes"] = rule_change  # the references' whole-image test copies (global rule)
     if "device" not in options and "device" in declared_settings(factory)[0]:
         from tools.ltfm.options import resolve_device
 

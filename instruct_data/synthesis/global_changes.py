@@ -71,9 +71,53 @@ def grain(image: np.ndarray, rng: np.random.Generator) -> SynthResult:
     return _whole(image, image.astype(np.float64) + noise[..., None], "grain", "the whole surface is grainier than normal")
 
 
+# The detector's own test copies (`tools.detectors.global_statistics`): other changes than the
+# validation kinds above, so that validation does not reward the rule for recognising its own test.
+@GLOBAL_CHANGES.register("gamma")
+def gamma(image: np.ndarray, rng: np.random.Generator) -> SynthResult:
+    """A tone curve: midtones darker or brighter (a different finish or exposure of the material)."""
+    g = float(np.exp(rng.choice([-1, 1]) * rng.uniform(0.25, 0.45)))
+    return _whole(image, 255.0 * (image.astype(np.float64) / 255.0) ** g, "gamma", "the whole part's tones are off")
+
+
+@GLOBAL_CHANGES.register("sharpen")
+def sharpen(image: np.ndarray, rng: np.random.Generator) -> SynthResult:
+    """Fine structure exaggerated everywhere (unsharp mask)."""
+    base = image.astype(np.float64)
+    soft = np.stack([ndimage.gaussian_filter(base[..., c], 1.5) for c in range(3)], -1)
+    return _whole(image, base + rng.uniform(1.0, 2.0) * (base - soft), "sharpen", "the whole surface is harsher than normal")
+
+
+@GLOBAL_CHANGES.register("stretch")
+def stretch(image: np.ndarray, rng: np.random.Generator) -> SynthResult:
+    """The texture stretched along one axis (its spacing changes one way only)."""
+    h, w = image.shape[:2]
+    f = rng.uniform(1.15, 1.3)
+    pil = Image.fromarray(image)
+    if rng.random() < 0.5:
+        cw = round(w / f)
+        out = np.asarray(pil.crop(((w - cw) // 2, 0, (w - cw) // 2 + cw, h)).resize((w, h), Image.BICUBIC))
+    else:
+        ch = round(h / f)
+        out = np.asarray(pil.crop((0, (h - ch) // 2, w, (h - ch) // 2 + ch)).resize((w, h), Image.BICUBIC))
+    return _whole(image, out.astype(np.float64), "stretch", "the texture is stretched one way")
+
+
+#: whole-image anomalies of the validation sets
+VALIDATION_CHANGES = ("colour", "density", "defocus", "grain")
+#: the detector's test copies for its global rule (disjoint from VALIDATION_CHANGES)
+RULE_CHANGES = ("gamma", "sharpen", "stretch")
+
+
+def rule_change(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One of `RULE_CHANGES`, drawn with `rng`, applied to an RGB uint8 image: the test copies the
+    global rule of the reference-matching detector scores (passed to it by the agent)."""
+    return change(image, RULE_CHANGES[int(rng.integers(len(RULE_CHANGES)))], rng).image
+
+
 def change(image: np.ndarray, kind: str, rng: np.random.Generator) -> SynthResult:
     """`image` (RGB uint8) with the whole-image change `kind`."""
     return GLOBAL_CHANGES.get(kind)(image, rng)
 
 
-__all__ = ["GLOBAL_CHANGES", "change"]
+__all__ = ["GLOBAL_CHANGES", "RULE_CHANGES", "VALIDATION_CHANGES", "change", "rule_change"]

@@ -145,7 +145,7 @@ def make_procedural_set(
 ) -> SetCounts:
     """A validation set of a procedural product (`weave` or `bracket`) under `root/<product>` (with
     `whole_image`: `root/<product>_global`, whole-image changes instead of local defects)."""
-    from instruct_data.synthesis.global_changes import GLOBAL_CHANGES
+    from instruct_data.synthesis.global_changes import VALIDATION_CHANGES
     from instruct_data.synthesis.products import PRODUCTS
 
     if product not in PRODUCTS:
@@ -154,7 +154,7 @@ def make_procedural_set(
     return _write_set(
         Path(root) / (product + "_global" if whole_image else product),
         lambda i: _to_uint8(draw(np.random.default_rng([seed, 11, i]), size)),
-        train_good, test_good, test_bad, GLOBAL_CHANGES.names() if whole_image else kinds, seed, progress,
+        train_good, test_good, test_bad, VALIDATION_CHANGES if whole_image else kinds, seed, progress,
         edit=whole_image_change if whole_image else None,
     )
 
@@ -190,9 +190,9 @@ def make_held_out_set(
         return arr[..., 0].copy() if _is_grey(arr) else arr
 
     if whole_image:
-        from instruct_data.synthesis.global_changes import GLOBAL_CHANGES
+        from instruct_data.synthesis.global_changes import VALIDATION_CHANGES
 
-        return _write_set(Path(root) / name, load, train_good, n_good, rest - n_good, GLOBAL_CHANGES.names(), seed,
+        return _write_set(Path(root) / name, load, train_good, n_good, rest - n_good, VALIDATION_CHANGES, seed,
                           progress, edit=whole_image_change)
     return _write_set(Path(root) / name, load, train_good, n_good, rest - n_good, kinds, seed, progress, defect_scale)
 

@@ -43,7 +43,7 @@ from tools.detectors.patch_features import (
     working_scale,
     working_size,
 )
-from tools.detectors.reference_matching import ReferenceMatchingConfig, ReferenceMatchingDetector
+from tools.detectors.reference_matching import RawMap, ReferenceMatchingConfig, ReferenceMatchingDetector
 from tools.image_io import ImageLoadError
 from tools.preprocess import gaussian_blur
 
@@ -123,7 +123,9 @@ class BatchDetector(CalibratedDetector):
     #: settings of the reference part may be given directly (see `BatchConfig.from_dict`)
     delegated_settings: ClassVar[tuple[type, ...]] = (ReferenceMatchingConfig,)
 
-    def __init__(self, config: BatchConfig | None = None, **overrides: Any) -> None:
+    def __init__(self, config: BatchConfig | None = None, global_changes: Any = None, **overrides: Any) -> None:
+        """`global_changes` go to the reference part (its global rule, `global_statistics.py`)."""
+        self.global_changes = global_changes
         base = asdict(config) if config is not None else {}
         base.update(overrides)
         self.config = BatchConfig.from_dict(base)
@@ -154,7 +156,7 @@ class BatchDetector(CalibratedDetector):
         if references:
             opts = {"resolution": self.config.resolution, "min_scale": self.config.min_scale, "device": self.config.device,
                     **(self.config.reference_options or {})}
-            self.reference_part = ReferenceMatchingDetector(**opts)
+            self.reference_part = ReferenceMatchingDetector(global_changes=self.global_changes, **opts)
             self.reference_part.fit(references)
         self._calibration = None
 
@@ -199,8 +201,7 @@ class BatchDetector(CalibratedDetector):
             self._norms = (max(b_norm, 1e-9), max(r_norm, 1e-9))
             self.pool_descriptors = np.stack([f[0].mean(0).numpy() for f in self.pool_feats])
             for j, key in enumerate(self.pool_keys):
-                ref_map = ref_maps[j][1] if ref_maps else None
-                self._cache[key] = self._score(batch_maps[j], ref_map, self.pool_descriptors[j])
+                self._cache[key] = self._score(batch_maps[j], ref_maps[j] if ref_maps else None, self.pool_descriptors[j])
             raw = np.array([self._cache[k].raw for k in self.pool_keys])
             if cfg.refine_neighbours:
                 raw = neighbour_refined(raw, self.pool_descriptors, raw, self.pool_descriptors, cfg.refine_neighbours)
@@ -224,7 +225,7 @@ class BatchDetector(CalibratedDetector):
                 raw_f = self._features(ref)
                 feats = [(g * self.channel_scale).reshape(-1, g.shape[-1]) for g in raw_f]
                 bmap = self._batch_map(image_key(ref), feats, raw_f[0].shape[:2])
-                ref_map = self.reference_part.raw_maps([ref], exclude=i)[0][1]
+                ref_map = self.reference_part.raw_maps([ref], exclude=i)[0]
                 out.append((ref.size, self._score(bmap, ref_map, feats[0].mean(0).numpy())))
             if cfg.refine_neighbours:
                 refined = neighbour_refined(self.pool_scores, self.pool_descriptors, np.array([o.raw for _, o in out]),
@@ -262,15 +263,20 @@ class BatchDetector(CalibratedDetector):
         up = F.interpolate(d[None, None], size=(shape[0] * stride, shape[1] * stride), mode="bilinear", align_corners=False)
         return gaussian_blur(up, cfg.blur_sigma)[0, 0]
 
-    def _score(self, batch_map: torch.Tensor, ref_map: torch.Tensor | None, descriptor: np.ndarray) -> _Scored:
+    def _score(self, batch_map: torch.Tensor, ref: RawMap | None, descriptor: np.ndarray) -> _Scored:
+        """The batch map fused with the reference part's (each in units of its typical value), and the
+        reference part's global score added on the same scale."""
         cfg = self.config
         fused = batch_map / self._norms[0]
-        if ref_map is not None:
+        global_term = 0.0
+        if ref is not None:
+            ref_map = ref.smooth
             if ref_map.shape != fused.shape:
                 ref_map = F.interpolate(ref_map[None, None], size=fused.shape, mode="bilinear", align_corners=False)[0, 0]
             w = cfg.reference_weight
             fused = (1 - w) * fused + w * ref_map / self._norms[1]
-        raw = float(image_scores(fused[None, None], cfg.score_margin, cfg.score_top_fraction)[0])
+            global_term = w * ref.global_term / self._norms[1]
+        raw = float(image_scores(fused[None, None], cfg.score_margin, cfg.score_top_fraction)[0]) + global_term
         return _Scored(raw, fused, descriptor)
 
     def predict(self, images: Sequence[Image.Image]) -> list[DetectorOutput]:
@@ -290,7 +296,7 @@ class BatchDetector(CalibratedDetector):
                     feats = [(g * self.channel_scale).reshape(-1, g.shape[-1]) for g in raw_f]
                     bmap = self._batch_map(keys[i], feats, raw_f[0].shape[:2])
                     desc = feats[0].mean(0).numpy()
-                    scored[i] = self._score(bmap, ref_maps[n][1] if ref_maps else None, desc)
+                    scored[i] = self._score(bmap, ref_maps[n] if ref_maps else None, desc)
                     new_raw.append(scored[i].raw)
                     new_desc.append(desc)
                 if cfg.refine_neighbours:

@@ -14,7 +14,8 @@ validation sets in BENCHMARKS.md):
 - `augment`: flipped and turned views of the references in the bank; "auto" asks the references which
   views describe the product (`augmentation_rule.py`), `test_views` also scores those views of a query.
 - `global_weight`: a global score for changes no single patch shows (the image's pooled feature
-  statistics against the references'), added on the references' scale.
+  statistics against the references', `global_statistics.py`), added on the references' scale;
+  "auto" asks the references whether it separates, with whole-image changes drawn by the caller.
 - `reweight`: PatchCore's reweighting of the image score by how isolated the nearest bank patch is.
 - `head_weight`: a small head trained per product on the references and synthetic defects
   (`learned_head.py`), its map added on the references' scale. Image-space defects need a
@@ -26,7 +27,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -38,6 +39,7 @@ from tools.detectors.alignment import grey_small, is_aligned, phase_shift, shift
 from tools.detectors.augmentation_rule import FLIP_VIEWS, TURN_VIEWS, AugmentationDecision, decide_views
 from tools.detectors.base import CalibratedDetector, DetectorError, DetectorOutput, check_known_settings
 from tools.detectors.calibration import Calibration
+from tools.detectors.global_statistics import GlobalDecision, GlobalStatistics, decide_global
 from tools.detectors.learned_head import AnomalyHead, HeadSettings, train_head
 from tools.detectors.map_scoring import image_scores
 from tools.detectors.memory_bank import greedy_coreset, nearest_distance
@@ -82,7 +84,8 @@ class ReferenceMatchingConfig:
     align: Literal["auto", "on", "off"] | bool = "auto"  # position-aware matching after registration
     align_radius: int = 1  # feature cells of tolerance around the registered position
     align_tolerance: float = 0.05  # "auto": aligned if matching near the same place costs at most this much more
-    global_weight: float = 0.0  # weight of the pooled-statistics score; 0 = off
+    global_weight: float | Literal["auto"] = "auto"  # whole-image score: "auto" (the references decide), a weight, 0 = off
+    global_separation: float = 0.9  # "auto": fused when changed copies of the references stand out this well (AUROC)
     reweight: bool = False  # PatchCore reweighting of the image score
     head_weight: float = 0.0  # weight of the learned head's map (`learned_head.py`); 0 = off
     head_noise: float = 2.0  # its feature-space anomalies: noise spread in standardized units
@@ -138,6 +141,20 @@ class ReferenceMatchingConfig:
 
 #: (RGB uint8 HxWx3 image, generator) -> (edited image, bool HxW mask of the defect)
 Synthesizer = Callable[[np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]]
+#: (RGB uint8 HxWx3 image, generator) -> the image changed as a whole (the global rule's test copies)
+GlobalChange = Callable[[np.ndarray, np.random.Generator], np.ndarray]
+#: changed copies per reference that the global rule scores, and the weight it fuses with
+GLOBAL_CHANGES_PER_REFERENCE = 3
+GLOBAL_AUTO_WEIGHT = 1.0
+
+
+class RawMap(NamedTuple):
+    """One image's uncalibrated result: raw score, smoothed map at working pixels, and how much of the
+    raw score the global score gave."""
+
+    raw: float
+    smooth: torch.Tensor
+    global_term: float
 
 
 @dataclass
@@ -174,10 +191,13 @@ class ReferenceMatchingDetector(CalibratedDetector):
         self,
         config: ReferenceMatchingConfig | None = None,
         synthesizer: Synthesizer | None = None,
+        global_changes: GlobalChange | None = None,
         **overrides: Any,
     ) -> None:
-        """`synthesizer(rgb_uint8, rng) -> (image, mask)` draws the head's image-space defects."""
+        """`synthesizer(rgb_uint8, rng) -> (image, mask)` draws the head's image-space defects;
+        `global_changes(rgb_uint8, rng) -> image` changes a whole reference, for the global rule."""
         self.synthesizer = synthesizer
+        self.global_changes = global_changes
         base = asdict(config) if config is not None else {}
         base.update(overrides)
         self.config = ReferenceMatchingConfig.from_dict(base)
@@ -195,8 +215,8 @@ class ReferenceMatchingDetector(CalibratedDetector):
         self.aligned = False
         self.alignment_evidence: dict[str, Any] = {}
         self._anchor: torch.Tensor | None = None  # small grey image of the reference all others align to
-        self._ref_descriptors: torch.Tensor | None = None
-        self._global_norm = 1.0
+        self._global: GlobalStatistics | None = None
+        self.global_decision: GlobalDecision | None = None
         self.head: AnomalyHead | None = None
         self._head_unit = (0.0, 1.0)  # median and spread of the references' own head maps
         self.mask_peak_fraction = self.config.mask_peak_fraction
@@ -399,28 +419,28 @@ class ReferenceMatchingDetector(CalibratedDetector):
         return (self.head(feats0) - med) / spread
 
     # ------------------------------------------------------------------ global statistics
-    @staticmethod
-    def _descriptor(feats: torch.Tensor) -> torch.Tensor:
-        """(N, h, w, C) -> (N, 2C): per-channel mean and spread over the image's patches."""
-        flat = feats.flatten(1, 2)
-        return torch.cat([flat.mean(1), flat.std(1)], dim=1)
-
     def _fit_global(self, refs: Sequence[Image.Image]) -> None:
-        ch = self.channels[0]
-        self._ref_descriptors = torch.stack([self._descriptor(g[None])[0] for g in ch.grids])
-        d = self._ref_descriptors
-        if d.shape[0] >= 2:
-            dist = torch.cdist(d, d) + torch.diag(torch.full((d.shape[0],), float("inf")))
-            self._global_norm = max(float(dist.min(1).values.median()), 1e-6)
+        """The references' pooled statistics, and whether the global score is fused (`global_statistics.py`)."""
+        cfg = self.config
+        self._global = GlobalStatistics(self.channels[0].grids)
+        if cfg.global_weight != "auto":
+            w = float(cfg.global_weight)
+            self.global_decision = GlobalDecision(w, None, "set by the user" if w else "off")
+        elif self.global_changes is None:
+            self.global_decision = GlobalDecision(0.0, None, "no whole-image changes to test the references with: off")
+        else:
+            rng = np.random.default_rng(cfg.seed)
+            good = [float(self._global.scores(self._channel_features([im])[0], exclude=i)[0]) for i, im in enumerate(refs)]
+            changed = [
+                float(self._global.scores(self._channel_features([Image.fromarray(self.global_changes(np.asarray(im), rng))])[0], exclude=i)[0])
+                for i, im in enumerate(refs) for _ in range(GLOBAL_CHANGES_PER_REFERENCE)
+            ]
+            self.global_decision = decide_global(np.array(good), np.array(changed), GLOBAL_AUTO_WEIGHT, cfg.global_separation)
 
-    def _global_scores(self, feats0: torch.Tensor, exclude: int | None = None) -> torch.Tensor:
-        """How far each image's statistics lie beyond the references' own spread (0 when within)."""
-        assert self._ref_descriptors is not None
-        refs = self._ref_descriptors
-        if exclude is not None and refs.shape[0] > 1:
-            refs = refs[torch.arange(refs.shape[0]) != exclude]
-        d = torch.cdist(self._descriptor(feats0), refs).min(1).values / self._global_norm
-        return (d - 1.0).clamp_min(0.0)
+    def _global_term(self, feats0: torch.Tensor, exclude: int | None = None) -> torch.Tensor:
+        """(N, h, w, C) primary features -> (N,) what the global score adds to the raw scores."""
+        w = self.global_decision.weight if self.global_decision is not None else 0.0
+        return w * self._global.scores(feats0, exclude) if w and self._global is not None else torch.zeros(feats0.shape[0])
 
     # ------------------------------------------------------------------ distances and scores
     def _patch_distances(self, feats: torch.Tensor, ch: _Channel, exclude: int | None = None) -> torch.Tensor:
@@ -480,12 +500,12 @@ class ReferenceMatchingDetector(CalibratedDetector):
             total += self.config.head_weight * F.interpolate(h[None, None], size=target, mode="bilinear", align_corners=False)[0, 0]
         return total
 
-    def _raw_from_map(self, dist: torch.Tensor, global_score: float = 0.0) -> tuple[float, torch.Tensor]:
+    def _raw_from_map(self, dist: torch.Tensor, global_term: float = 0.0) -> tuple[float, torch.Tensor]:
         """(H, W) fused distances -> raw image score and the smoothed (H, W) map."""
         cfg = self.config
         smooth = gaussian_blur(dist[None, None], cfg.blur_sigma)[0, 0]
         raw = float(image_scores(smooth[None, None], cfg.score_margin, cfg.score_top_fraction)[0])
-        return raw + cfg.global_weight * global_score, smooth
+        return raw + global_term, smooth
 
     def _held_out_scores(self, refs: Sequence[Image.Image]) -> np.ndarray:
         """Raw scores of every reference (and its accepted views) against the bank without it; the
@@ -497,7 +517,7 @@ class ReferenceMatchingDetector(CalibratedDetector):
             for name in names:
                 feats = self._channel_features([im], name)
                 dist = self._fused_distances(feats, exclude=i, with_views=False)
-                g = float(self._global_scores(feats[0], exclude=i)[0]) if self.config.global_weight else 0.0
+                g = float(self._global_term(feats[0], exclude=i)[0])
                 raw, smooth = self._raw_from_map(dist, g)
                 scores.append(raw)
                 if name is None:
@@ -527,14 +547,14 @@ class ReferenceMatchingDetector(CalibratedDetector):
     def predict(self, images: Sequence[Image.Image]) -> list[DetectorOutput]:
         if not self.channels or self._calibration is None:
             raise DetectorError("refmatch: call fit(references) before predict()")
-        return [self.calibrated_output(im.size, raw, smooth) for im, (raw, smooth) in zip(images, self.raw_maps(images), strict=True)]
+        return [self.calibrated_output(im.size, r.raw, r.smooth) for im, r in zip(images, self.raw_maps(images), strict=True)]
 
-    def raw_maps(self, images: Sequence[Image.Image], exclude: int | None = None) -> list[tuple[float, torch.Tensor]]:
-        """Raw image score and smoothed raw map (at working pixels) of each image, uncalibrated;
-        `exclude`: score against the bank without that reference (a held-out reference's own crops)."""
+    def raw_maps(self, images: Sequence[Image.Image], exclude: int | None = None) -> list[RawMap]:
+        """Raw image score, smoothed raw map (at working pixels) and the global score's part of the raw
+        score of each image, uncalibrated; `exclude`: against the references without that one."""
         cfg = self.config
         imgs = [im.convert("RGB") if im.mode != "RGB" else im for im in images]
-        out: list[tuple[float, torch.Tensor] | None] = [None] * len(imgs)
+        out: list[RawMap | None] = [None] * len(imgs)
         sizes = [self.working_size(*im.size) for im in imgs]
         with torch.inference_mode():
             for idx in group_by_size(sizes, cfg.batch_size):
@@ -542,7 +562,7 @@ class ReferenceMatchingDetector(CalibratedDetector):
                 feats = self._channel_features(group)
                 views = {n: self._channel_features(group, n) for n in self.views} if cfg.test_views else {}
                 greys = grey_small(self.extractor.prepare(group, sizes[idx[0]])) if self.aligned else None
-                globals_ = self._global_scores(feats[0]) if cfg.global_weight else torch.zeros(len(idx))
+                globals_ = self._global_term(feats[0], exclude)
                 for j, i in enumerate(idx):
                     one = [f[j : j + 1] for f in feats]
                     one_views = {n: [f[j : j + 1] for f in vf] for n, vf in views.items()}
@@ -554,7 +574,7 @@ class ReferenceMatchingDetector(CalibratedDetector):
                     raw, smooth = self._raw_from_map(dist, float(globals_[j]))
                     if cfg.reweight and not self.aligned:
                         raw *= self._reweight(one[0], dist)
-                    out[i] = (raw, smooth)
+                    out[i] = RawMap(raw, smooth, float(globals_[j]))
         return [o for o in out if o is not None]
 
     def good_scores(self) -> np.ndarray:
@@ -574,8 +594,9 @@ class ReferenceMatchingDetector(CalibratedDetector):
         d["views"] = list(self.views)
         d["augmentation"] = self.augmentation.to_dict() if self.augmentation else None
         d["alignment"] = self.alignment_evidence
+        d["global"] = self.global_decision.to_dict() if self.global_decision else None
         return d
 
 
 
-__all__ = ["ReferenceMatchingConfig", "ReferenceMatchingDetector"]
+__all__ = ["RawMap", "ReferenceMatchingConfig", "ReferenceMatchingDetector"]
