@@ -126,27 +126,54 @@ def region_masks(regions_grid: np.ndarray, inside: np.ndarray, min_cells: int) -
     return out
 
 
+def _centroid(mask: np.ndarray) -> tuple[float, float]:
+    ys, xs = np.nonzero(mask)
+    return float(ys.mean()), float(xs.mean())
+
+
+def _shifted(mask: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """The mask moved by (dy, dx) cells, what leaves the grid dropped."""
+    out = np.zeros_like(mask)
+    h, w = mask.shape
+    ys, yd = (slice(0, h - dy), slice(dy, h)) if dy >= 0 else (slice(-dy, h), slice(0, h + dy))
+    xs, xd = (slice(0, w - dx), slice(dx, w)) if dx >= 0 else (slice(-dx, w), slice(0, w + dx))
+    out[yd, xd] = mask[ys, xs]
+    return out
+
+
 def consensus_parts(
-    masks: list[list[np.ndarray]], min_iou: float = 0.5, min_support: float = 0.5
-) -> tuple[np.ndarray, list[int]]:
+    masks: list[list[np.ndarray]], min_iou: float = 0.5, min_support: float = 0.5, max_shift: float = 0.1
+) -> tuple[np.ndarray, list[list[int]]]:
     """((gh, gw) int part id per cell, -1 none; references that support each part).
 
-    Regions of different references are matched by overlap in the product frame: clusters grow
-    greedily from the most overlapping pair, never holding two regions of one reference, while the
-    mean overlap (IoU) between the two clusters joined is at least `min_iou` (average linkage). A
-    cluster with regions on at least `min_support` of the references is a part; its footprint is
-    the cells that at least half its regions cover. Where footprints overlap, the cell goes to the
-    part whose regions cover it more often."""
+    Regions of different references are the same part when their shapes overlap once their centres
+    are lined up (IoU of the aligned masks) and the centres are at most `max_shift` of the grid's
+    height apart: a label stuck a little higher on one bottle is still the label. Clusters grow
+    greedily from the most similar pair, never holding two regions of one reference, while the mean
+    similarity between the two clusters joined is at least `min_iou` (average linkage). A cluster with
+    regions on at least `min_support` of the references is a part; its footprint is the cells that at
+    least half of its regions cover once lined up, placed at their mean centre. Where footprints
+    overlap, the cell goes to the part whose regions cover it more often."""
     flat = [(i, m) for i, ms in enumerate(masks) for m in ms]
     if not flat:
-        return np.full(masks[0][0].shape if masks and masks[0] else (1, 1), -1, np.int64), []
+        return np.full((1, 1), -1, np.int64), []
     shape = flat[0][1].shape
+    gh = shape[0]
     owner = np.array([i for i, _ in flat])
-    mat = np.stack([m.ravel() for _, m in flat]).astype(np.float32)
-    inter = mat @ mat.T
-    area = mat.sum(1)
-    iou = inter / np.maximum(area[:, None] + area[None] - inter, 1.0)
+    cents = np.array([_centroid(m) for _, m in flat])
+    area = np.array([float(m.sum()) for _, m in flat])
     n = len(flat)
+    sim = np.zeros((n, n))
+    for i in range(n):
+        for j in range(i + 1, n):
+            if owner[i] == owner[j] or np.hypot(*(cents[i] - cents[j])) > max_shift * gh:
+                continue
+            if not 1 / 2.5 <= area[i] / area[j] <= 2.5:
+                continue
+            dy, dx = np.round(cents[i] - cents[j]).astype(int)
+            moved = _shifted(flat[j][1], int(dy), int(dx))
+            inter = float((moved & flat[i][1]).sum())
+            sim[i, j] = sim[j, i] = inter / max(area[i] + float(moved.sum()) - inter, 1.0)
     members: dict[int, list[int]] = {i: [i] for i in range(n)}
     root = list(range(n))
 
@@ -155,23 +182,26 @@ def consensus_parts(
             x = root[x]
         return x
 
-    ii, jj = np.nonzero(np.triu(iou, 1) >= min_iou * 0.6)
-    for k in np.argsort(-iou[ii, jj], kind="stable"):
+    ii, jj = np.nonzero(np.triu(sim, 1) >= min_iou * 0.6)
+    for k in np.argsort(-sim[ii, jj], kind="stable"):
         a, b = find(int(ii[k])), find(int(jj[k]))
         if a == b or set(owner[members[a]]) & set(owner[members[b]]):
             continue
-        if iou[np.ix_(members[a], members[b])].mean() < min_iou:
+        if sim[np.ix_(members[a], members[b])].mean() < min_iou:
             continue
         root[b] = a
         members[a] += members.pop(b)
-    n_refs = len(masks)
-    clusters = [m for m in members.values() if len(m) >= max(1, math.ceil(min_support * n_refs))]
+    clusters = [m for m in members.values() if len(m) >= max(1, math.ceil(min_support * len(masks)))]
     clusters.sort(key=lambda m: (-len(m), -float(area[m].mean())))
-    freq = np.stack([mat[c].mean(0) for c in clusters]) if clusters else np.zeros((0, mat.shape[1]))
-    out = np.full(mat.shape[1], -1, np.int64)
-    if clusters:
-        best = freq.argmax(0)
-        out = np.where(freq.max(0) >= 0.5, best, -1)
+    freq = []
+    for c in clusters:
+        mean = cents[c].mean(0)
+        aligned = [_shifted(flat[i][1], *np.round(mean - cents[i]).astype(int).tolist()) for i in c]
+        freq.append(np.mean(aligned, axis=0).ravel())
+    out = np.full(shape[0] * shape[1], -1, np.int64)
+    if freq:
+        f = np.stack(freq)
+        out = np.where(f.max(0) >= 0.5, f.argmax(0), -1)
     support = [sorted({int(owner[i]) for i in c}) for c in clusters]
     return out.reshape(shape), support
 
@@ -187,9 +217,43 @@ def work_image(image: Image.Image, size: int = WORK_SIZE) -> np.ndarray:
 
 def smooth_regions(px: np.ndarray, k: float = 1.0, min_size: int = 20, median: int = 5) -> np.ndarray:
     """Graph regions of a work image cut on a `median`-filtered copy: a median removes thin print
-    (text, outlines) but keeps the edges of the parts."""
+    (text, outlines) but keeps the edges of the parts. Regions of two clearly different colours
+    (joined through one weak corner) are split (`split_two_colours`)."""
     smooth = ndimage.median_filter(px, size=(median, median, 1)) if median > 1 else px
-    return graph_regions(smooth, k=k, min_size=min_size)
+    return split_two_colours(graph_regions(smooth, k=k, min_size=min_size), smooth, min_size)
+
+
+def split_two_colours(
+    regions: np.ndarray, px: np.ndarray, min_size: int = 20, apart: float = 0.3, share: float = 0.15
+) -> np.ndarray:
+    """Regions whose pixels fall into two colour groups at least `apart` apart (RGB 0..1), each at
+    least `share` of the region, split into the connected pieces of each group: a label joined to the
+    dark glass beside it through one soft corner becomes two regions again."""
+    out = regions.copy()
+    nxt = int(regions.max()) + 1
+    sizes = np.bincount(regions.ravel())
+    for r in np.nonzero(sizes >= 2 * min_size)[0]:
+        m = regions == r
+        cols = px[m]
+        a, b = cols[np.argmin(cols.sum(1))], cols[np.argmax(cols.sum(1))]
+        for _ in range(6):  # 2-means from the darkest and the brightest pixel
+            near_a = ((cols - a) ** 2).sum(1) <= ((cols - b) ** 2).sum(1)
+            if near_a.all() or not near_a.any():
+                break
+            a, b = cols[near_a].mean(0), cols[~near_a].mean(0)
+        if np.linalg.norm(a - b) < apart or min(near_a.mean(), 1 - near_a.mean()) < share:
+            continue
+        group = np.zeros(m.shape, bool)
+        group[m] = near_a
+        for piece_of in (group, m & ~group):
+            labels, n = ndimage.label(piece_of, structure=EIGHT)
+            for j in range(1, n + 1):
+                piece = labels == j
+                if piece.sum() >= min_size:
+                    out[piece] = nxt
+                    nxt += 1
+    _, relabelled = np.unique(out, return_inverse=True)
+    return relabelled.reshape(regions.shape)
 
 
 __all__ = [
@@ -202,5 +266,6 @@ __all__ = [
     "region_masks",
     "silhouette_tolerance",
     "smooth_regions",
+    "split_two_colours",
     "work_image",
 ]

@@ -3,8 +3,8 @@ and the colour kinds seen on the references.
 
 - Patterns (a part's mean look, or the look of a part seen with one colour kind of another) are small
   RGB images stored in the spec as base64 PNG: a spec stays one self-contained text file.
-- An appearance vector is the part's crop shrunk to `LOOK_SIZE` squared, each channel divided by its
-  median: the print (a fruit, a logo) decides it, not the light.
+- A look is the part's inner crop shrunk to `LOOK_SIZE` squared; two looks are compared by their
+  best correlation within a small shift: the print (a fruit, a logo) decides it, not the light.
 - Colour kinds: the references' colours of a part grouped so that any two colours of one kind are
   closer than `KIND_DISTANCE` (complete linkage); a part with two or more kinds varies by kind (a
   flavour), and its rule is "one of the kinds seen". Kinds are named by colour words.
@@ -21,7 +21,8 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-LOOK_SIZE = 16
+LOOK_SIZE = 24
+LOOK_SHIFT = 4  # pixels two looks may be moved against each other (a part found a little off)
 KIND_DISTANCE = 0.12  # RGB 0..1: colours of one kind are closer than this
 
 _HUES = ((0.04, "red"), (0.11, "orange"), (0.19, "yellow"), (0.45, "green"), (0.53, "cyan"),
@@ -58,26 +59,31 @@ def decode_pattern(text: str) -> np.ndarray:
 
 
 def look_vector(crop: np.ndarray) -> np.ndarray:
-    """A crop's appearance vector (see the module docstring)."""
+    """A crop's look: shrunk to `LOOK_SIZE` squared, RGB 0..1 (compared by `look_distance`)."""
     img = Image.fromarray((np.clip(crop, 0, 1) * 255).astype(np.uint8)).resize((LOOK_SIZE, LOOK_SIZE), Image.BILINEAR)
-    a = np.asarray(img, dtype=np.float64) / 255.0
-    return (a / np.maximum(np.median(a.reshape(-1, 3), axis=0), 1e-3)).ravel()
+    return np.asarray(img, dtype=np.float64) / 255.0
 
 
 def look_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """RMS difference of two appearance vectors."""
-    return float(np.sqrt(np.mean((np.asarray(a) - np.asarray(b)) ** 2)))
+    """1 - the best correlation (NCC, each colour channel's brightness and contrast factored out) of
+    two looks moved against each other by up to `LOOK_SHIFT` pixels: the print decides, not the light
+    or where exactly the crop was cut."""
+    from tools.part_templates import ncc_map
+
+    a = np.asarray(a, dtype=np.float64).reshape(LOOK_SIZE, LOOK_SIZE, 3)
+    b = np.asarray(b, dtype=np.float64).reshape(LOOK_SIZE, LOOK_SIZE, 3)
+    pad = np.pad(a, ((LOOK_SHIFT, LOOK_SHIFT), (LOOK_SHIFT, LOOK_SHIFT), (0, 0)), mode="edge")
+    return float(1.0 - ncc_map(pad, b).max())
 
 
 def look_pattern(vector: np.ndarray) -> np.ndarray:
-    """An appearance vector as a small image (to store it as a pattern); its scale is kept by
-    dividing by 2 (vectors are about 1 where the part has its median colour)."""
-    return np.clip(np.asarray(vector).reshape(LOOK_SIZE, LOOK_SIZE, 3) / 2.0, 0, 1)
+    """A look as a small image (to store it as a pattern)."""
+    return np.clip(np.asarray(vector).reshape(LOOK_SIZE, LOOK_SIZE, 3), 0, 1)
 
 
 def pattern_vector(px: np.ndarray) -> np.ndarray:
     """Inverse of `look_pattern`."""
-    return (np.asarray(px, dtype=np.float64) * 2.0).ravel()
+    return np.asarray(px, dtype=np.float64).reshape(LOOK_SIZE, LOOK_SIZE, 3)
 
 
 def colour_kinds(colours: Sequence[Sequence[float]], distance: float = KIND_DISTANCE) -> list[int]:

@@ -154,8 +154,9 @@ def _pair_rule(p: PairRule, spec: Spec, found: dict[str, PartFind]) -> RuleResul
     text = (
         f"{p.a} and {p.b} go together ({kind})"
         if ok
-        else f"{p.a} looks like the one seen with {expected} {p.b}, but {p.b} is {kind}: that combination never "
-        f"occurs on the references (seen: {', '.join(f'{p.a} of {k} with {k} {p.b}' for k in p.looks)})"
+        else f"{p.a} looks like the one seen with {expected} {p.b} (look distance {dist[expected]:.2f}; "
+        f"{dist[kind]:.2f} to the one seen with {kind}), but {p.b} is {kind}: that combination never occurs on the "
+        f"references (each of {', '.join(p.looks)} {p.b} has its own {p.a})"
     )
     return RuleResult(rule, [p.a, p.b], kind, expected, ok, ratio if ok else 1.0 + ratio, text)
 

@@ -62,19 +62,23 @@ from agent.audit.spec import (
 )
 from agent.audit.tolerances import draft_radius, draft_tolerance
 
-MAX_PARTS = 8
+MAX_PARTS = 10
+MAX_PAIRS = 2  # pair rules per part of several colour kinds
 SEARCH = 0.15  # template search half-width, share of the product
 # floors (what a measurement can tell apart) and caps (wider: the rule tells nothing) per measure
 MATCH_FLOOR, MATCH_CAP, MIN_MATCH = 0.15, 0.45, 0.25
 POSITION_FLOOR, POSITION_CAP = 0.02, 0.12
 SIZE_FLOOR, SIZE_CAP = 0.35, 0.8
 ANGLE_FLOOR, ANGLE_CAP = 5.0, 15.0
+MIN_EDGE_STRENGTH = 0.3  # an orientation rule needs a clearly leading edge direction on every reference
 COLOUR_FLOOR, COLOUR_CAP = 0.06, 0.3
 FILL_FLOOR, FILL_CAP = 0.02, 0.1
 AREA_FLOOR, AREA_CAP = 0.1, 0.5  # the product's area in the image, relative
 FILL_MIN_WIDTH = 0.75  # a part this wide (share of the product) may be a liquid with a level
-KIND_SHARE = 0.45  # a kind's tolerance stays below this share of the gap to the nearest other kind
-LOOK_SEPARATION = 1.5  # a look tells a kind when between-kind distances are this much the within-kind ones
+KIND_SHARE = 0.5  # a kind's tolerance stays below this share of the gap to the nearest other kind
+LOOK_SEPARATION = 1.2  # a look tells a kind when between-kind distances are this much the within-kind ones
+SAME_LIQUID = 3.0  # a part whose colour follows another's kinds this clearly,
+NEAR_COLOUR = 0.2  # and stays this close to it, is that liquid seen again (not a print that goes with it)
 
 
 @dataclass
@@ -91,6 +95,7 @@ class Measured:
     kind_centres: list[np.ndarray] = field(default_factory=list)
     level: list[float] | None = None
     separation: float = 0.0  # how much farther apart its looks are across kinds of another part than within
+    kind_note: str = ""  # why its colours were not taken as kinds
 
 
 def _where(cy: float) -> str:
@@ -114,40 +119,67 @@ def logical_score(deviation: float) -> float:
     return 0.5 + 0.5 * min(1.0, deviation / 6.0)
 
 
+def separated_kinds(colours: Sequence[np.ndarray]) -> tuple[list[int], str]:
+    """(colour kind per reference, why) where the kinds are well apart: each kind's tolerance (2.5 x the
+    spread pooled over the kinds, at least 1.5 x the floor and 1.25 x the widest member) stays below
+    `KIND_SHARE` of the gap to the nearest other kind, and there are at most half as many kinds as
+    references. Otherwise one kind: the part has one colour that varies."""
+    cols = np.asarray(colours)
+    kinds = colour_kinds(cols)
+    n_kinds = len(set(kinds))
+    if n_kinds == 1:
+        return kinds, ""
+    centres = np.array([cols[[k == j for k in kinds]].mean(0) for j in range(n_kinds)])
+    within = [float(np.linalg.norm(cols[i] - centres[kinds[i]])) for i in range(len(cols))]
+    pooled = float(np.sqrt(np.sum(np.square(within)) / max(1, len(cols) - n_kinds)))
+    gap = min(float(np.linalg.norm(a - b)) for i, a in enumerate(centres) for b in centres[i + 1 :])
+    tol = max(COLOUR_FLOOR * 1.5, 2.5 * pooled, 1.25 * max(within))
+    if tol > KIND_SHARE * gap or n_kinds > len(cols) / 2:
+        return [0] * len(cols), f"its colours form {n_kinds} groups that are not well apart (gap {gap:.3f}, spread {max(within):.3f})"
+    return kinds, ""
+
+
 def _colour_rule(m: Measured, kept: list[str], dropped: list[str]) -> Colour | None:
     cols = np.asarray(m.colours)
     kinds = m.kinds
     n_kinds = len(set(kinds))
     if n_kinds == 1:
         centre, tol = draft_radius(cols, COLOUR_FLOOR, COLOUR_CAP)
-        (kept if tol.kept else dropped).append(tol.line(f"{m.name}.colour"))
+        line = tol.line(f"{m.name}.colour")
+        (kept if tol.kept else dropped).append(line + (f"; one colour: {m.kind_note}" if m.kind_note else ""))
         if not tol.kept:
             return None
         m.rules["colour"] = list(tol.held_out)
         return Colour(rgb=tuple(round(c, 4) for c in centre), tolerance=round(tol.tolerance, 4))
     centres = np.array([cols[[k == j for k in kinds]].mean(0) for j in range(n_kinds)])
     within = [float(np.linalg.norm(cols[i] - centres[kinds[i]])) for i in range(len(cols))]
-    # the spread pooled over the kinds (a kind may have one or two references only)
     pooled = float(np.sqrt(np.sum(np.square(within)) / max(1, len(cols) - n_kinds)))
     gap = min(float(np.linalg.norm(a - b)) for i, a in enumerate(centres) for b in centres[i + 1 :])
-    tol = min(max(COLOUR_FLOOR * 1.5, 3.0 * pooled, 1.5 * max(within)), KIND_SHARE * gap)
+    tol = min(max(COLOUR_FLOOR * 1.5, 2.5 * pooled, 1.25 * max(within)), KIND_SHARE * gap)
     names = kind_names(centres)
-    if tol < 1.15 * max(within) or n_kinds > len(cols) / 2:
-        dropped.append(f"{m.name}.colour: dropped: its colours on the references form {n_kinds} kinds that are not well apart (gap {gap:.3f}, spread {max(within):.3f})")
-        return None
     held = []
     for i in range(len(cols)):
         same = [j for j in range(len(cols)) if j != i and kinds[j] == kinds[i]]
         if not same:  # a kind seen once: held out it is a new kind, which the rule cannot judge
             held.append(0.0)
             continue
-        c = cols[same].mean(0)
-        held.append(float(np.linalg.norm(cols[i] - c)) / tol)
+        held.append(float(np.linalg.norm(cols[i] - cols[same].mean(0))) / tol)
     m.rules["colour"] = held
     m.kind_centres = list(centres)
     seen = ", ".join(f"{nm} on {kinds.count(j)}" for j, nm in enumerate(names))
     kept.append(f"{m.name}.colour: kept: one of {n_kinds} kinds seen ({seen} reference(s)); within a kind at most {max(within):.3f} apart, kinds at least {gap:.3f} apart; tolerance {tol:.3f}")
     return Colour(classes={nm: tuple(round(float(v), 4) for v in c) for nm, c in zip(names, centres, strict=True)}, tolerance=round(tol, 4))
+
+
+def _follows(colours: Sequence[np.ndarray], kinds: Sequence[int]) -> float:
+    """How clearly colours follow the given kinds: mean distance across kinds / mean within a kind."""
+    c = np.asarray(colours)
+    n = len(c)
+    same = [np.linalg.norm(c[i] - c[j]) for i in range(n) for j in range(i + 1, n) if kinds[i] == kinds[j]]
+    other = [np.linalg.norm(c[i] - c[j]) for i in range(n) for j in range(i + 1, n) if kinds[i] != kinds[j]]
+    if not same or not other:
+        return 0.0
+    return float(np.mean(other) / max(float(np.mean(same)), 1e-6))
 
 
 def _pair(a: Measured, b: Measured, kept: list[str], dropped: list[str]) -> PairRule | None:
@@ -230,7 +262,7 @@ def draft_product_spec(
     for cand in discover(views)[: MAX_PARTS]:
         m = _measure(views, cand, settings)
         m.colours = [f.colour() for f in m.finds]
-        m.kinds = colour_kinds(m.colours)
+        m.kinds, m.kind_note = separated_kinds(m.colours)
         measured.append(m)
     used: dict[str, int] = {}
     for m in measured:
@@ -266,8 +298,15 @@ def draft_product_spec(
             comp.area = Area(each=round(box_area * size.expected, 5), tolerance=round(size.tolerance / max(size.expected, 1e-6), 4))
             m.rules["area"] = list(size.held_out)
         angle = draft_tolerance([f.angle for f in m.finds], ANGLE_FLOOR, ANGLE_CAP, circular=90.0)
-        (kept if angle.kept else dropped).append(angle.line(f"{m.name}.orientation", unit=" deg", digits=1))
-        if angle.kept:
+        weakest = min(f.edge_strength for f in m.finds)
+        if weakest < MIN_EDGE_STRENGTH:
+            dropped.append(
+                f"{m.name}.orientation: dropped: no edge direction leads clearly on every reference "
+                f"(strength down to {weakest:.2f}, at least {MIN_EDGE_STRENGTH} needed)"
+            )
+        else:
+            (kept if angle.kept else dropped).append(angle.line(f"{m.name}.orientation", unit=" deg", digits=1))
+        if angle.kept and weakest >= MIN_EDGE_STRENGTH:
             comp.orientation = Orientation(angle=round(angle.expected, 2), tolerance=round(angle.tolerance, 2))
             m.rules["orientation"] = list(angle.held_out)
         comp.colour = _colour_rule(m, kept, dropped)
@@ -281,19 +320,22 @@ def draft_product_spec(
         b = max(varying, key=lambda m: m.candidate.cells)
         found = []
         for m, _ in kept_parts:
-            if m is not b and len(set(m.kinds)) == 1:
+            # a part whose own colour follows B's kinds is the liquid again (seen elsewhere), not a print
+            near = float(np.median([np.linalg.norm(x - y) for x, y in zip(m.colours, b.colours, strict=True)]))
+            liquid = _follows(m.colours, b.kinds) >= SAME_LIQUID and near < NEAR_COLOUR
+            if m is not b and len(set(m.kinds)) == 1 and not liquid:
                 p = _pair(m, b, kept, dropped)
                 if p is not None:
                     found.append((m.separation, m, p))
-        if found:  # one pair rule: the part whose look tells the kinds apart best
+        if found:  # at most MAX_PAIRS pair rules: the parts whose looks tell the kinds apart best
             found.sort(key=lambda t: -t[0])
-            pairs.append(found[0][2])
-            for _, m, p in found[1:]:
+            pairs.extend(p for _, _, p in found[:MAX_PAIRS])
+            for _, m, p in found[MAX_PAIRS:]:
                 kept.remove(next(k for k in kept if k.startswith(f"pair:{p.a}~{p.b}.kind")))
                 m.rules.pop(f"pair:{p.a}~{p.b}.kind", None)
                 dropped.append(
                     f"pair:{p.a}~{p.b}.kind: dropped: {found[0][1].name}'s look tells the kind of {b.name} apart "
-                    f"better (separation {found[0][0]:.2f} against {m.separation:.2f}); one pair rule per part"
+                    f"better (separation {found[0][0]:.2f} against {m.separation:.2f}); at most {MAX_PAIRS} pair rules per part"
                 )
     for m, _ in kept_parts:
         for rule, dev in m.rules.items():
@@ -332,25 +374,27 @@ def _presence_held_out(scores: Sequence[float]) -> list[float]:
 
 
 def _fill_rules(views: Sequence[ProductView], parts: list[tuple[Measured, ComponentSpec]], kept: list[str], dropped: list[str]) -> None:
-    """A fill level for the highest wide part of each material (parts whose colours agree on every
-    reference are one material: a liquid seen above and below a label)."""
-    wide = [(m, c) for m, c in parts if m.candidate.box[2] - m.candidate.box[0] >= FILL_MIN_WIDTH]
-    done: list[Measured] = []
-    for m, comp in sorted(wide, key=lambda mc: mc[0].candidate.box[1]):
-        if any(all(np.linalg.norm(a - b) < 0.12 for a, b in zip(m.colours, o.colours, strict=True)) for o in done):
-            continue
-        done.append(m)
+    """One fill level per product: of the wide parts (a liquid fills the container's width) whose
+    level holds on every reference, the one that reaches highest (below a label, a liquid's colour
+    stops at the label's edge, not at its surface)."""
+    best: tuple[float, Measured, ComponentSpec, object] | None = None
+    for m, comp in parts:
         box = m.candidate.box
+        if box[2] - box[0] < FILL_MIN_WIDTH:
+            continue
         column = (box[0] + 0.3 * (box[2] - box[0]), box[2] - 0.3 * (box[2] - box[0]))
-        levels = []
-        for v, f in zip(views, m.finds, strict=True):
-            levels.append(fill_level(v, f, column))
-        m.level = levels
+        levels = [fill_level(v, f, column) for v, f in zip(views, m.finds, strict=True)]
         fill = draft_tolerance(levels, FILL_FLOOR, FILL_CAP)
-        (kept if fill.kept else dropped).append(fill.line(f"{m.name}.fill"))
-        if fill.kept:
-            comp.fill = Fill(level=round(fill.expected, 4), tolerance=round(fill.tolerance, 4))
-            m.rules["fill"] = list(fill.held_out)
+        if not fill.kept:
+            dropped.append(fill.line(f"{m.name}.fill"))
+        elif best is None or fill.expected > best[0]:
+            best = (fill.expected, m, comp, fill)
+    if best is None:
+        return
+    _, m, comp, fill = best
+    kept.append(fill.line(f"{m.name}.fill") + "; the highest level of the product's wide parts")
+    comp.fill = Fill(level=round(fill.expected, 4), tolerance=round(fill.tolerance, 4))
+    m.rules["fill"] = list(fill.held_out)
 
 
 __all__ = ["draft_product_spec", "logical_score"]

@@ -36,14 +36,17 @@ from tools.part_segmentation import (
 )
 from tools.part_templates import crop, edge_angle, half, locate
 
-REGION_K = 1.0  # graph segmentation scale of the discovery step
+REGION_SCALES = (1.0, 0.5)  # graph segmentation scales (k) of the discovery step
 MIN_IOU = 0.4  # regions of two references overlapping this much are the same part
-MIN_SUPPORT = 0.75  # a candidate part is on at least this share of the references
+MIN_SUPPORT = 0.5  # a candidate part is on at least this share of the references (then checked on all)
 MIN_AREA = 0.01  # of the product box
 MIN_SIDE = 0.06  # of the product's width and height: thinner pieces are edges and glints
 MAX_AREA = 0.8  # larger: the product itself
+SIDE_BAND = 0.15  # a candidate lying within this share of the product's left or right side is its edge
+SAME_BOX = 0.45  # candidates of the two scales whose boxes overlap this much (IoU) are one part
 ALIGN = 0.05  # how far (share of the product) a reference's crop may move to align with the others
-COARSE_ANGLES = (-20.0, 0.0, 20.0)
+FINE_ANGLE = 6.0  # the pattern is tried turned by at most this much (a larger tilt: see find_part)
+PREFER_SIZE = 0.02  # another size must match this much better than the drafted one
 MIN_EDGE_STRENGTH = 0.2  # below: no leading edge direction, the template's angle is the part's
 
 
@@ -85,25 +88,43 @@ class Candidate:
     support: list[int]
 
 
+def _box_iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
 def discover(views: Sequence[ProductView]) -> list[Candidate]:
-    """Candidate parts from the references' graph regions (see the module docstring), largest first."""
+    """Candidate parts from the references' graph regions (see the module docstring), best supported
+    and largest first. Two scales of regions: a label that merges with its surroundings at the coarse
+    scale on some photos is its own region at the fine one; the same part found at both is kept once."""
     grid = grid_shape(float(np.median([v.frame.aspect for v in views])))
     gw, gh = grid
-    masks = []
-    for v in views:
-        regions = smooth_regions(v.px, k=REGION_K)
-        masks.append(region_masks(v.frame.sample(regions, grid), v.frame.sample(v.frame.silhouette, grid), int(0.004 * gw * gh)))
-    parts, support = consensus_parts(masks, MIN_IOU, MIN_SUPPORT)
-    out = []
-    for p, sup in enumerate(support):
-        ys, xs = np.nonzero(parts == p)
-        if ys.size == 0:
-            continue
-        box = (xs.min() / gw, ys.min() / gh, (xs.max() + 1) / gw, (ys.max() + 1) / gh)
-        area = ys.size / (gw * gh)
-        if area < MIN_AREA or area > MAX_AREA or box[2] - box[0] < MIN_SIDE or box[3] - box[1] < MIN_SIDE:
-            continue
-        out.append(Candidate(tuple(round(float(b), 4) for b in box), int(ys.size), sup))
+    out: list[Candidate] = []
+    for k in REGION_SCALES:
+        masks = []
+        for v in views:
+            regions = smooth_regions(v.px, k=k)
+            masks.append(region_masks(v.frame.sample(regions, grid), v.frame.sample(v.frame.silhouette, grid), int(0.004 * gw * gh)))
+        parts, support = consensus_parts(masks, MIN_IOU, MIN_SUPPORT)
+        for p, sup in enumerate(support):
+            ys, xs = np.nonzero(parts == p)
+            if ys.size == 0:
+                continue
+            box = tuple(round(float(b), 4) for b in (xs.min() / gw, ys.min() / gh, (xs.max() + 1) / gw, (ys.max() + 1) / gh))
+            area = ys.size / (gw * gh)
+            if area < MIN_AREA or area > MAX_AREA or box[2] - box[0] < MIN_SIDE or box[3] - box[1] < MIN_SIDE:
+                continue
+            if box[2] <= SIDE_BAND or box[0] >= 1.0 - SIDE_BAND:
+                continue  # a piece along the product's outline (a glass wall, a rim): its edge, not a part
+            same = next((c for c in out if _box_iou(c.box, box) > SAME_BOX), None)
+            if same is None:
+                out.append(Candidate(box, int(ys.size), sup))
+            elif len(sup) > len(same.support):
+                same.box, same.cells, same.support = box, int(ys.size), sup
+    out.sort(key=lambda c: (-len(c.support), -c.cells))
     return out
 
 
@@ -142,6 +163,7 @@ class PartFind:
     score: float  # correlation with the part's pattern at the best place
     centre: tuple[float, float]  # product frame
     angle: float
+    edge_strength: float  # how clearly one edge direction leads in the found part (0..1)
     scale: float
     crop: np.ndarray  # the part as found (work pixels, at the pattern's angle)
     centre_px: tuple[float, float]
@@ -154,7 +176,9 @@ class PartFind:
         return np.median(core.reshape(-1, 3), axis=0)
 
     def look(self) -> np.ndarray:
-        return look_vector(self.crop)
+        """The look of the part's inner 60 % (its print, not what shows around it)."""
+        h, w = self.crop.shape[:2]
+        return look_vector(self.crop[int(0.2 * h) : h - int(0.2 * h) or None, int(0.2 * w) : w - int(0.2 * w) or None])
 
 
 def find_part(
@@ -166,24 +190,28 @@ def find_part(
     scales: Sequence[float] = (1.0,),
 ) -> PartFind:
     """The best match of the part's pattern within `search` (share of the product) of its box: a coarse
-    search at half size over the whole window (upright and turned by the coarse angles), then the
-    angles near the best one and the sizes at full size around its place. The reported angle is the
-    found part's own edge direction (finer than the angle steps)."""
+    search at half size over the whole window, then small turns and the sizes at full size around its
+    place. The reported angle is the found part's own edge direction."""
     centre, size = box_pixels(view.frame, box)
     img = Image.fromarray((np.clip(pattern, 0, 1) * 255).astype(np.uint8)).resize(size, Image.BILINEAR)
     tpl = np.asarray(img, dtype=np.float64) / 255.0
     window = (search * view.frame.width + 1, search * view.frame.height + 1)
-    lo, hi = min(angles, default=0.0), max(angles, default=0.0)
-    coarse = tuple(a for a in COARSE_ANGLES if lo <= a <= hi) or (0.0,)
-    rough = locate(view.half, half(tpl), (centre[0] / 2, centre[1] / 2), (window[0] / 2, window[1] / 2), coarse)
-    near = tuple(a for a in angles if abs(a - rough.angle) <= 9.0) or (rough.angle,)
-    best = locate(view.px, tpl, (rough.x * 2, rough.y * 2), (3.0, 3.0), near, tuple(scales))
+    lo, hi = min(angles, default=0.0), max(angles, default=0.0)  # the spec's angles bound the turns
+    # the whole window at half size with the upright pattern: a turned pattern loses its corners (and
+    # with them its edges), so its scores are not comparable; a tilted part is still found upright,
+    # and its tilt is measured on it (edge_angle), finer than any angle step
+    rough = locate(view.half, half(tpl), (centre[0] / 2, centre[1] / 2), (window[0] / 2, window[1] / 2))
+    near = tuple(a for a in angles if abs(a) <= FINE_ANGLE and lo <= a <= hi) or (0.0,)
+    best = locate(view.px, tpl, (rough.x * 2, rough.y * 2), (3.0, 3.0), near)
+    if any(sc != 1.0 for sc in scales):
+        sized = locate(view.px, tpl, (best.x, best.y), (2.0, 2.0), (best.angle,), tuple(sc for sc in scales if sc != 1.0))
+        best = sized if sized.score > best.score + PREFER_SIZE else best
     found_size = (max(3, round(size[0] * best.scale)), max(3, round(size[1] * best.scale)))
     part = crop(view.px, (best.x, best.y), found_size)
     tilt, strength = edge_angle(part)
     angle = tilt if strength >= MIN_EDGE_STRENGTH else best.angle
     return PartFind(
-        best.score, view.frame.to_frame(best.x, best.y), angle, best.scale, part, (best.x, best.y), found_size
+        best.score, view.frame.to_frame(best.x, best.y), angle, strength, best.scale, part, (best.x, best.y), found_size
     )
 
 
