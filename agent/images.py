@@ -2,10 +2,11 @@
 detectors need, and a line saying so.
 
 Why a module of its own: `inspect`, `report`, `audit`, `ask` and `chat` take the same
-`--max-megapixels` flag and must treat a 100-megapixel photo the same way. The detectors work at a
-few hundred pixels (refmatch at most 4 x its resolution on the longer side, selfsim and WinCLIP less),
-so an image is analysed at no more than `ANALYSIS_MAX_SIDE` pixels on its longer side: JPEGs are
-decoded reduced, and every map, mask and overlay stays in bounded memory. Nothing smaller changes.
+`--max-megapixels` flag and must treat a 100-megapixel photo the same way. The embedded detectors
+shrink a large image by at most 2x (`min_scale`) and run their backbone in tiles, so memory grows with
+the megapixels analysed; an image is analysed at no more than `ANALYSIS_MAX_SIDE` pixels on its longer
+side (a 20-megapixel camera's frame whole): JPEGs are decoded reduced, and every map, mask and overlay
+stays in bounded memory (BENCHMARKS.md, "Large images"). Nothing smaller changes.
 References go through the same reduction as the images they are compared with, so a reference and a
 query of the same size keep the same pixel scale.
 """
@@ -26,9 +27,9 @@ DEFAULT_MAX_PIXELS = 100_000_000
 #: Key in a PIL image's `info` holding the file's (width, height) when the image was reduced.
 SOURCE_SIZE = "looktwice_source_size"
 
-#: The longest side an image is analysed at (4096 px = 16.8 MP): 5x refmatch's largest default
-#: working size (4 x 192 px), and enough for overlays a person can read.
-ANALYSIS_MAX_SIDE = 4096
+#: The longest side an image is analysed at: a 20-megapixel frame (5472 x 3648) whole; beyond it the
+#: image is decoded reduced (tiles keep the backbone's memory bounded, the full-size maps do not shrink).
+ANALYSIS_MAX_SIDE = 6144
 
 
 @dataclass(frozen=True)

@@ -150,7 +150,7 @@ def test_image_over_the_limit_names_the_flag(case, tmp_path, capsys):
 def test_large_image_is_analysed_reduced_with_a_line_saying_so(case, tmp_path, capsys):
     rng = np.random.default_rng(0)
     plate = (brushed_plate(rng, 300) * 255).astype(np.uint8)
-    wide = Image.fromarray(np.tile(plate, (1, 15, 1))[:, :4500])  # 4500 x 300
+    wide = Image.fromarray(np.tile(plate, (1, 22, 1))[:, :6500])  # 6500 x 300
     path = tmp_path / "wide.jpg"
     wide.save(path, quality=90)
     out = tmp_path / "o"
@@ -158,11 +158,11 @@ def test_large_image_is_analysed_reduced_with_a_line_saying_so(case, tmp_path, c
                  "--resolution", "64"])
     captured = capsys.readouterr()
     assert code == 0
-    assert f"{path}: 4500x300 px (1 MP), decoding reduced and analysing at 4096x273" in captured.err
+    assert f"{path}: 6500x300 px (2 MP), decoding reduced and analysing at 6144x284" in captured.err
     record = json.loads(captured.out)
-    assert record["image_size"] == [4096, 273] and record["source_size"] == [4500, 300]
-    assert Image.open(out / "wide_overlay.png").size == (4096, 273)
-    assert ImageLimits().max_side == analysis_side({"resolution": 256}) == 4096
+    assert record["image_size"] == [6144, 284] and record["source_size"] == [6500, 300]
+    assert Image.open(out / "wide_overlay.png").size == (6144, 284)
+    assert ImageLimits().max_side == analysis_side({"resolution": 256}) == 6144
     assert analysis_side({"resolution": 2048}) == 8192  # refmatch works at up to 4 x its resolution
 
 

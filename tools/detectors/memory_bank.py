@@ -9,15 +9,24 @@ from __future__ import annotations
 import torch
 
 
+#: a bank larger than this many times the selection is first subsampled at random (large images)
+PRESAMPLE = 4
+
+
 def greedy_coreset(features: torch.Tensor, n_select: int, projection_dim: int = 128, seed: int = 0) -> torch.Tensor:
     """Indices of `n_select` rows chosen by greedy k-center selection (farthest point first).
 
-    Distances are computed in a random projection (Johnson-Lindenstrauss) to keep selection cheap.
+    Distances are computed in a random projection (Johnson-Lindenstrauss) to keep selection cheap. A
+    bank of more than `PRESAMPLE` times the selection (references of many megapixels) is subsampled
+    at random to that size first: the greedy step costs its size times the selection.
     """
     n = features.shape[0]
     if n_select >= n:
         return torch.arange(n)
     gen = torch.Generator().manual_seed(seed)
+    if n > PRESAMPLE * n_select:
+        keep = torch.randperm(n, generator=gen)[: PRESAMPLE * n_select].sort().values
+        return keep[greedy_coreset(features[keep], n_select, projection_dim, seed)]
     x = features.float()
     if x.shape[1] > projection_dim:
         proj = torch.randn(x.shape[1], projection_dim, generator=gen) / projection_dim**0.5
