@@ -15,9 +15,10 @@ The boundary is the split-conformal quantile of the n fused good scores (Calibra
 with n references the finest honest false-alarm rate is 1/(n + 1), so 8 references promise no finer
 than 1/9; a finer request is refused and the decision says what is used. It is never below 0.5, the
 rules' own boundary: an image that passes every rule (and that the structural detector does not flag)
-is not called anomalous; when the references held out all score lower, the scores between their
-quantile and 0.5 go to `review` instead (unusual, but no rule broken). Raising a boundary only lowers
-the false-alarm rate, so the promise stands.
+is not called anomalous, and then there is no review band. Raising a boundary only lowers the
+false-alarm rate, so the promise stands. When the references held out score above 0.5 (a rule that
+some good part breaks, held out), the boundary moves up to keep the promise and a failed rule alone is
+no longer enough: the explanation then says so.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from tools.detectors.calibration import Calibration
 
 DECISION_KEYS = ("method", "false_alarm_rate", "good_samples", "review_from_score", "note")
 RULES_BOUNDARY = 0.5  # the fused score at which a rule fails (or the structural detector flags)
+MIN_SPREAD = 0.1  # unit of the logistic map from the fused score to pred_score
 
 
 def held_out_logical(
@@ -84,13 +86,13 @@ class AuditDecision:
         method = f"references (leave-one-out: {how}; {what})"
         cal = Calibration.from_good_scores(fused, rate, review_factor, method=method)
         if cal.boundary < RULES_BOUNDARY:
-            review = cal.boundary if review_factor else None
             note = (cal.note + "; " if cal.note else "") + (
-                f"the references held out score at most {cal.boundary:.2f}: the boundary stays at the rules' own 0.5"
-                + (", and scores from there to 0.5 go to review" if review is not None else "")
+                f"the references held out score at most {cal.boundary:.2f}: the boundary stays at the rules' own 0.5 "
+                "(an image that passes every rule is good)"
             )
-            cal = replace(cal, boundary=RULES_BOUNDARY, review_boundary=review, note=note)
-        return cls(cal)
+            cal = replace(cal, boundary=RULES_BOUNDARY, review_boundary=None, note=note)
+        # scores are 0..1: a spread below 0.1 would make every pred_score 0 or 1
+        return cls(replace(cal, spread=max(cal.spread, MIN_SPREAD)))
 
     def decide(self, result: AuditResult) -> tuple[float, str, dict, str]:
         """(pred_score with 0.5 at the boundary, verdict, decision block, explanation)."""

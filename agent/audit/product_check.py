@@ -10,6 +10,7 @@ where a missing part should be.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 from PIL import Image
@@ -115,20 +116,32 @@ def _part_rules(view: ProductView, comp: ComponentSpec, found: PartFind, mark: i
         out.append(RuleResult(f"{name}.colour", [name], [round(float(c), 4) for c in colour], f"one of {seen}",
                               ok, dev if ok else 1.0 + dev, text, offending=[] if ok else [mark]))
     if comp.fill is not None:
-        f = comp.fill
-        box = tpl.box
-        column = (box[0] + 0.3 * (box[2] - box[0]), box[2] - 0.3 * (box[2] - box[0]))
-        level = fill_level(view, found, column)
-        dev = abs(level - f.level) / f.tolerance
-        ok = dev <= 1.0
-        text = (
-            f"{name}: fill level {_pct(level)} of the product, as expected"
-            if ok
-            else f"{name}: fill level {_pct(level)} of the product, expected {_pct(f.level - f.tolerance)}-{_pct(f.level + f.tolerance)}"
-        )
-        out.append(RuleResult(f"{name}.fill", [name], round(level, 4), f.level, ok, dev if ok else 1.0 + dev, text,
-                              offending=[] if ok else [mark]))
+        out.append(_fill_rule(view, comp, found, mark))
     return out
+
+
+def _at_place(view: ProductView, found: PartFind, centre: tuple[float, float], size: tuple[int, int]) -> PartFind:
+    """The part taken where it should be (for measuring a level there when its look did not match)."""
+    return replace(found, centre=view.frame.to_frame(*centre), centre_px=centre, size_px=size, scale=1.0)
+
+
+def _fill_rule(view: ProductView, comp: ComponentSpec, found: PartFind, mark: int) -> RuleResult:
+    """The fill level of a part (see product_parts.fill_level) against the drafted one."""
+    f = comp.fill
+    assert f is not None and comp.find.template is not None
+    name = comp.name
+    box = comp.find.template.box
+    column = (box[0] + 0.3 * (box[2] - box[0]), box[2] - 0.3 * (box[2] - box[0]))
+    level = fill_level(view, found, column)
+    dev = abs(level - f.level) / f.tolerance
+    ok = dev <= 1.0
+    text = (
+        f"{name}: fill level {_pct(level)} of the product, as expected"
+        if ok
+        else f"{name}: fill level {_pct(level)} of the product, expected {_pct(f.level - f.tolerance)}-{_pct(f.level + f.tolerance)}"
+    )
+    return RuleResult(f"{name}.fill", [name], round(level, 4), f.level, ok, dev if ok else 1.0 + dev, text,
+                      offending=[] if ok else [mark])
 
 
 def _pair_rule(p: PairRule, spec: Spec, found: dict[str, PartFind]) -> RuleResult | None:
@@ -202,6 +215,11 @@ def check_product(image: Image.Image, spec: Spec) -> tuple[list[RuleResult], lis
         present = part.score >= tpl.min_match
         dev = (1.0 - part.score) / max(1e-6, 1.0 - tpl.min_match)
         if not present:
+            # a liquid part whose level moved no longer looks like itself: its level says why
+            level = _fill_rule(view, comp, _at_place(view, part, centre, size), where) if comp.fill is not None else None
+            if level is not None and not level.passed:
+                rules.append(level)
+                continue
             text = (
                 f"{name} is missing (0 found, 1 expected): nothing near its place looks like it "
                 f"(best match {part.score:.2f}, at least {tpl.min_match:.2f} on the references); its place is outlined"

@@ -216,32 +216,31 @@ def find_part(
 
 
 def fill_level(view: ProductView, found: PartFind, column: tuple[float, float]) -> float:
-    """How full the product is with the found part's colour: 1 - the frame y of the top of that colour,
-    going up the product's middle (`column`, frame x range) from the part's centre.
+    """How full the product is with the found part's colour: 1 - the frame y of the liquid's surface in
+    the product's middle (`column`, frame x range), above the part's centre.
 
-    The colour and its tolerance come from the same middle column within the part on this image (its
-    median row colour; 3 x the rows' median distance to it, at least 0.08: a liquid's shading), so a
-    recoloured liquid still has a level; three rows in a row off the colour end the climb."""
+    The surface is the best single change point of the rows' colours between the top of the product
+    and the part's centre: the row that splits them into two runs whose mean colours differ most
+    (weighted by the runs' lengths, as Otsu splits a histogram). What is above a liquid (glass, air,
+    a cap) and the liquid itself each look alike along the column, so the split falls on the surface,
+    for any colour of liquid (a recoloured one too); a local step (a label's edge, the light on the
+    surface) moves it little."""
     f = view.frame
     x0 = int(round(f.to_pixels(column[0], 0.0)[0]))
     x1 = max(x0 + 1, int(round(f.to_pixels(column[1], 0.0)[0])))
-    rows = np.median(view.px[:, x0:x1], axis=1)
-    cy = int(round(found.centre_px[1]))
-    half_h = max(1, found.size_px[1] // 2)
-    own = rows[max(0, cy - half_h) : cy + half_h]
-    colour = np.median(own, axis=0)
-    dist = np.sqrt(((rows - colour) ** 2).sum(-1))
-    tolerance = max(0.08, 3.0 * float(np.median(np.sqrt(((own - colour) ** 2).sum(-1)))))
-    y, last_in, misses = cy, cy, 0
-    while y > max(0, f.box[1]):
-        y -= 1
-        if dist[y] > tolerance:
-            misses += 1
-            if misses >= 3:
-                break
-        else:
-            misses, last_in = 0, y
-    return 1.0 - f.to_frame(0.0, last_in)[1]
+    top = max(0, f.box[1] + int(0.05 * f.height))
+    bottom = int(round(found.centre_px[1]))
+    rows = np.median(view.px[top:bottom, x0:x1], axis=1)
+    n = len(rows)
+    if n < 4:
+        return 1.0 - f.to_frame(0.0, bottom)[1]
+    csum = np.cumsum(rows, axis=0)
+    t = np.arange(1, n)
+    above = csum[:-1] / t[:, None]
+    below = (csum[-1] - csum[:-1]) / (n - t)[:, None]
+    gain = ((above - below) ** 2).sum(-1) * t * (n - t) / n
+    surface = top + int(t[int(np.argmax(gain))])
+    return 1.0 - f.to_frame(0.0, surface)[1]
 
 
 __all__ = [

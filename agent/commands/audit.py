@@ -1,5 +1,6 @@
-"""`looktwice audit draft --refs DIR [--out spec.yaml]` and
-`looktwice audit run INPUT... --refs DIR [--spec spec.yaml] --out DIR [--resume]`.
+"""`looktwice audit draft --refs DIR [--out spec.yaml]`,
+`looktwice audit run INPUT... --refs DIR [--spec spec.yaml] --out DIR [--resume]` and
+`looktwice audit demo [--out DIR]` (a small logical case drawn and audited, to see what an audit gives).
 
 Wire it into the main parser with `add_parser(subparsers)`; `python -m agent.commands.audit ...` runs the
 same command on its own. Heavy modules are imported only when the command runs.
@@ -18,6 +19,8 @@ text prompt or among SAM's automatic masks) and their rules: count, colour, posi
 
   looktwice audit draft --refs good/ --out spec.yaml     derive a spec from good references
   looktwice audit run test/ --refs good/ --out audit/    check images (drafts a spec if --spec is not given)
+  looktwice audit demo                                   draw a small case (good boxes, one with a part
+                                                         missing, one with a wrong colour) and audit it
 
 `run` writes the same report as `looktwice report` (results.db, index.html, results.jsonl/.csv, overlays
 marking the offending components) plus the spec used (spec.yaml); every image's record holds each rule
@@ -41,7 +44,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="logical-anomaly audit: counts, places, colours, sizes, matching pairs (spec drafted from references)",
         **with_examples(DESCRIPTION, [DRAFT_EXAMPLE, RUN_EXAMPLE]),
     )
-    asub = p.add_subparsers(dest="audit_command", required=True, metavar="{draft,run}")
+    asub = p.add_subparsers(dest="audit_command", required=True, metavar="{draft,run,demo}")
     d = asub.add_parser(
         "draft",
         help="derive a spec from good reference images",
@@ -92,9 +95,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_detector_args(r)
     add_decision_args(r)
     r.set_defaults(func=cmd_run)
+    m = asub.add_parser(
+        "demo",
+        help="draw a small logical case and audit it",
+        **with_examples(
+            "Draw 4 good boxes (a bottle and its label of one flavour, a cap, a bar) as references and a "
+            "test set of 2 good boxes, one with a part missing and one with a part of the wrong colour; "
+            "draft a spec from the references, audit the test set and print each verdict with its "
+            "explanation. The report, the spec and the pictures stay in --out.",
+            [DEMO_EXAMPLE, DEMO_EXAMPLE + " --detector none"],
+        ),
+    )
+    m.add_argument("--out", default="looktwice_audit_demo", help="folder for the drawn images and the audit (new or empty)")
+    m.add_argument(
+        "--detector", default="none",
+        help="structural detector fused with the rules (default none: the rules only; auto fuses the embedded "
+        "detector, whose boundary rests on only 4 references here)",
+    )
+    m.set_defaults(func=cmd_demo)
 
 
 DRAFT_EXAMPLE = "looktwice audit draft --refs good_boxes/ --out spec.yaml"
+DEMO_EXAMPLE = "looktwice audit demo --out audit_demo/"
 RUN_EXAMPLE = "looktwice audit run line3/boxes/ --refs good_boxes/ --spec spec.yaml --out audit_1127/"
 RESUME_EXAMPLE = "looktwice audit run line3/boxes/ --refs good_boxes/ --out audit_1127/ --resume"
 RUN_DESCRIPTION = (
@@ -183,6 +205,44 @@ def cmd_run(args: argparse.Namespace) -> int:
     info_line(summary.line().replace("report", "audit", 1).replace("defective", "anomalous"))
     if summary.interrupted:
         info_line(f"interrupted; run the same command with --resume to finish the audit in '{settings.out}'")
+    return summary.exit_code
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Draw the demo case into --out, audit it, print the verdicts."""
+    import json
+
+    from agent.audit.runner import AuditSettings, run_audit
+    from agent.console import info_line, usage_error
+    from agent.report.runner import ReportUsageError, ReportWriteError, StoreError
+    from instruct_data.synthesis.scenes import make_scene
+
+    root = Path(args.out)
+    if root.exists() and any(root.iterdir()):
+        return usage_error(f"demo folder '{root}' is not empty: choose another --out")
+    refs, test = root / "references", root / "test"
+    try:
+        refs.mkdir(parents=True)
+        test.mkdir()
+        for i in range(4):
+            make_scene("box", "good", seed=100 + i, size=256, flavour=("orange", "purple")[i % 2]).image.save(refs / f"good_{i + 1}.png")
+        for name, kind, seed in (("good_a", "good", 1), ("good_b", "good", 2), ("part_missing", "missing", 3), ("wrong_colour", "recoloured", 4)):
+            make_scene("box", kind, seed=seed, size=256).image.save(test / f"{name}.png")
+    except OSError as err:
+        return usage_error(f"cannot write the demo into '{root}': {err.strerror or err}")
+    settings = AuditSettings(inputs=[str(test)], out=root / "audit", refs=str(refs), detector=args.detector, progress=False)
+    try:
+        summary = run_audit(settings, info=info_line)
+    except (ReportUsageError, ReportWriteError, StoreError) as err:
+        return usage_error(err)
+    for line in (root / "audit" / "results.jsonl").read_text(encoding="utf-8").splitlines():
+        rec = json.loads(line)["record"]
+        verdict = "anomalous" if rec["verdict"] == "defective" else rec["verdict"]
+        print(f"{Path(rec['image_path']).name}: {verdict} (score {rec['pred_score']:.2f}) - {rec['explanation']}")
+    info_line(
+        f"references in {refs}, test images in {test}; spec: {root / 'audit' / 'spec.yaml'}; "
+        f"report: {root / 'audit' / 'index.html'}"
+    )
     return summary.exit_code
 
 

@@ -98,7 +98,7 @@ def test_decision_promises_no_finer_than_one_over_n_plus_one() -> None:
     d = AuditDecision.fit(np.linspace(0.1, 0.45, 8), "held out", rate=0.05)
     assert d.calibration.false_alarm_rate == pytest.approx(1 / 9)
     assert "1/9" in f"1/{round(1 / d.calibration.false_alarm_rate)}" and "0.111" in d.calibration.note
-    assert d.calibration.boundary == 0.5 and d.calibration.review_boundary == pytest.approx(0.45)
+    assert d.calibration.boundary == 0.5 and d.calibration.review_boundary is None
     result = audit_image(bottle(900, 0, top_label=False), _spec())
     pred, verdict, block, text = d.decide(result)
     assert verdict == "defective" and pred > 0.5
@@ -187,3 +187,14 @@ def test_audit_thumbnails_keep_their_true_colours(tmp_path) -> None:
     ref = np.asarray(photo.resize((thumb.shape[1], thumb.shape[0]), Image.BILINEAR), dtype=np.float64)
     # a good part's thumbnail is the photo itself: no tint (the blue of an empty heat map) anywhere
     assert np.median(np.abs(thumb - ref)) < 6 and abs((thumb[..., 2] - ref[..., 2]).mean()) < 4
+
+
+def test_audit_demo_draws_a_case_and_audits_it(tmp_path, capsys) -> None:
+    out = tmp_path / "demo"
+    assert main(["audit", "demo", "--out", str(out)]) == 0
+    lines = dict(line.split(": ", 1) for line in capsys.readouterr().out.splitlines())
+    assert lines["good_a.png"].startswith("good") and lines["good_b.png"].startswith("good")
+    assert lines["part_missing.png"].startswith("anomalous") and "missing" in lines["part_missing.png"]
+    assert lines["wrong_colour.png"].startswith("anomalous") and "wrong colour" in lines["wrong_colour.png"]
+    assert (out / "audit" / "index.html").is_file() and len(list((out / "references").glob("*.png"))) == 4
+    assert main(["audit", "demo", "--out", str(out)]) == 2  # not empty
