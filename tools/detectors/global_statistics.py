@@ -5,7 +5,9 @@ A denser weave, a colour that is off everywhere, a surface out of focus: every p
 image still finds a close look-alike among the references' patches, so nearest-patch matching misses
 it. The image's pooled feature statistics (per-channel mean and spread over its patches) do change.
 `GlobalStatistics` measures how far an image's statistics lie from the nearest reference's, in units
-of how far the references lie from each other, and counts only what lies beyond that (0 within).
+of the largest distance of a reference to its nearest other reference, and counts only what lies
+beyond that (0 within): with the median distance as the unit, most good images of a textured product
+got a share of it (68-82 % on the validation weave and bracket, against 8-32 % with the largest).
 
 Whether a product gets this score is decided from its references, like the views rule
 (`augmentation_rule.py`): each reference, held out, is scored as it is and with whole-image changes
@@ -37,19 +39,27 @@ class GlobalStatistics:
     def __init__(self, grids: Sequence[torch.Tensor]) -> None:
         """`grids`: each reference's (h, w, C) standardized features."""
         self.descriptors = torch.stack([descriptor(g[None])[0] for g in grids])
-        self.norm = 1.0
-        d = self.descriptors
-        if d.shape[0] >= 2:
-            dist = torch.cdist(d, d) + torch.diag(torch.full((d.shape[0],), float("inf")))
-            self.norm = max(float(dist.min(1).values.median()), 1e-6)
+        n = self.descriptors.shape[0]
+        self.norm = self._unit(list(range(n)))
+        # a held-out reference is measured in the unit of the others alone, as a new image is measured
+        # in the unit of all of them: so its score is a fair good sample for calibration
+        self.norm_without = [self._unit([j for j in range(n) if j != i]) for i in range(n)]
+
+    def _unit(self, members: list[int]) -> float:
+        """The largest distance of a member to its nearest other member (1 with fewer than 2)."""
+        if len(members) < 2:
+            return self.norm if hasattr(self, "norm") else 1.0
+        d = self.descriptors[members]
+        dist = torch.cdist(d, d) + torch.diag(torch.full((len(members),), float("inf")))
+        return max(float(dist.min(1).values.max()), 1e-6)
 
     def scores(self, feats: torch.Tensor, exclude: int | None = None) -> torch.Tensor:
         """(N, h, w, C) -> (N,): how far each image's statistics lie beyond the references' own spread
         (0 within); `exclude`: without that reference (a held-out reference, or a copy of it)."""
-        refs = self.descriptors
+        refs, norm = self.descriptors, self.norm
         if exclude is not None and refs.shape[0] > 1:
-            refs = refs[torch.arange(refs.shape[0]) != exclude]
-        d = torch.cdist(descriptor(feats), refs).min(1).values / self.norm
+            refs, norm = refs[torch.arange(refs.shape[0]) != exclude], self.norm_without[exclude]
+        d = torch.cdist(descriptor(feats), refs).min(1).values / norm
         return (d - 1.0).clamp_min(0.0)
 
 

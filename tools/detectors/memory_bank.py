@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import torch
 
-
 #: a bank larger than this many times the selection is first subsampled at random (large images)
 PRESAMPLE = 4
 
