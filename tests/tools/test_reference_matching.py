@@ -141,11 +141,19 @@ def test_greedy_coreset_matches_plain_farthest_point_selection():
     """The fast selection (norms and one matrix-vector product a step) picks what the textbook loop
     over explicit distances picks, in the same order."""
     pts = torch.randn(400, 12, generator=torch.Generator().manual_seed(3))
-    idx = greedy_coreset(pts, 40, seed=0).tolist()
+    idx = greedy_coreset(pts, 110, seed=0).tolist()
     expected = [idx[0]]
     min_dist = (pts - pts[idx[0]]).norm(dim=1)
-    for _ in range(39):
+    for _ in range(109):
         nxt = int(torch.argmax(min_dist))
         expected.append(nxt)
         min_dist = torch.minimum(min_dist, (pts - pts[nxt]).norm(dim=1))
     assert idx == expected
+
+
+def test_a_huge_bank_is_subsampled_before_the_greedy_selection():
+    """Over 4x the selection, a seeded random subset goes into the greedy step: distinct indices of the
+    original bank, the same for the same seed."""
+    pts = torch.randn(2000, 12, generator=torch.Generator().manual_seed(4))
+    a, b = greedy_coreset(pts, 50, seed=1), greedy_coreset(pts, 50, seed=1)
+    assert a.tolist() == b.tolist() and len(set(a.tolist())) == 50 and int(a.max()) < 2000

@@ -16,7 +16,7 @@ def test_refmatch_settings_come_from_its_config_dataclass():
 
     declared, open_ended = declared_settings(ReferenceMatchingDetector)
     assert not open_ended and set(declared) == {f.name for f in fields(ReferenceMatchingConfig)}
-    assert declared["blur_sigma"].default == 4.0 and declared["blocks"].default == (4, 10)
+    assert declared["blur_sigma"].default == 2.0 and declared["blocks"].default == (4, 10)
 
 
 def test_every_registered_detector_declares_typed_settings():

@@ -70,7 +70,7 @@ class ReferenceMatchingConfig:
     backbone: str = "efficientnet-lite0"
     blocks: tuple[int, ...] = (4, 10)  # stride-8 and stride-16 block outputs of EfficientNet-Lite0
     resolution: int = 192  # working size: side of the square ("squash") or of a typical reference
-    min_scale: float = 0.0  # large images: working pixels per image pixel at least this (0 = off; tiles beyond 1280 px)
+    min_scale: float = 0.5  # large images shrunk by at most 1/this (tiles beyond 1280 working px); BENCHMARKS "Defaults"
     extra_resolution: int = 0  # a second working size fused with the first; 0 = off
     resize: Literal["squash", "reference_scale"] = "reference_scale"  # keep aspect at the references' scale, or squash
     pools: tuple[int, ...] = (1,)  # neighbourhood sizes (k x k feature averages), maps averaged
@@ -94,9 +94,9 @@ class ReferenceMatchingConfig:
     max_bank: int = 16384  # coreset subsampling above this many reference patches (per channel)
     coreset_ratio: float = 1.0  # fraction of the bank kept even below max_bank
     neighbours: int = 1  # patch score = mean distance to this many nearest reference patches
-    blur_sigma: float = 4.0  # smoothing of the anomaly map, in working-resolution pixels
-    score_top_fraction: float = 0.0  # image score = mean of this top fraction of the map (0 = max)
-    score_margin: float = 0.1  # border band (fraction of the side) left out of the image score
+    blur_sigma: float = 2.0  # smoothing of the anomaly map, in working-resolution pixels (validation: AUPRO)
+    score_top_fraction: float = 0.003  # image score = mean of this top fraction of the inner map (0 = max)
+    score_margin: float = 0.1  # border band (fraction of the side) left out of the image score (validation)
     mask_peak_fraction: float = 0.5  # predicted mask: pixels at least this far from the boundary to their peak
     batch_size: int = 8
     device: str = "cpu"
