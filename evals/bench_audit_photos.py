@@ -88,10 +88,12 @@ def run_draw(seed: int, pool: list[Path], labels: dict[str, dict], folder: Path,
     draft_seconds = time.perf_counter() - t0
     inspector = None
     if detector != "none":
+        from agent.audit.runner import structural_options
         from agent.inspection import InspectionSettings, MatchSettings, Pipeline
         from agent.inspection.settings import DecisionSettings
 
-        settings = InspectionSettings(detector, match=MatchSettings(enabled=False), decision=DecisionSettings(0.05, True, "references"))
+        settings = InspectionSettings(detector, structural_options(detector, {}), match=MatchSettings(enabled=False),
+                                      decision=DecisionSettings(0.05, True, "references"))
         inspector = Pipeline(settings, warn=lambda m: None).fit(refs, n_images=1)
     logical, how = held_out_logical(spec, refs, (lambda rest: draft_spec(rest)) if spec.segmenter != "regions" else None)
     structural = structural_held_out(inspector.good_samples, len(refs), inspector.calibration) if inspector else None

@@ -17,6 +17,7 @@ import colorsys
 import io
 import math
 from collections.abc import Sequence
+from functools import lru_cache
 
 import numpy as np
 from PIL import Image
@@ -49,11 +50,15 @@ def encode_pattern(px: np.ndarray) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+@lru_cache(maxsize=64)
 def decode_pattern(text: str) -> np.ndarray:
-    """base64 PNG text -> HxWx3 float 0..1; ValueError when it is not one."""
+    """base64 PNG text -> HxWx3 float 0..1 (read-only: decoded once per pattern); ValueError when it
+    is not one."""
     try:
         with Image.open(io.BytesIO(base64.b64decode(text, validate=True))) as im:
-            return np.asarray(im.convert("RGB"), dtype=np.float64) / 255.0
+            out = np.asarray(im.convert("RGB"), dtype=np.float64) / 255.0
+            out.setflags(write=False)
+            return out
     except Exception as err:  # binascii.Error, PIL.UnidentifiedImageError, ...
         raise ValueError(f"not a base64 PNG pattern ({type(err).__name__})") from None
 

@@ -41,6 +41,7 @@ from agent.audit.product_parts import (
     ProductView,
     aligned_crops,
     discover,
+    distinctiveness,
     fill_level,
     find_part,
     product_view,
@@ -66,12 +67,14 @@ MAX_PARTS = 10
 MAX_PAIRS = 2  # pair rules per part of several colour kinds
 SEARCH = 0.15  # template search half-width, share of the product
 # floors (what a measurement can tell apart) and caps (wider: the rule tells nothing) per measure
-MATCH_FLOOR, MATCH_CAP, MIN_MATCH = 0.15, 0.45, 0.25
-POSITION_FLOOR, POSITION_CAP = 0.02, 0.12
+MATCH_FLOOR, MATCH_CAP, MIN_MATCH = 0.2, 0.5, 0.25
+POSITION_FLOOR, POSITION_CAP = 0.03, 0.12
 SIZE_FLOOR, SIZE_CAP = 0.35, 0.8
-ANGLE_FLOOR, ANGLE_CAP = 5.0, 15.0
-MIN_EDGE_STRENGTH = 0.3  # an orientation rule needs a clearly leading edge direction on every reference
-COLOUR_FLOOR, COLOUR_CAP = 0.06, 0.3
+ANGLE_FLOOR, ANGLE_CAP = 6.0, 15.0
+MIN_EDGE_STRENGTH = 0.2  # an orientation rule needs a leading edge direction on every reference
+MAX_UPRIGHT = 20.0  # an orientation rule for parts whose edges stand upright (within this many degrees)
+MIN_DISTINCT = 0.1  # a part must match where it is this much better than anywhere else its search looks
+COLOUR_FLOOR, COLOUR_CAP = 0.08, 0.3
 FILL_FLOOR, FILL_CAP = 0.02, 0.1
 AREA_FLOOR, AREA_CAP = 0.1, 0.5  # the product's area in the image, relative
 FILL_MIN_WIDTH = 0.75  # a part this wide (share of the product) may be a liquid with a level
@@ -278,6 +281,13 @@ def draft_product_spec(
             why = f"not found alike on every reference (match scores {min(scores):.2f}-{max(scores):.2f})"
             dropped.append(f"{m.name}: left out of the spec: {why}")
             continue
+        distinct = float(np.median([distinctiveness(v, m.pattern, f, SEARCH) for v, f in zip(views, m.finds, strict=True)]))
+        if distinct < MIN_DISTINCT:
+            dropped.append(
+                f"{m.name}: left out of the spec: it looks much the same around its place (it matches where it "
+                f"is only {distinct:.2f} better than anywhere else its search looks, at least {MIN_DISTINCT} needed)"
+            )
+            continue
         box = tuple(round(float(b), 4) for b in m.candidate.box)
         comp = ComponentSpec(
             name=m.name,
@@ -299,14 +309,17 @@ def draft_product_spec(
             m.rules["area"] = list(size.held_out)
         angle = draft_tolerance([f.angle for f in m.finds], ANGLE_FLOOR, ANGLE_CAP, circular=90.0)
         weakest = min(f.edge_strength for f in m.finds)
-        if weakest < MIN_EDGE_STRENGTH:
-            dropped.append(
-                f"{m.name}.orientation: dropped: no edge direction leads clearly on every reference "
-                f"(strength down to {weakest:.2f}, at least {MIN_EDGE_STRENGTH} needed)"
+        upright = abs(angle.expected) <= MAX_UPRIGHT
+        if weakest < MIN_EDGE_STRENGTH or not upright:
+            why = (
+                f"no edge direction leads clearly on every reference (strength down to {weakest:.2f}, at least "
+                f"{MIN_EDGE_STRENGTH} needed)" if upright else
+                f"its edges run at {angle.expected:+.0f} degrees (a slope, as of a shoulder: mirrored slopes cannot be told apart)"
             )
+            dropped.append(f"{m.name}.orientation: dropped: {why}")
         else:
             (kept if angle.kept else dropped).append(angle.line(f"{m.name}.orientation", unit=" deg", digits=1))
-        if angle.kept and weakest >= MIN_EDGE_STRENGTH:
+        if angle.kept and weakest >= MIN_EDGE_STRENGTH and upright:
             comp.orientation = Orientation(angle=round(angle.expected, 2), tolerance=round(angle.tolerance, 2))
             m.rules["orientation"] = list(angle.held_out)
         comp.colour = _colour_rule(m, kept, dropped)

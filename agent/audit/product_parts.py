@@ -34,7 +34,7 @@ from tools.part_segmentation import (
     smooth_regions,
     work_image,
 )
-from tools.part_templates import crop, edge_angle, half, locate
+from tools.part_templates import crop, edge_angle, half, locate, ncc_map
 
 REGION_SCALES = (1.0, 0.5)  # graph segmentation scales (k) of the discovery step
 MIN_IOU = 0.4  # regions of two references overlapping this much are the same part
@@ -46,7 +46,7 @@ SIDE_BAND = 0.15  # a candidate lying within this share of the product's left or
 SAME_BOX = 0.45  # candidates of the two scales whose boxes overlap this much (IoU) are one part
 ALIGN = 0.05  # how far (share of the product) a reference's crop may move to align with the others
 FINE_ANGLE = 6.0  # the pattern is tried turned by at most this much (a larger tilt: see find_part)
-PREFER_SIZE = 0.02  # another size must match this much better than the drafted one
+PREFER_SIZE = 0.05  # another size must match this much better than the drafted one
 MIN_EDGE_STRENGTH = 0.2  # below: no leading edge direction, the template's angle is the part's
 
 
@@ -215,6 +215,30 @@ def find_part(
     )
 
 
+def distinctiveness(view: ProductView, pattern: np.ndarray, found: PartFind, search: float) -> float:
+    """How much better the part matches its pattern where it is than anywhere else its search looks
+    (within `search` of the product around it; NCC at half size, places farther than the part's size
+    from it): a label is unlike the glass and liquid around it; a piece of plain glass wall looks like
+    the wall above and below it, and its place cannot be told reliably."""
+    f = view.frame
+    img = Image.fromarray((np.clip(pattern, 0, 1) * 255).astype(np.uint8)).resize(found.size_px, Image.BILINEAR)
+    tpl = half(np.asarray(img, dtype=np.float64) / 255.0)
+    th, tw = tpl.shape[:2]
+    cx, cy = found.centre_px[0] / 2, found.centre_px[1] / 2
+    rx, ry = search * f.width / 2 + tw, search * f.height / 2 + th
+    x0, y0 = max(0, int(cx - rx)), max(0, int(cy - ry))
+    x1, y1 = min(view.half.shape[1], int(cx + rx) + 1), min(view.half.shape[0], int(cy + ry) + 1)
+    win = view.half[y0:y1, x0:x1]
+    if win.shape[0] < th or win.shape[1] < tw:
+        return 0.0
+    scores = ncc_map(win, tpl)
+    yy, xx = np.mgrid[0 : scores.shape[0], 0 : scores.shape[1]]
+    far = (np.abs(xx + x0 + tw / 2 - cx) > tw / 2) | (np.abs(yy + y0 + th / 2 - cy) > th / 2)
+    here = scores[~far].max() if (~far).any() else scores.max()
+    elsewhere = scores[far].max() if far.any() else -1.0
+    return float(here - elsewhere)
+
+
 def fill_level(view: ProductView, found: PartFind, column: tuple[float, float]) -> float:
     """How full the product is with the found part's colour: 1 - the frame y of the liquid's surface in
     the product's middle (`column`, frame x range), above the part's centre.
@@ -250,6 +274,7 @@ __all__ = [
     "aligned_crops",
     "box_pixels",
     "discover",
+    "distinctiveness",
     "fill_level",
     "find_part",
     "product_view",

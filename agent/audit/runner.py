@@ -165,6 +165,18 @@ def drafter(finders: ModelFinders | None, segmenter: str = "auto") -> Callable[[
     return lambda images, names=None: draft_spec(images, names, segmenter, finders=finders)
 
 
+AUDIT_MIN_SCALE = 0.25  # the structural detector's smallest shrink of large photos in an audit
+
+
+def structural_options(detector: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The structural detector's options in an audit: reference matching shrinks large photos further
+    than `inspect` does (`min_scale` 0.25 instead of 0.5: 800 x 1600 photos at 200 x 400 and up), since
+    an audit is about parts, and a photo a second is the aim; `--set min_scale=...` overrides it."""
+    if detector in ("auto", "refmatch") and "min_scale" not in options:
+        return {**options, "min_scale": AUDIT_MIN_SCALE}
+    return dict(options)
+
+
 def audit_decision(
     spec: Spec, images: list, drafted: bool, redraft: Callable[[list], Spec], inspector: Any, s: AuditSettings
 ) -> Any:
@@ -270,7 +282,7 @@ def run_audit(s: AuditSettings, info: Callable[[str], None] = _stderr) -> Report
             try:
                 # the spec's rules are the match step here: the pipeline's own part matching is off
                 settings = InspectionSettings(
-                    s.detector, s.detector_options, match=MatchSettings(enabled=False),
+                    s.detector, structural_options(s.detector, s.detector_options), match=MatchSettings(enabled=False),
                     decision=DecisionSettings(s.false_alarm_rate, s.review, "references"),
                 )
                 inspector = Pipeline(settings, warn=info).fit(ref_images, n_images=1)

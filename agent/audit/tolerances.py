@@ -8,8 +8,9 @@ references:
 - the spread is robust: 1.4826 x the median absolute deviation, or the standard deviation when that is
   smaller (with few references the MAD can be 0 while they still differ);
 - the tolerance is `k` spreads, never below the rule's `floor` (what the measurement itself can tell
-  apart), and at least `cover` x the largest deviation of any reference, so every good reference
-  passes the rule drafted from all of them;
+  apart), and at least `cover` x the largest deviation of any reference, both from the expected value
+  of all of them and from the expected value of the others (held out): every good reference passes
+  the rule, also as a new part would meet it;
 - held out in turn, each reference is measured against the expected value and tolerance drafted from
   the others: its *held-out deviation* (deviation / tolerance, <= 1 passes) is what a new good part
   would score, and is what the audit's decision is calibrated on;
@@ -91,7 +92,9 @@ def draft_tolerance(
         c = float(np.median(rest))
         t = _width(centred(rest, c), floor)
         d = centred(v[i : i + 1], c)[0]
-        held.append(float((max(0.0, -d) if below_only else abs(d)) / t))
+        d = max(0.0, -d) if below_only else abs(d)
+        held.append(float(d / t))
+        tol = max(tol, COVER * d)  # held out, every reference must pass too
     spread = robust_spread(dev)
     worst = float(np.max(np.abs(dev)))
     if tol > cap:
@@ -124,7 +127,9 @@ def draft_radius(points: Sequence[Sequence[float]], floor: float, cap: float) ->
             held.append(0.0)
             continue
         c, t, _, _ = width(rest)
-        held.append(float(np.sqrt(((p[i] - c) ** 2).sum()) / t))
+        d = float(np.sqrt(((p[i] - c) ** 2).sum()))
+        held.append(d / t)
+        tol = max(tol, COVER * d)  # held out, every reference must pass too
     kept = tol <= cap
     why = (
         "kept: holds on every reference"
