@@ -127,7 +127,12 @@ def main(argv: list[str] | None = None) -> int:
     for name in skipped:
         print(f"suite: skipped {name}: no test images", file=sys.stderr)
 
+    done: list[dict[str, Any]] = []
+
     def said(run: dict[str, Any]) -> None:
+        done.append(run)
+        if args.json:  # every finished run is on disk at once: a long suite cut short keeps its runs
+            _write_json(args.json, {"data": args.data, "shots": shots, "seeds": seeds, "settings": options, "runs": done})
         a = run["at_threshold"]
         print(f"suite: {run['category']} shots {run['shots']} seed {run['seed']}: image {run['image_AUROC']:.3f} pixel "
               f"{run['pixel_AUROC']:.3f} AUPRO {run['pixel_AUPRO']:.3f}; false alarms {a['false_alarm_rate']:.3f} "
@@ -151,12 +156,15 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.md, "w", encoding="utf-8") as fh:
             fh.write(table)
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump({"data": args.data, "shots": shots, "seeds": seeds, "settings": options, "skipped": skipped,
-                       "cells": {f"{n}@{k}": c for (n, k), c in cells.items()},
-                       "peer": {f"{n}@{k}": c for (n, k), c in peer.items()},
-                       "runs": runs}, fh, indent=1)
+        _write_json(args.json, {"data": args.data, "shots": shots, "seeds": seeds, "settings": options, "skipped": skipped,
+                                "cells": {f"{n}@{k}": c for (n, k), c in cells.items()},
+                                "peer": {f"{n}@{k}": c for (n, k), c in peer.items()}, "runs": runs})
     return 0
+
+
+def _write_json(path: str, data: dict[str, Any]) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=1)
 
 
 if __name__ == "__main__":
