@@ -19,45 +19,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
 
 from agent.audit.looks import colour_word
+from agent.audit.rule_result import RuleResult
 from agent.audit.spec import ComponentSpec, Spec
 from tools.components import Part, find_parts, hungarian, white_balance, work_pixels
 from tools.regions import location_words
 
 if TYPE_CHECKING:
     from agent.audit.finders import Finders
-
-
-@dataclass
-class RuleResult:
-    rule: str  # e.g. "blue.count"
-    components: list[str]
-    measured: Any
-    expected: Any
-    passed: bool
-    deviation: float  # distance / tolerance: <= 1 passes (counts: excess + 1 when failing)
-    explanation: str
-    offending: list[int] = field(default_factory=list)  # blob indices to mark
-    places: list[tuple[float, float, float]] = field(default_factory=list)  # (x, y, radius) to mark
-    skipped: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "rule": self.rule,
-            "components": self.components,
-            "measured": self.measured,
-            "expected": self.expected,
-            "passed": self.passed,
-            "skipped": self.skipped,
-            "deviation": round(float(self.deviation), 4),
-            "explanation": self.explanation,
-        }
 
 
 @dataclass

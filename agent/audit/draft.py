@@ -37,6 +37,7 @@ import numpy as np
 from PIL import Image
 
 from agent.audit.check import _colour_word, audit_image, candidate_blobs, hue_distance
+from agent.audit.draft_error import DraftError
 from agent.audit.spec import (
     Area,
     Background,
@@ -59,10 +60,6 @@ PLACE_MATCH = 0.08  # centroids this far apart (image fractions) are the same pl
 VARYING_COLOUR = 0.1  # a place whose colour spread exceeds this is found by region, not colour
 SAME_COLOUR = 0.15
 MIN_AREA = 0.002
-
-
-class DraftError(ValueError):
-    """No spec can be drafted from these references (one clear line)."""
 
 
 @dataclass

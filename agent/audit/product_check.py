@@ -15,9 +15,9 @@ from dataclasses import replace
 import numpy as np
 from PIL import Image
 
-from agent.audit.check import RuleResult
 from agent.audit.looks import colour_word, decode_pattern, look_distance, pattern_vector
 from agent.audit.product_parts import PartFind, ProductView, box_pixels, fill_level, find_part, product_view
+from agent.audit.rule_result import RuleResult
 from agent.audit.spec import ComponentSpec, PairRule, Spec
 from tools.components import Part
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
+from agent.audit.draft_error import DraftError
 from agent.audit.looks import (
     colour_kinds,
     colour_word,
@@ -239,8 +240,6 @@ def draft_product_spec(
     references: Sequence[Image.Image], names: Sequence[str], settings: RegionSettings | None = None
 ) -> Spec:
     """A spec of the product's parts (see the module docstring); DraftError when no product is seen."""
-    from agent.audit.draft import DraftError
-
     settings = settings or RegionSettings()
     views = [product_view(im, None, settings.work_size) for im in references]
     lost = [nm for v, nm in zip(views, names, strict=True) if not v.frame.found]
