@@ -92,7 +92,7 @@ def test_report_says_its_stages_and_ctrl_c_in_the_set_up_keeps_true_timings(tmp_
         for line in proc.stderr:
             lines.append(line.rstrip("\n"))
             if "learning from the batch" in line:
-                time.sleep(0.5)
+                time.sleep(0.15)  # into the stage (about 0.3 s or more), not past it
                 proc.send_signal(signal.SIGINT)
                 break
         _, rest = proc.communicate(timeout=120)
@@ -105,13 +105,13 @@ def test_report_says_its_stages_and_ctrl_c_in_the_set_up_keeps_true_timings(tmp_
     assert "report: fitting the detector on 3 reference(s)" in text
     assert re.search(r"report: learning from the batch: a partner pool of 12 and a calibration sample of 12 of the 12 images", text)
     closing = next((ln for ln in lines if ln.startswith("report interrupted")), None)
-    if proc.returncode == 0:  # the machine was fast enough to finish first: the stages were still said
+    if proc.returncode == 0 or "report done" in text:  # the machine finished first: the stages were still said
         pytest.skip("the report finished before the interrupt landed")
     assert proc.returncode == 130 and closing is not None, text
     spent = re.search(r", ([\d.]+) s \(([^)]*)\)", closing)
     assert spent is not None, closing
     parts = {name.strip(): float(sec) for name, sec in re.findall(r"([a-z ]+?) ([\d.]+) s", spent.group(2))}
-    assert parts.get("learning from the batch", 0.0) >= 0.4, closing  # the interrupted stage keeps its time
+    assert parts.get("learning from the batch", 0.0) >= 0.1, closing  # the interrupted stage keeps its time
     assert abs(sum(parts.values()) - float(spent.group(1))) <= 0.1 + 0.05 * len(parts), closing
 
 

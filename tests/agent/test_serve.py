@@ -393,9 +393,9 @@ def test_browser_upload_ask_overlay_and_regions(server, browser, files):
     page.locator("#regions").scroll_into_view_if_needed()
     table = page.locator("#regions")
     page.wait_for_function(
-        "() => /\\b1\\b/.test(document.querySelector('#regions').innerText.split('shape')[1] || '')"
+        "() => /\\b1\\b/.test(document.querySelector('#regions').innerText.split('score').pop() || '')"
     )
-    body = table.inner_text().split("shape", 1)[1]
+    body = table.inner_text().rsplit("score", 1)[1]  # the rows, after the last header
     assert any(w in body for w in ("center", "left", "right", "upper", "lower")), body
 
     follow = ask(page, "Where is it?", len(bot_texts(page)))
