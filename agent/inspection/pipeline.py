@@ -42,6 +42,7 @@ from agent.inspection.trace import step
 from agent.inspection.zoom_recheck import ZoomRecheck, comparable_part
 from tools.content_key import image_key
 from tools.detectors import Detector
+from tools.detectors.batch import MIN_BATCH
 from tools.detectors.calibration import Calibration, good_samples
 from tools.image_io import ImageLoadError, load_image
 from tools.record import InspectionRecord
@@ -203,10 +204,12 @@ class Pipeline:
         return (self.settings.decision.calibration or "batch") == "batch"
 
     def uses_batch(self, n_images: int) -> bool:
-        """Whether a run over `n_images` learns from the batch (`fit_batch`): a batch detector, or
-        `--calibration batch` asked for. Every command that inspects a folder asks this."""
+        """Whether a run over `n_images` learns from the batch (`fit_batch`): a batch detector,
+        `--calibration batch` asked for, or no mode asked for and a batch (`MIN_BATCH` images or more)
+        to set the boundary on. Every command that inspects a folder asks this."""
         assert self.detector is not None, "call fit() first"
-        return n_images > 1 and (self.detector.needs_batch or self.settings.decision.calibration == "batch")
+        mode = self.settings.decision.calibration
+        return n_images > 1 and (self.detector.needs_batch or mode == "batch" or (mode is None and n_images >= MIN_BATCH))
 
     @property
     def good_samples(self) -> np.ndarray:

@@ -83,7 +83,7 @@ def test_report_says_its_stages_and_ctrl_c_in_the_set_up_keeps_true_timings(tmp_
     env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
     proc = subprocess.Popen(
         [sys.executable, "-m", "agent.commands.report", str(plates), "--refs", str(refs), "--out", str(tmp_path / "out"),
-         "--resolution", "96"],
+         "--resolution", "96", "--detector", "batch"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     lines: list[str] = []
@@ -102,7 +102,7 @@ def test_report_says_its_stages_and_ctrl_c_in_the_set_up_keeps_true_timings(tmp_
     lines += rest.splitlines()
     text = "\n".join(lines)
     assert "report: reading the references in" in text
-    assert "report: fitting the detector on 3 reference(s)" in text
+    assert "report: fitting batch on 3 reference(s)" in text
     assert re.search(r"report: learning from the batch: a partner pool of 12 and a calibration sample of 12 of the 12 images", text)
     closing = next((ln for ln in lines if ln.startswith("report interrupted")), None)
     if proc.returncode == 0 or "report done" in text:  # the machine finished first: the stages were still said

@@ -40,8 +40,8 @@ def case(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def plates(tmp_path_factory) -> Path:
-    """16 plates, every third one scratched: 8 or more, so `auto` is the batch detector and both
-    batch stages (partner pool, calibration sample) run."""
+    """16 plates, every third one scratched: 8 or more, so with the batch detector (asked for in
+    `_settings`) both batch stages (partner pool, calibration sample) run."""
     root = tmp_path_factory.mktemp("ray-plates")
     for i in range(N_PLATES):
         plate(200 + i, SIZE, scratch=i % 3 == 0).save(root / f"plate_{i:02d}.png")
@@ -61,7 +61,7 @@ def ray_instance():
 
 
 def _settings(plates: Path, case: Path, out: Path, **kw) -> ReportSettings:
-    inspection = kw.pop("inspection", None) or InspectionSettings(detector_options={"resolution": SIZE})
+    inspection = kw.pop("inspection", None) or InspectionSettings(detector="batch", detector_options={"resolution": SIZE})
     return ReportSettings([str(plates)], out, refs=str(case / "references"), inspection=inspection, progress=False, **kw)
 
 
@@ -154,7 +154,7 @@ def test_a_killed_worker_costs_only_its_images_in_flight(tmp_path, case, plates,
 def test_a_killed_driver_resumes_with_nothing_lost_or_doubled(tmp_path, case, plates, ray_instance):
     out = tmp_path / "out"
     argv = [str(plates), "--refs", str(case / "references"), "--out", str(out), "--resolution", str(SIZE),
-            "--quiet", "--ray", "--workers", "2"]
+            "--quiet", "--ray", "--workers", "2", "--detector", "batch"]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     # the killed driver cannot remove its Ray's session folder: it goes in a short folder of the test's
     # own (Ray's socket paths must stay under 107 characters), removed at the end

@@ -40,12 +40,13 @@ def test_a_limit_keeps_every_group_and_its_share(tmp_path):
 @pytest.mark.slow
 def test_report_and_eval_give_every_image_the_same_verdict(tmp_path):
     """A folder of more than 256 images (so the boundary rests on a sample of it), inspected by
-    `report` and by `eval`: the same batch detector, the same sample, the same verdict per image."""
+    `report` and by `eval`: the same detector (`auto`: reference matching with 4 references), the same
+    calibration sample of the batch, the same verdict per image."""
     root = write_tree(tmp_path / "data", n_train=4, n_good=250, n_bad=14, seed=3)
     options = {"resolution": 64}
     settings = DetectionBenchmarkSettings(data=str(root), category="plate", shots=4, seed=0, detector_options=options)
     result = evaluate_category(open_dataset(root), "plate", settings, warn=lambda _m: None)
-    assert result["detector"] == "batch" and result["n_images"] == 264
+    assert result["detector"] == "refmatch" and result["n_images"] == 264
     assert result["calibration"]["method"].startswith("batch")
 
     refs = tmp_path / "refs"

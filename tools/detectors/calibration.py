@@ -123,8 +123,9 @@ def _anchor_reach(x: np.ndarray, a: np.ndarray) -> float:
     """How far up (log scale) the good mode of batch scores `x` may lie, given log anchor scores `a`."""
     centre = float(np.median(a))
     below = centre - x[x < centre]
-    spread = float(np.median(below)) / 0.6745 if below.size >= 5 else (_robust_spread(a) if a.size >= 3 else 0.0)
-    return centre + ANCHOR_REACH * max(spread, 1e-3)
+    flank = float(np.median(below)) / 0.6745 if below.size >= 5 else 0.0
+    own = _robust_spread(a) if a.size >= 3 else 0.0  # the anchors' own spread: a few low anchors reach less far
+    return centre + ANCHOR_REACH * max(flank, own, 1e-3)
 
 
 #: the good mode of a batch lies at most this many good spreads above the references' median
