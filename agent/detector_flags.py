@@ -26,8 +26,8 @@ def add_detector_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--detector",
         default="auto",
-        help="detector name (see `looktwice detectors`); default auto: the batch detector for 8 or more "
-        "images (with the references when given), else refmatch with references, else selfsim",
+        help="detector name (see `looktwice detectors`); default auto: refmatch with 2 or more references; "
+        "the batch detector for 8 or more images with fewer; refmatch with one; else selfsim",
     )
     p.add_argument("--resolution", type=int, help="working resolution of the detector (multiple of 32)")
     p.add_argument("--config", help="YAML/JSON file of detector settings")

@@ -1,8 +1,9 @@
 """`looktwice inspect` and `looktwice demo`: images in, a verdict, outlined defects and an explanation out.
 
 One image, or a few without a batch, is judged against the references (references mode). A folder of
-8 or more images is a batch: the batch detector learns from it as well, and the boundary comes from
-the batch itself (batch mode), unless `--calibration references` says otherwise. For scripts on the
+8 or more images is a batch: the boundary comes from the batch itself (batch mode, bounded by the
+references held out), unless `--calibration references` says otherwise; with fewer than two
+references the batch detector learns from the batch as well. For scripts on the
 line, `--fail-on defective|review` ends with exit code 3 when any image got that outcome or worse.
 """
 
