@@ -116,3 +116,17 @@ def test_defects_that_look_alike_do_not_pass_for_the_good_mode():
     assert np.mean(np.array(plain_recall) < 0.5) > 0.3  # the failure is real without the references
     assert np.mean(recall) > 0.85 and noted > 0
     assert np.mean(fresh_far) < 0.05 + 0.03
+
+
+def test_a_batch_that_needs_the_references_promises_what_they_allow():
+    """When the batch's good mode is bounded by the references (40 % share one defect), the promise
+    rests on the 4 references: no finer than 1/5, and the record says so; a plain batch keeps 0.05."""
+    rng = np.random.default_rng(0)
+    batch = np.concatenate([np.exp(rng.normal(0, 0.1, 60)), np.exp(rng.normal(0.3, 0.03, 40))])
+    refs = np.exp(rng.normal(0.03, 0.1, 4))
+    cal = Calibration.from_batch(batch, 0.05, anchor=refs)
+    assert "references" in cal.method
+    assert cal.false_alarm_rate == pytest.approx(0.2) and cal.requested_rate == 0.05 and cal.good_samples == 4
+    assert "no finer than 0.2" in cal.note
+    plain = Calibration.from_batch(np.exp(rng.normal(0, 0.1, 100)), 0.05, anchor=np.exp(rng.normal(0, 0.1, 4)))
+    assert plain.false_alarm_rate == 0.05 and not plain.note

@@ -224,14 +224,21 @@ class Calibration:
                 model = good_model_anchored(batch_scores, anchor, model.shift)
                 method = f"{method}, anchored on the references"
                 notes.append(f"{why}; the good scores are modelled from the references instead")
-        note = "; ".join(notes)
         boundary = model.quantile(rate)
         review = model.quantile(min(0.5, rate * review_factor)) if review_factor and review_factor > 1 else None
         centre = math.exp(model.centre) + model.shift
         spread = max(boundary - centre, 1e-6) / max(_NORMAL.inv_cdf(1.0 - rate), 1e-3)
         extra = f" + {len(known_good)} reference score(s)" if known_good is not None and len(known_good) else ""
+        promised, n_good = rate, model.n_good
+        if notes:  # the batch's good parts could not be told from its defects: the promise rests on the references
+            n_good = int(np.isfinite(np.asarray(anchor, dtype=np.float64)).sum())
+            promised = max(rate, finest_rate(n_good))
+            if promised > rate:
+                notes.append(f"{n_good} reference(s) can promise no finer than {promised:.3g}, so {promised:.3g} is "
+                             f"promised (the boundary is still the one for {rate:g}; more references allow finer rates)")
+        note = "; ".join(notes)
         return cls(
-            boundary, review, spread, rate, rate, model.n_good,
+            boundary, review, spread, promised, rate, n_good,
             f"{method} ({len(np.ravel(batch_scores))} image(s){extra}; estimated good share {model.good_share:.2f})",
             note,
         )
