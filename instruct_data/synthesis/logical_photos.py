@@ -128,19 +128,25 @@ def _label(px: np.ndarray, box: tuple[int, int, int, int], band: tuple[float, fl
 
 
 def fill_row(px: np.ndarray, box: tuple[int, int, int, int], top_label_y: int) -> int:
-    """Row of the liquid's surface: the strongest step of colour between the rows above and below, in
-    the middle of the bottle, between its neck and the top label."""
+    """Row of the liquid's surface, in the middle of the bottle between its neck and the top label.
+
+    Each row's median colour there is called liquid when it is nearer the liquid's colour (the rows
+    just above the top label, always under the surface on a good bottle) than the empty neck's (the
+    rows just below the cap's threads); the surface is the top of the unbroken run of liquid rows that
+    reaches down to the label (short breaks, a glint or the surface's foam, are closed first). A
+    single strongest colour step is not enough: the neck's ring and the light on the shoulder are
+    stronger steps than the surface of a dark liquid."""
     x0, y0, x1, y1 = box
     w, h = x1 - x0, y1 - y0
     rows = np.median(px[:, x0 + int(0.3 * w) : x1 - int(0.3 * w)], axis=1)
-    k = 6
     lo, hi = y0 + int(0.12 * h), top_label_y - 10  # below the cap and its threads
-    best, best_step = lo, -1.0
-    for y in range(max(lo, k), min(hi, len(rows) - k)):
-        step = float(np.linalg.norm(rows[y : y + k].mean(0) - rows[y - k : y].mean(0)))
-        if step > best_step:
-            best, best_step = y, step
-    return best
+    liquid = np.median(rows[max(lo, hi - int(0.15 * h)) : hi], axis=0)
+    glass = np.median(rows[lo : lo + max(1, int(0.05 * h))], axis=0)
+    seg = rows[lo:hi]
+    like = np.linalg.norm(seg - liquid, axis=1) < np.linalg.norm(seg - glass, axis=1)
+    like = ndimage.median_filter(like.astype(np.uint8), 9, mode="nearest") > 0
+    empty = np.nonzero(~like)[0]
+    return lo + (int(empty[-1]) + 1 if empty.size else 0)
 
 
 def find_bottle(image: Image.Image) -> Bottle:
