@@ -47,6 +47,7 @@ SAME_BOX = 0.45  # candidates of the two scales whose boxes overlap this much (I
 ALIGN = 0.05  # how far (share of the product) a reference's crop may move to align with the others
 FINE_ANGLE = 6.0  # the pattern is tried turned by at most this much (a larger tilt: see find_part)
 PREFER_SIZE = 0.05  # another size must match this much better than the drafted one
+EDGE_MARGIN = 0.12  # share of the part's size added around it to read its tilt (its outline included)
 MIN_EDGE_STRENGTH = 0.2  # below: no leading edge direction, the template's angle is the part's
 
 
@@ -208,7 +209,9 @@ def find_part(
         best = sized if sized.score > best.score + PREFER_SIZE else best
     found_size = (max(3, round(size[0] * best.scale)), max(3, round(size[1] * best.scale)))
     part = crop(view.px, (best.x, best.y), found_size)
-    tilt, strength = edge_angle(part)
+    # the tilt of the part with its own outline: the crop grown by EDGE_MARGIN on every side
+    outline = crop(view.px, (best.x, best.y), (round(found_size[0] * (1 + 2 * EDGE_MARGIN)), round(found_size[1] * (1 + 2 * EDGE_MARGIN))))
+    tilt, strength = edge_angle(outline)
     angle = tilt if strength >= MIN_EDGE_STRENGTH else best.angle
     return PartFind(
         best.score, view.frame.to_frame(best.x, best.y), angle, strength, best.scale, part, (best.x, best.y), found_size

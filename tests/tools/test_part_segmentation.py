@@ -70,6 +70,22 @@ def test_ncc_matches_brute_force_and_finds_the_pattern() -> None:
     assert (m.x, m.y) == (10.0, 14.0) and m.score == pytest.approx(1.0)
 
 
+def test_ncc_of_a_few_places_directly_equals_the_fft_correlation() -> None:
+    """A refinement (a window a few pixels larger than the template) is correlated directly; the
+    numbers are those of the FFT path (a window just past DIRECT_PLACES) at the same places."""
+    from tools.part_templates import DIRECT_PLACES
+
+    rng = np.random.default_rng(1)
+    win = rng.random((40, 60, 3))
+    tpl = rng.random((35, 54, 3))
+    small = ncc_map(win, tpl)  # 6 x 7 places: direct
+    assert small.size <= DIRECT_PLACES
+    wide = np.concatenate([win, rng.random((40, 20, 3))], axis=1)  # 6 x 27 places: FFT
+    large = ncc_map(wide, tpl)
+    assert large.size > DIRECT_PLACES
+    assert np.allclose(small, large[:, : small.shape[1]], atol=1e-9)
+
+
 @pytest.mark.parametrize("angle", [0.0, 7.0, -12.0, 25.0])
 def test_edge_angle_reads_a_tilt(angle: float) -> None:
     im = Image.new("RGB", (80, 80), (30, 30, 30))
