@@ -2,7 +2,9 @@
 
 1. Each reference's product frame; the product itself is a component (count 1, its size in the image).
 2. Candidate parts the references agree on (agent.audit.product_parts.discover), each with a pattern
-   (the mean of its aligned crops).
+   (the mean of its aligned crops). A candidate along the product's top or bottom edge is its outline
+   (a cap, a neck's glass threads turned differently on each photo): left out, as discovery leaves out
+   the pieces along its sides.
 3. Each candidate found on each reference with the pattern of the *other* references (held out), and
    measured there: match score, place in the product frame, size, edge direction, colour, fill level.
 4. One rule per measure, its tolerance from the references' spread (agent.audit.tolerances): kept when
@@ -13,7 +15,8 @@
    separated groups. Fill level: for a wide part, how high its colour reaches in the product.
 6. Pair rule `kind`: a part of steady colour whose look (its print) tells which kind of colour another
    part has on every reference held out (the label's fruit and the juice): the combinations seen are
-   the rule, as one look per kind.
+   the rule, as one look per kind. A's own one-colour rule is then dropped: its colour goes with B's
+   kind too, and one colour over the kinds a draw of references happens to show is too narrow.
 7. `held_out_scores`: each reference's logical score under the rules drafted without it, for the
    decision's calibration.
 """
@@ -75,6 +78,7 @@ ANGLE_FLOOR, ANGLE_CAP = 6.0, 15.0
 MIN_EDGE_STRENGTH = 0.2  # an orientation rule needs a leading edge direction on every reference
 MAX_UPRIGHT = 20.0  # an orientation rule for parts whose edges stand upright (within this many degrees)
 MIN_DISTINCT = 0.1  # a part must match where it is this much better than anywhere else its search looks
+OUTLINE_BAND = 0.02  # a part whose box reaches this close to the product's top or bottom edge is its outline
 COLOUR_FLOOR, COLOUR_CAP = 0.08, 0.3
 FILL_FLOOR, FILL_CAP = 0.02, 0.1
 AREA_FLOOR, AREA_CAP = 0.1, 0.5  # the product's area in the image, relative
@@ -114,6 +118,10 @@ def _name(m: Measured, used: dict[str, int]) -> str:
     base = f"{word}-{_where(cy)}{side}"
     used[base] = used.get(base, 0) + 1
     return base if used[base] == 1 else f"{base}-{used[base]}"
+
+
+def _box_words(box: Sequence[float]) -> str:
+    return f"x {box[0]:.2f}-{box[2]:.2f}, y {box[1]:.2f}-{box[3]:.2f} of the product"
 
 
 def logical_score(deviation: float) -> float:
@@ -262,6 +270,14 @@ def draft_product_spec(
 
     measured: list[Measured] = []
     for cand in discover(views)[: MAX_PARTS]:
+        if cand.box[1] < OUTLINE_BAND or cand.box[3] > 1.0 - OUTLINE_BAND:
+            edge = "top" if cand.box[1] < OUTLINE_BAND else "bottom"
+            dropped.append(
+                f"the part at {_box_words(cand.box)}: left out of the spec: it lies along the product's {edge} edge, "
+                "where its look and place follow the outline (a cap, a neck's threads turned differently on each photo) "
+                "and the product's own size rule already measures it"
+            )
+            continue
         m = _measure(views, cand, settings)
         m.colours = [f.colour() for f in m.finds]
         m.kinds, m.kind_note = separated_kinds(m.colours)
@@ -349,6 +365,7 @@ def draft_product_spec(
                     f"pair:{p.a}~{p.b}.kind: dropped: {found[0][1].name}'s look tells the kind of {b.name} apart "
                     f"better (separation {found[0][0]:.2f} against {m.separation:.2f}); at most {MAX_PAIRS} pair rules per part"
                 )
+    _colour_follows_pairs(pairs, kept_parts, kept, dropped)
     for m, _ in kept_parts:
         for rule, dev in m.rules.items():
             held_out[f"{m.name}.{rule}"] = dev
@@ -372,6 +389,26 @@ def draft_product_spec(
         notes=notes,
         held_out_scores=[round(s, 4) for s in scores],
     )
+
+
+def _colour_follows_pairs(pairs: Sequence[PairRule], parts: list[tuple[Measured, ComponentSpec]], kept: list[str], dropped: list[str]) -> None:
+    """A part whose look tells another part's kind (a label's print and the juice) changes its colour
+    with that kind too: one colour drafted over the kinds the references happen to show is too narrow
+    for the kinds' other members. The pair rule checks its look against the kind instead, so its own
+    one-colour rule is dropped (and `dropped` says why)."""
+    for p in pairs:
+        m, comp = next((m, c) for m, c in parts if m.name == p.a)
+        if comp.colour is None or comp.colour.rgb is None:
+            continue
+        comp.colour = None
+        m.rules.pop("colour", None)
+        line = next((k for k in kept if k.startswith(f"{m.name}.colour:")), None)
+        if line is not None:
+            kept.remove(line)
+        dropped.append(
+            f"{m.name}.colour: dropped: its look goes with the kind of {p.b} (pair rule), so its colour changes with "
+            f"that kind; the pair rule checks it against the kind instead of one colour for all kinds"
+        )
 
 
 def _presence_held_out(scores: Sequence[float]) -> list[float]:

@@ -49,6 +49,10 @@ def test_draft_turns_to_the_product_parts_and_says_why() -> None:
     # every kept and dropped rule says its spread and why
     assert spec.kept and all("kept" in line for line in spec.kept)
     assert all("dropped" in line or "left out" in line for line in spec.dropped)
+    # the label's colour goes with the liquid's kind: the pair rule checks it, not one colour for all kinds
+    assert label.colour is None and any(line.startswith(f"{label.name}.colour: dropped: its look goes with") for line in spec.dropped)
+    # no part along the product's top or bottom edge (its outline: the cap, the neck)
+    assert all(c.find.template.box[1] >= 0.02 and c.find.template.box[3] <= 0.98 for c in spec.components if c.find.template)
 
 
 def test_draft_never_refuses_good_references_of_one_product() -> None:

@@ -46,6 +46,14 @@ def test_every_good_photo_has_its_surface_and_labels_where_good_bottles_have_the
         assert np.abs(rows - np.median(rows, axis=0)).max() < 0.06, which
 
 
+def _band_colour(px: np.ndarray, b, r0: float, r1: float) -> np.ndarray:
+    """Median colour of the bottle's middle in the rows from r0 to r1 (shares of its height) past the
+    surface."""
+    w, h = b.box[2] - b.box[0], b.box[3] - b.box[1]
+    cols = slice(b.box[0] + int(0.3 * w), b.box[2] - int(0.3 * w))
+    return np.median(px[b.fill + int(r0 * h) : b.fill + int(r1 * h), cols].reshape(-1, 3), axis=0)
+
+
 @pytest.mark.data
 @pytest.mark.skipif(len(PHOTOS) < 50, reason="needs the 50 juice-bottle photos in ../shared/data/juice_bottle")
 @pytest.mark.parametrize("lower", [True, False])
@@ -57,14 +65,8 @@ def test_a_fill_edit_moves_the_surface(lower: bool) -> None:
             px = np.asarray(im.convert("RGB"), dtype=np.float64) / 255
         b = find_bottle(Image.fromarray((px * 255).astype(np.uint8)))
         edited, mask, _ = change_fill(px, b, np.random.default_rng(i), lower=lower)
-        w, h = b.box[2] - b.box[0], b.box[3] - b.box[1]
-        cols = slice(b.box[0] + int(0.3 * w), b.box[2] - int(0.3 * w))
-
-        def colour(img: np.ndarray, r0: float, r1: float) -> np.ndarray:
-            return np.median(img[b.fill + int(r0 * h) : b.fill + int(r1 * h), cols].reshape(-1, 3), axis=0)
-
-        glass, liquid = colour(px, -0.05, -0.02), colour(px, 0.02, 0.05)
-        band = colour(edited, 0.01, 0.04) if lower else colour(edited, -0.04, -0.01)
+        glass, liquid = _band_colour(px, b, -0.05, -0.02), _band_colour(px, b, 0.02, 0.05)
+        band = _band_colour(edited, b, 0.01, 0.04) if lower else _band_colour(edited, b, -0.04, -0.01)
         now, was = (glass, liquid) if lower else (liquid, glass)
         assert np.linalg.norm(band - now) < np.linalg.norm(band - was), (p.name, band, glass, liquid)
         assert mask.any()
