@@ -10,6 +10,24 @@ import torch
 
 #: a bank larger than this many times the selection is first subsampled at random (large images)
 PRESAMPLE = 4
+#: at most this many (query, bank) distances at once (128 MB in float32): large banks get fewer queries per step
+DISTANCE_BLOCK = 1 << 25
+
+
+def query_chunk(bank_rows: int, chunk: int) -> int:
+    """Queries per step so that one step's distance matrix stays within `DISTANCE_BLOCK` (a bank of
+    references of many megapixels would otherwise need gigabytes per step)."""
+    return max(16, min(chunk, DISTANCE_BLOCK // max(1, bank_rows)))
+
+
+def presampled(bank: torch.Tensor, owner: torch.Tensor, limit: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A seeded random `limit` of a bank's rows (and their owners), or the bank when it is within it:
+    the fit's statistics (alignment, the channels' unit, the views rule) on references of many
+    megapixels, without comparing every patch with every other."""
+    if bank.shape[0] <= limit:
+        return bank, owner
+    keep = torch.randperm(bank.shape[0], generator=torch.Generator().manual_seed(seed))[:limit].sort().values
+    return bank[keep].contiguous(), owner[keep]
 
 
 def greedy_coreset(features: torch.Tensor, n_select: int, projection_dim: int = 128, seed: int = 0) -> torch.Tensor:
@@ -61,6 +79,7 @@ def nearest_distance(queries: torch.Tensor, bank: torch.Tensor, chunk: int = 409
     bank_t = bank.T
     k = max(1, min(k, bank.shape[0]))
     out = torch.empty(queries.shape[0], dtype=queries.dtype, device=queries.device)
+    chunk = query_chunk(bank.shape[0], chunk)
     for s in range(0, queries.shape[0], chunk):
         q = queries[s : s + chunk]
         d2 = distances_less_query_norm(q, bank_t, bank_sq)

