@@ -157,3 +157,25 @@ def test_a_huge_bank_is_subsampled_before_the_greedy_selection():
     pts = torch.randn(2000, 12, generator=torch.Generator().manual_seed(4))
     a, b = greedy_coreset(pts, 50, seed=1), greedy_coreset(pts, 50, seed=1)
     assert a.tolist() == b.tolist() and len(set(a.tolist())) == 50 and int(a.max()) < 2000
+
+
+def test_large_references_bound_the_fit_and_skip_the_views(case):
+    """References with more patches than 4x the bank keeps (photos of many megapixels; here a tiny
+    `max_bank`): the bank is subsampled before the fit's statistics, no views are tried (the record
+    says why), and the query is still scored with a map of its own size."""
+    det = ReferenceMatchingDetector(resolution=160, max_bank=64, align="off")
+    det.fit(case[0])
+    assert det.views == () and "large references" in det.augmentation.reason
+    assert det.bank is not None and det.bank.shape[0] == 64
+    out = det.predict([case[2][0]])[0]
+    assert out.anomaly_map.shape == (160, 160) and np.isfinite(out.raw_score)
+
+
+def test_nearest_distance_bounds_its_step_by_the_bank_size():
+    """A bank too large for 4096 queries a step gets fewer per step; the distances are the same."""
+    from tools.detectors.memory_bank import DISTANCE_BLOCK, query_chunk
+
+    assert query_chunk(DISTANCE_BLOCK // 100, 4096) == 100 and query_chunk(10, 4096) == 4096
+    g = torch.Generator().manual_seed(1)
+    q, b = torch.randn(50, 8, generator=g), torch.randn(70, 8, generator=g)
+    torch.testing.assert_close(nearest_distance(q, b, chunk=7), torch.cdist(q, b).min(1).values, atol=1e-4, rtol=1e-4)

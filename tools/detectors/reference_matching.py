@@ -347,9 +347,12 @@ class ReferenceMatchingDetector(CalibratedDetector):
             self.views = tuple(cfg.augment)
             self.augmentation = AugmentationDecision(self.views, {}, "set by the user")
             return
-        if self.aligned:
+        full = sum(g.shape[0] * g.shape[1] for g in self.channels[0].grids) > PRESAMPLE * cfg.max_bank
+        if self.aligned or full:
             self.views = ()
-            self.augmentation = AugmentationDecision((), {}, "aligned product: views would break position-aware matching")
+            why = "aligned product: views would break position-aware matching" if self.aligned else (
+                "large references: their own patches already fill the bank (views would be subsampled away)")
+            self.augmentation = AugmentationDecision((), {}, why)
             return
         h, w = self.working_size(*refs[0].size)
         candidates = FLIP_VIEWS + (TURN_VIEWS if 0.8 <= h / w <= 1.25 else ())
@@ -586,15 +589,12 @@ class ReferenceMatchingDetector(CalibratedDetector):
 
     def settings(self) -> dict[str, Any]:
         d = asdict(self.config)
-        d["detector"] = self.name
-        d["bank_size"] = 0 if self.bank is None else int(self.bank.shape[0])
+        d["detector"], d["bank_size"] = self.name, (0 if self.bank is None else int(self.bank.shape[0]))
         d["working_scale"] = None if self.scale is None else round(self.scale, 4)  # working pixels per image pixel
-        d["views"] = list(self.views)
-        d["augmentation"] = self.augmentation.to_dict() if self.augmentation else None
+        d["views"], d["augmentation"] = list(self.views), (self.augmentation.to_dict() if self.augmentation else None)
         d["alignment"] = self.alignment_evidence
         d["global"] = self.global_decision.to_dict() if self.global_decision else None
         return d
-
 
 
 __all__ = ["RawMap", "ReferenceMatchingConfig", "ReferenceMatchingDetector"]
