@@ -204,9 +204,8 @@ class Pipeline:
         return (self.settings.decision.calibration or "batch") == "batch"
 
     def uses_batch(self, n_images: int) -> bool:
-        """Whether a run over `n_images` learns from the batch (`fit_batch`): a batch detector,
-        `--calibration batch` asked for, or no mode asked for and a batch (`MIN_BATCH` images or more)
-        to set the boundary on. Every command that inspects a folder asks this."""
+        """Whether a run over `n_images` learns from the batch (`fit_batch`): a batch detector, `--calibration
+        batch`, or no mode asked for and `MIN_BATCH` images or more. Every folder command asks this."""
         assert self.detector is not None, "call fit() first"
         mode = self.settings.decision.calibration
         return n_images > 1 and (self.detector.needs_batch or mode == "batch" or (mode is None and n_images >= MIN_BATCH))
