@@ -211,7 +211,9 @@ def test_resume_after_sigkill_loses_nothing_and_redoes_nothing(tmp_path, case, p
 
 def test_ctrl_c_writes_the_page_for_what_is_done_and_exits_130(tmp_path, case, plates):
     out = tmp_path / "out"
-    proc = _subprocess_report([str(plates), "--refs", str(case / "references"), "--out", str(out), *FAST])
+    # the batch detector: its set-up and per-image work leave time for the interrupt to land mid-run
+    proc = _subprocess_report([str(plates), "--refs", str(case / "references"), "--out", str(out), *FAST,
+                               "--detector", "batch"])
     deadline = time.monotonic() + 240  # the batch set-up on a loaded 2-core machine takes a while
     try:
         while (
