@@ -18,13 +18,15 @@ it is left out, since references that vary too much globally would turn it into 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from PIL import Image
 
 from tools import ranking
+from tools.detectors.patch_features import TILE, TILE_CONTEXT
 
 
 def descriptor(feats: torch.Tensor) -> torch.Tensor:
@@ -76,6 +78,21 @@ class GlobalDecision:
                 "reason": self.reason}
 
 
+def changed_copy(
+    image: Image.Image, change: Callable[[np.ndarray, np.random.Generator], np.ndarray], working_hw: tuple[int, int],
+    rng: np.random.Generator,
+) -> Image.Image:
+    """A whole-image test copy of a reference for the global rule. A reference the backbone sees in
+    tiles (a photo of many megapixels) is changed at its working size and brought back to its own size:
+    the features see the working size anyway, and the change of a 20-megapixel photo at full size
+    needed about 2 GB of float arrays."""
+    h, w = working_hw
+    if max(h, w) <= TILE + 2 * TILE_CONTEXT:
+        return Image.fromarray(change(np.asarray(image), rng))
+    small = np.asarray(image.resize((w, h), Image.BILINEAR))
+    return Image.fromarray(change(small, rng)).resize(image.size, Image.BILINEAR)
+
+
 def decide_global(good: np.ndarray, changed: np.ndarray, weight: float, threshold: float) -> GlobalDecision:
     """`good`: global scores of the held-out references; `changed`: of their changed copies (each
     against the references without its source). Fused with `weight` when they separate."""
@@ -88,4 +105,4 @@ def decide_global(good: np.ndarray, changed: np.ndarray, weight: float, threshol
     return GlobalDecision(0.0, auroc, f"the references vary too much as a whole (AUROC {auroc:.2f} < {threshold:g}): left out")
 
 
-__all__ = ["GlobalDecision", "GlobalStatistics", "decide_global", "descriptor"]
+__all__ = ["GlobalDecision", "GlobalStatistics", "decide_global", "descriptor", "changed_copy"]

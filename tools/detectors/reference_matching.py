@@ -37,7 +37,7 @@ from tools.detectors.alignment import grey_small, is_aligned, phase_shift, shift
 from tools.detectors.augmentation_rule import FLIP_VIEWS, TURN_VIEWS, AugmentationDecision, decide_views
 from tools.detectors.base import CalibratedDetector, DetectorError, DetectorOutput, check_known_settings
 from tools.detectors.calibration import Calibration
-from tools.detectors.global_statistics import GlobalDecision, GlobalStatistics, decide_global
+from tools.detectors.global_statistics import GlobalDecision, GlobalStatistics, changed_copy, decide_global
 from tools.detectors.learned_head import AnomalyHead, HeadSettings, train_head
 from tools.detectors.map_scoring import image_scores
 from tools.detectors.memory_bank import PRESAMPLE, greedy_coreset, nearest_distance, presampled
@@ -433,7 +433,7 @@ class ReferenceMatchingDetector(CalibratedDetector):
             rng = np.random.default_rng(cfg.seed)
             good = [float(self._global.scores(self._channel_features([im])[0], exclude=i)[0]) for i, im in enumerate(refs)]
             changed = [
-                float(self._global.scores(self._channel_features([Image.fromarray(self.global_changes(np.asarray(im), rng))])[0], exclude=i)[0])
+                float(self._global.scores(self._channel_features([changed_copy(im, self.global_changes, self.working_size(*im.size), rng)])[0], exclude=i)[0])
                 for i, im in enumerate(refs) for _ in range(GLOBAL_CHANGES_PER_REFERENCE)
             ]
             self.global_decision = decide_global(np.array(good), np.array(changed), GLOBAL_AUTO_WEIGHT, cfg.global_separation)
