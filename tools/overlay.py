@@ -67,16 +67,17 @@ def jet_colormap(values: np.ndarray) -> np.ndarray:
 def heat_colormap(values: np.ndarray) -> np.ndarray:
     """...x3 float32 RGB in [0, 1] for values in [0, 1]: yellow -> orange -> red -> dark red (YlOrRd)."""
     v = np.clip(np.nan_to_num(np.asarray(values, dtype=np.float32), nan=0.0), 0.0, 1.0)
-    pos = v * (len(_YLORRD) - 1)
-    lo = np.floor(pos).astype(np.int64).clip(0, len(_YLORRD) - 2)
-    frac = (pos - lo)[..., None]
-    return ((1.0 - frac) * _YLORRD[lo] + frac * _YLORRD[lo + 1]).astype(np.float32)
+    stops = np.linspace(0.0, 1.0, len(_YLORRD))
+    out = np.empty(v.shape + (3,), dtype=np.float32)
+    for c in range(3):  # one channel at a time: maps of tens of megapixels stay within a few arrays
+        out[..., c] = np.interp(v, stops, _YLORRD[:, c])
+    return out
 
 
 def _normalize(anomaly_map: np.ndarray, vmin: float, vmax: float) -> np.ndarray:
     if not vmax > vmin:
         raise ValueError(f"vmax must be greater than vmin, got vmin={vmin}, vmax={vmax}")
-    amap = np.asarray(anomaly_map, dtype=np.float64)
+    amap = np.asarray(anomaly_map, dtype=np.float32)  # float32: maps of tens of megapixels
     if amap.ndim != 2:
         raise ValueError(f"anomaly_map must be 2-D (HxW), got shape {amap.shape}")
     amap = np.nan_to_num(amap, nan=vmin, posinf=vmax, neginf=vmin)
@@ -105,7 +106,7 @@ def _resize_map(amap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     if amap.shape[::-1] == size:
         return amap
     img = Image.fromarray(amap.astype(np.float32))
-    return np.asarray(img.resize(size, Image.Resampling.BILINEAR), dtype=np.float64)
+    return np.asarray(img.resize(size, Image.Resampling.BILINEAR), dtype=np.float32)
 
 
 def _resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -165,10 +166,15 @@ def render_overlay(
     norm = _resize_map(_normalize(anomaly_map, vmin, vmax), (w, h))
     low = 0.0 if floor is None else float(np.clip((floor - vmin) / (vmax - vmin), 0.0, 1.0))
     hot = norm >= low if floor is not None else norm > 0.0
-    t = np.clip((norm - low) / max(1.0 - low, 1e-6), 0.0, 1.0)
-    a = np.where(hot, min(HEAT_ALPHA[0], alpha) + (alpha - min(HEAT_ALPHA[0], alpha)) * t, 0.0)[..., None]
-    blended = (1.0 - a) * rgb + a * heat_colormap(t)
-    out = np.clip(np.rint(blended * 255.0), 0, 255).astype(np.uint8)
+    t = np.clip((norm - np.float32(low)) / np.float32(max(1.0 - low, 1e-6)), 0.0, 1.0)
+    a = np.where(hot, np.float32(min(HEAT_ALPHA[0], alpha)) + np.float32(alpha - min(HEAT_ALPHA[0], alpha)) * t, np.float32(0.0))[..., None]
+    heat = heat_colormap(t)
+    heat *= a
+    rgb *= 1.0 - a
+    rgb += heat  # in place, float32: a 37-megapixel overlay holds a few arrays at a time
+    del heat
+    rgb *= 255.0
+    out = np.clip(np.rint(rgb, out=rgb), 0, 255).astype(np.uint8)
     if gt_mask is not None:
         band = outer_outline(_resize_mask(gt_mask, (w, h)))
         diagonal = np.arange(h)[:, None] + np.arange(w)[None, :]
