@@ -85,6 +85,7 @@ def test_report_says_its_stages_and_ctrl_c_in_the_set_up_keeps_true_timings(tmp_
         [sys.executable, "-m", "agent.commands.report", str(plates), "--refs", str(refs), "--out", str(tmp_path / "out"),
          "--resolution", "96", "--detector", "batch"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # an ignored SIGINT is inherited
     )
     lines: list[str] = []
     try:

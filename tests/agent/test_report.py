@@ -72,6 +72,9 @@ def _subprocess_report(argv: list[str]) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # Ctrl-C must reach the report as it would from a terminal: a test run may have left SIGINT
+        # ignored in this process, and an ignored signal is inherited (Python then never interrupts)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
