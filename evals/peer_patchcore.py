@@ -57,7 +57,7 @@ from torch.nn import functional as F  # noqa: N812
 
 from evals.detection import _auroc_by_defect, _resize_for_metrics, draw_references
 from evals.metrics import f1_max, image_auroc, pixel_metrics
-from instruct_data.datasets import DatasetError, open_dataset
+from instruct_data.datasets import DatasetError, categories_with_tests, open_dataset
 from tools.backbones.efficientnet_lite import IMAGENET_MEAN, IMAGENET_STD, EfficientNetLiteFeatures
 from tools.image_io import ImageLoadError, load_image
 
@@ -276,19 +276,6 @@ def run_peer(data_root: str, category: str, shots: int, seed: int, metric_size: 
         "images": [{"path": str(s.image_path), "defect_type": s.defect_type, "pred_score": round(float(p), 6)}
                    for s, p in zip(kept, score_arr, strict=True)],
     }
-
-
-def categories_with_tests(data_root: str) -> tuple[list[str], list[str]]:
-    """(categories with test images, folders skipped) under `data_root`."""
-    dataset = open_dataset(data_root)
-    found, skipped = [], []
-    for cat in dataset.categories():
-        try:
-            ok = bool(dataset.test_samples(cat))
-        except DatasetError:
-            ok = False
-        (found if ok else skipped).append(cat)
-    return found, skipped
 
 
 def markdown(runs: Sequence[dict[str, Any]]) -> str:

@@ -29,21 +29,6 @@ COLUMNS = ("product", "shots", "detector", "image AUROC", "pixel AUROC", "AUPRO"
            "promised", "balanced acc. (worst seed)", "s / MP")
 
 
-def products(data: str) -> tuple[list[str], list[str]]:
-    """(products with test images, folders skipped) under `data`."""
-    from instruct_data.datasets import DatasetError, open_dataset
-
-    dataset = open_dataset(data)
-    found, skipped = [], []
-    for cat in dataset.categories():
-        try:
-            ok = bool(dataset.test_samples(cat))
-        except DatasetError:
-            ok = False
-        (found if ok else skipped).append(cat)
-    return found, skipped
-
-
 def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """One product x shots cell of the table from its seeds' runs."""
     at = [r["at_threshold"] for r in runs]
@@ -118,8 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from evals.ablation import parse_variant, run_grid
+    from instruct_data.datasets import categories_with_tests
 
-    found, skipped = products(args.data)
+    found, skipped = categories_with_tests(args.data)
     names = [n.strip() for n in args.products.split(",")] if args.products else found
     shots = [int(s) for s in args.shots.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]

@@ -43,4 +43,20 @@ def open_dataset(root: str | os.PathLike[str], layout: str | None = None) -> Dat
         ) from None
 
 
-__all__ = ["ALL_CATEGORIES", "DATASETS", "GOOD", "Dataset", "DatasetError", "Sample", "open_dataset"]
+def categories_with_tests(root: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
+    """(categories with test images, folders skipped) under `root`: a folder holding good references
+    only (a product kept for audits) has nothing to evaluate."""
+    dataset = open_dataset(root)
+    found, skipped = [], []
+    for cat in dataset.categories():
+        try:
+            ok = bool(dataset.test_samples(cat))
+        except DatasetError:
+            ok = False
+        (found if ok else skipped).append(cat)
+    return found, skipped
+
+
+__all__ = [
+    "ALL_CATEGORIES", "DATASETS", "GOOD", "Dataset", "DatasetError", "Sample", "categories_with_tests", "open_dataset",
+]
